@@ -164,3 +164,13 @@ def test_layer_summary(tmp_path):
     assert list(df.module) == ['2', '5'] and list(df.units) == [8, 5]
     np.testing.assert_allclose(df.switches[0], brute_switches(A[:, :, :8]).mean())
     np.testing.assert_allclose(df.log_volume_mean[1], np.mean(brute_log_volume(A[:, :, 8:])), rtol=1e-9)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+def test_cuda_recording_matches_cpu(tmp_path):
+    net, probe = make_net().eval(), torch.randn(30, 6)
+    cpu = activation_configuration(net, probe).A.numpy()
+    netc = net.cuda().train()
+    with ExplorationRecorder(netc, probe.cuda(), tmp_path / 'g') as rec: rec.record(0)
+    np.testing.assert_array_equal(ExplorationRecording(tmp_path / 'g')[0], cpu)
+    assert netc.training
