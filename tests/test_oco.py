@@ -136,7 +136,8 @@ def test_playing_the_hindsight_optimum_has_zero_regret():
 
 def test_log_prefixes():
     p = log_prefixes(10000, 64)
-    assert p[0] == 1 and p[-1] == 10000 and np.all(np.diff(p) > 0) and len(p) <= 65
+    assert p[0] == 1 and p[-1] == 10000 and np.all(np.diff(p) > 0) and 64 <= len(p) <= 70
+    assert list(log_prefixes(5, 64)) == [1, 2, 3, 4, 5]
 
 
 def test_bad_inputs():
