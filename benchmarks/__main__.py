@@ -3,10 +3,10 @@ import json
 import sys
 from pathlib import Path
 
-from . import p3_exploration
+from . import p12_regret, p3_exploration
 from .common import machine
 
-MEASURES = {'P3': p3_exploration}
+MEASURES = {'P12': p12_regret, 'P3': p3_exploration}
 
 
 def main(argv):
@@ -16,7 +16,9 @@ def main(argv):
     print('machine:', machine())
     results, lines = {}, []
     for m in chosen:
-        r, l = MEASURES[m].main(); results[m] = r; lines.append(l)
+        out = MEASURES[m].main()
+        for r, l in (out if isinstance(out[0], tuple) else [out]):
+            results[l.split()[0]] = r; lines.append(l)
     out = Path(__file__).parent / 'results.json'
     old = json.loads(out.read_text()) if out.exists() else {}
     old.update({m: dict(r, machine=machine()) for m, r in results.items()})
