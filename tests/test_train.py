@@ -1,0 +1,105 @@
+"""Training runs: kill-and-resume is bit-identical, NaN stops cleanly, real MNIST / CIFAR-10 files load through torchvision."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ntaylor_nb.data import CIFAR10_CLASSES, load_dataset
+from ntaylor_nb.exploration import ExplorationRecording
+from ntaylor_nb.regret import RegretRecording, hindsight
+from ntaylor_nb.train import RunConfig, train_run
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / 'shared' / 'data'
+CFG = dict(epochs=40, lr=1e-2, neurons_per_layer=3, probe_size=60, checkpoint_every=25, seed=3)
+
+
+def test_killed_run_resumes_bit_identical(tmp_path):
+    ref = train_run(RunConfig(**CFG), tmp_path / 'ref', progress=False)
+    run = tmp_path / 'killed'
+    code = f'from ntaylor_nb.train import *; train_run(RunConfig(**{CFG!r}), {str(run)!r}, progress=False)'
+    p = subprocess.Popen([sys.executable, '-c', code], cwd=ROOT)
+    t0 = time.time()
+    while time.time() - t0 < 120:  # kill -9 once a few checkpoints are on disk, mid-run
+        m = run / 'metrics.csv'
+        if m.exists() and len(m.read_text().splitlines()) > 150: break
+        if p.poll() is not None: break
+        time.sleep(0.01)
+    p.send_signal(signal.SIGKILL); p.wait()
+    assert p.returncode == -signal.SIGKILL, 'the run finished before it could be killed: make it longer'
+    assert not (run / 'done.json').exists() and (run / 'checkpoint.pt').exists()
+    train_run(RunConfig(**CFG), run, progress=False)  # resume
+    a, b = torch.load(ref / 'model.pt'), torch.load(run / 'model.pt')
+    for k in a: assert torch.equal(a[k], b[k]), k
+    for f in ('metrics.csv', 'epochs.csv'): assert (ref / f).read_text() == (run / f).read_text(), f
+    np.testing.assert_array_equal(ExplorationRecording(ref / 'exploration').dense(), ExplorationRecording(run / 'exploration').dense())
+    ra, rb = RegretRecording(ref / 'regret'), RegretRecording(run / 'regret')
+    assert len(ra) == len(rb) == 880
+    ca, cb = list(ra.chunks()), list(rb.chunks())
+    for k in ca[0]: np.testing.assert_array_equal(np.concatenate([c[k] for c in ca]), np.concatenate([c[k] for c in cb]), err_msg=k)
+    pd.testing.assert_frame_equal(hindsight(ra, [10, 880], progress=False), hindsight(rb, [10, 880], progress=False))
+
+
+def test_nan_loss_stops_and_keeps_the_recording(tmp_path):
+    with pytest.raises(FloatingPointError, match='the loss became .* try a smaller learning rate'):
+        train_run(RunConfig(optimizer='sgd', lr=1e4, epochs=3, scopes=['layer:3'], probe_size=20), tmp_path / 'nan', progress=False)
+    failed = json.loads((tmp_path / 'nan' / 'failed.json').read_text())
+    rec = RegretRecording(tmp_path / 'nan' / 'regret')
+    assert len(rec) == failed['round'] >= 1 and not (tmp_path / 'nan' / 'done.json').exists()
+    assert np.isfinite(rec.column('loss')).all()
+
+
+def test_convnet_run_on_digits32(tmp_path):
+    run = train_run(RunConfig(task='convnet', dataset='digits32', rounds=3, batch_size=16, lr=1e-3, scopes=['neuron:0:1', 'layer:12'],
+                              probe_size=10, exploration_units=20), tmp_path / 'cn', progress=False)
+    m = pd.read_csv(run / 'metrics.csv')
+    assert len(m) == 3 and m.accuracy.between(0, 1).all()
+    df = hindsight(run / 'regret', progress=False)
+    assert set(df.scope) == {'neuron:0:1', 'layer:12'} and (df.grad_norm < 1e-5).all()
+
+
+def test_bad_configs(tmp_path):
+    with pytest.raises(ValueError, match="device='cuda' but no CUDA"):
+        if torch.cuda.is_available(): raise ValueError("device='cuda' but no CUDA (skipped on a GPU machine)")
+        RunConfig(device='cuda').validate()
+    with pytest.raises(ValueError, match="scopes='some'"): RunConfig(scopes='some').validate()
+    with pytest.raises(ValueError, match='batch_size=5000 is larger than the dataset'):
+        train_run(RunConfig(batch_size=5000), tmp_path / 'b', progress=False)
+
+
+@pytest.mark.skipif(not (SHARED / 'mnist').exists(), reason='needs ../shared/data (real MNIST files)')
+def test_real_mnist_through_torchvision(tmp_path):
+    shutil.copytree(SHARED / 'mnist' / 'MNIST', tmp_path / 'MNIST')
+    for p in (tmp_path / 'MNIST').rglob('*'): p.chmod(0o644 if p.is_file() else 0o755)
+    x, y = load_dataset('mnist', root=tmp_path)
+    assert x.shape == (60000, 1, 28, 28) and y.shape == (60000,)
+    assert float(x.mean()) * 255 == pytest.approx(33.32, abs=0.01)
+    xt, _ = load_dataset('mnist', root=tmp_path, train=False)
+    assert float(xt.mean()) * 255 == pytest.approx(33.79, abs=0.01)
+
+
+@pytest.mark.skipif(not (SHARED / 'cifar10' / 'exact').exists(), reason='needs ../shared/data (CIFAR-10 exact subsets)')
+def test_cifar10_imagefolder_is_pixel_exact(tmp_path):
+    "An ImageFolder copy (lossless PNGs of the exact subset) reads back pixel for pixel, in class order."
+    from PIL import Image
+    z = np.load(SHARED / 'cifar10' / 'exact' / 'cifar10_test_first1000_lossless.npz')
+    xs, ys = z['x'][:120], z['y'][:120]
+    for i, (im, c) in enumerate(zip(xs, ys)):
+        d = tmp_path / 'cifar10' / 'test' / CIFAR10_CLASSES[c]; d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(im).save(d / f'{i:04d}.png')
+    x, y = load_dataset('cifar10', root=tmp_path, train=False)
+    order = np.lexsort((np.arange(120), ys))  # ImageFolder: by class, then by file name
+    np.testing.assert_array_equal((x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8), xs[order])
+    np.testing.assert_array_equal(y.numpy(), ys[order])
+    assert (tmp_path / 'cifar10' / 'test_uint8.npz').exists()  # decoded once, cached
+    x2, _ = load_dataset('cifar10', root=tmp_path, train=False)
+    assert torch.equal(x, x2)
