@@ -19,11 +19,16 @@ $(STAMP): settings.ini setup.py
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]' 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 	touch $@
 
+# The main job: the autoencoder experiment for SGD, RMSProp and Adam (two seeds) on the embedded digits, through the
+# batch runner, then the report (figures 3-6 and the claims table).
+DEMO_EPOCHS ?= 20
 demo: $(STAMP)
 	mkdir -p $(DEMO_DIR)
-	$(BIN)/papermill --log-level WARNING -k python3 nbs/experiments/taylor_tour.ipynb $(DEMO_DIR)/taylor_tour.ipynb -p out_dir $(DEMO_DIR)/taylor_tour
-	echo "executed notebook: $(DEMO_DIR)/taylor_tour.ipynb"
-	echo "figures and results: $$(ls $(DEMO_DIR)/taylor_tour/* | tr '\n' ' ')"
+	$(BIN)/ntaylor-batch nbs/experiments/autoencoder.ipynb --out $(DEMO_DIR)/autoencoder --grid optimizer=sgd,rmsprop,adam --grid seed=0,1 --param epochs=$(DEMO_EPOCHS)
+	$(BIN)/papermill --log-level WARNING -k python3 nbs/experiments/report.ipynb $(DEMO_DIR)/report.ipynb -p runs_dir $(DEMO_DIR) -p interactive False
+	echo; echo "The paper's claims against this run ($(DEMO_DIR)/report/claims.md):"; cat $(DEMO_DIR)/report/claims.md
+	echo; echo "executed notebooks: $(DEMO_DIR)/autoencoder/*/notebook.ipynb and $(DEMO_DIR)/report.ipynb"
+	echo "figures: $$(ls $(DEMO_DIR)/report/*.png | tr '\n' ' ')"
 
 test: sync nbtest pytest docs
 

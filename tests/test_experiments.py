@@ -1,36 +1,86 @@
-"""Smoke runs of every experiment notebook through papermill at tiny size."""
+"""Smoke runs of every experiment notebook through papermill at tiny size, and the batch runner (local pool and Dask)."""
 import json
 from pathlib import Path
 
+import pandas as pd
 import papermill as pm
 import pytest
 
+from ntaylor_nb.batch import main as batch_main, run_grid
+
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((ROOT / 'nbs' / 'experiments').glob('*.ipynb'))
+AE_TINY = dict(epochs=2, rounds=30, lr=0.01, neurons_per_layer=2, probe_size=30, prefixes=4)
 
-# Tiny parameters for each notebook, and the files a run must leave in its out_dir.
+# Tiny parameters for each notebook, and the files a run must leave in its out_dir ('report' is run on batch output below).
 SMOKE = {
     'taylor_tour': (dict(steps=5, seed=1), ['taylor_error.png', 'taylor_slice.png', 'results.json']),
+    'autoencoder': (dict(AE_TINY, seed=2), ['complete.json', 'figure3.png', 'figure5.png', 'layer_regret.png', 'run/regret.csv']),
+    'convnet': (dict(rounds=4, batch_size=16, lr=0.001, neurons_per_layer=2, probe_size=10, exploration_units=10, prefixes=2, seed=3),
+                ['complete.json', 'figure5.png', 'run/regret.csv']),
 }
 
 
-def test_every_experiment_has_a_smoke_configuration():
-    assert {p.stem for p in EXPERIMENTS} == set(SMOKE)
+def test_every_experiment_has_a_smoke_test():
+    assert {p.stem for p in EXPERIMENTS} == set(SMOKE) | {'report'}
 
 
-@pytest.mark.parametrize('nb', EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
+@pytest.mark.parametrize('nb', [p for p in EXPERIMENTS if p.stem in SMOKE], ids=[p.stem for p in EXPERIMENTS if p.stem in SMOKE])
 def test_papermill_smoke(nb, tmp_path):
     params, files = SMOKE[nb.stem]
     out_dir = tmp_path / 'out'
     pm.execute_notebook(str(nb), str(tmp_path / nb.name), parameters=dict(params, out_dir=str(out_dir)),
                         kernel_name='python3', cwd=str(ROOT), progress_bar=False)
     for f in files: assert (out_dir / f).stat().st_size > 0, f
-    res = json.loads((out_dir / 'results.json').read_text())
-    for k, v in params.items(): assert res['parameters'][k] == v, f'parameter {k} was not injected'
+    if nb.stem == 'taylor_tour':
+        res = json.loads((out_dir / 'results.json').read_text())
+        for k, v in params.items(): assert res['parameters'][k] == v, f'parameter {k} was not injected'
+    else:
+        cfg = json.loads((out_dir / 'run' / 'params.json').read_text())['config']
+        for k in ('seed', 'lr', 'rounds'): assert cfg[k] == params[k], f'parameter {k} was not injected'
 
 
-def test_tour_rejects_bad_parameters(tmp_path):
-    with pytest.raises(pm.PapermillExecutionError, match='allowed'):
-        pm.execute_notebook(str(ROOT / 'nbs/experiments/taylor_tour.ipynb'), str(tmp_path / 'o.ipynb'),
-                            parameters=dict(dataset='imagenet', out_dir=str(tmp_path)), kernel_name='python3', progress_bar=False)
-    assert not any(tmp_path.glob('*.png')), 'a rejected run must not leave results behind'
+@pytest.mark.parametrize('nb,bad,message', [('taylor_tour', dict(dataset='imagenet'), 'allowed'),
+                                            ('autoencoder', dict(optimizer='lion'), 'allowed: sgd, rmsprop, adam'),
+                                            ('convnet', dict(lr=-1.0), "lr=-1.0: a positive number or 'tune'")])
+def test_notebooks_reject_bad_parameters(nb, bad, message, tmp_path):
+    with pytest.raises(pm.PapermillExecutionError, match=message):
+        pm.execute_notebook(str(ROOT / f'nbs/experiments/{nb}.ipynb'), str(tmp_path / 'o.ipynb'),
+                            parameters=dict(bad, out_dir=str(tmp_path / 'out')), kernel_name='python3', progress_bar=False, cwd=str(ROOT))
+    assert not (tmp_path / 'out').exists() or not any((tmp_path / 'out').iterdir()), 'a rejected run must leave nothing behind'
+
+
+def test_batch_runner_local_skip_and_report(tmp_path, capsys):
+    nb = ROOT / 'nbs/experiments/autoencoder.ipynb'
+    grid = {'optimizer': ['sgd', 'rmsprop', 'adam']}
+    t = run_grid(nb, grid, tmp_path / 'runs', params=AE_TINY, workers=2, cwd=ROOT, progress=False)
+    assert list(t.status) == ['complete'] * 3 and set(t.optimizer) == {'sgd', 'rmsprop', 'adam'}
+    assert (tmp_path / 'runs' / 'results.csv').exists() and 'last_epoch_loss' in t
+    stamp = (tmp_path / 'runs' / 'optimizer=sgd' / 'complete.json').stat().st_mtime_ns
+    # the command line, run again: complete points are skipped, nothing is recomputed
+    assert batch_main([str(nb), '--out', str(tmp_path / 'runs'), '--grid', 'optimizer=sgd,rmsprop,adam'] +
+                      [f'--param={k}={v}' for k, v in AE_TINY.items()]) == 0
+    assert (tmp_path / 'runs' / 'optimizer=sgd' / 'complete.json').stat().st_mtime_ns == stamp
+    assert 'results table' in capsys.readouterr().out
+    # the report reads the runs and draws every figure and the claims table
+    rep = tmp_path / 'runs' / 'report'
+    pm.execute_notebook(str(ROOT / 'nbs/experiments/report.ipynb'), str(tmp_path / 'report.ipynb'),
+                        parameters=dict(runs_dir=str(tmp_path / 'runs'), interactive=False), kernel_name='python3', progress_bar=False, cwd=str(ROOT))
+    for f in ('figure3_autoencoder.png', 'figure4_autoencoder.png', 'figure5_autoencoder.png', 'figure6.png', 'explorer_static.png', 'claims.csv'):
+        assert (rep / f).stat().st_size > 0, f
+    claims = pd.read_csv(rep / 'claims.csv')
+    assert claims.verdict.isin(['holds', 'does not hold', 'consistent']).all() and len(claims) >= 8
+
+
+def test_batch_runner_on_a_dask_local_cluster(tmp_path):
+    from distributed import LocalCluster
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        t = run_grid(ROOT / 'nbs/experiments/autoencoder.ipynb', {'seed': [0, 1]}, tmp_path / 'dask', params=AE_TINY,
+                     scheduler=cluster.scheduler_address, cwd=ROOT, progress=False)
+    assert list(t.status) == ['complete', 'complete'] and t.seed.tolist() == [0, 1]
+
+
+def test_batch_runner_reports_failures(tmp_path):
+    t = run_grid(ROOT / 'nbs/experiments/autoencoder.ipynb', {'optimizer': ['nope']}, tmp_path / 'f', params=AE_TINY, cwd=ROOT, progress=False)
+    assert t.status.tolist() == ['failed'] and 'allowed' in t.error[0]
+    with pytest.raises(ValueError, match='must be lists'): run_grid(ROOT / 'nbs/experiments/autoencoder.ipynb', {'seed': 1}, tmp_path / 'g')
