@@ -190,3 +190,11 @@ def test_bad_inputs(tmp_path):
     f.write_bytes(bytes([data[0] ^ 1]) + data[1:])
     with pytest.raises(ValueError, match='does not match its checksum'): hindsight(tmp_path / 'e', progress=False)
     with pytest.raises(FileNotFoundError): RegretRecording(tmp_path / 'nothing')
+
+
+@pytest.mark.parametrize('make,loss', [(autoencoder, 'mse'), (SkipMLP, 'mse'), (convnet, 'cross_entropy')], ids=['chain', 'general', 'conv-ce'])
+def test_size_estimate_is_what_is_written(make, loss, tmp_path):
+    train(make, loss, 'paper', tmp_path / 'z', rounds=6, chunk_rounds=3)
+    rec = RegretRecording(tmp_path / 'z')
+    written = sum(c['bytes'] for c in rec.manifest['chunks']) / len(rec)
+    assert written == rec.manifest['estimate']['bytes_per_round']
