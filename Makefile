@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 PYTHON ?= python3
 
-.PHONY: demo test sync nbtest pytest docs bench install clean
+.PHONY: demo results test sync nbtest pytest docs bench install clean
 
 install: $(STAMP)
 
@@ -29,6 +29,13 @@ demo: $(STAMP)
 	echo; echo "The paper's claims against this run ($(DEMO_DIR)/report/claims.md):"; cat $(DEMO_DIR)/report/claims.md
 	echo; echo "executed notebooks: $(DEMO_DIR)/autoencoder/*/notebook.ipynb and $(DEMO_DIR)/report.ipynb"
 	echo "figures: $$(ls $(DEMO_DIR)/report/*.png | tr '\n' ' ')"
+
+# The docs site's results page: the report executed on the demo runs (commit the notebook it writes).
+RESULTS_NB := nbs/results/demo_report.ipynb
+results: demo
+	$(PY) tools/publish_report.py $(DEMO_DIR)/report.ipynb $(RESULTS_NB) "the make demo runs"
+	$(BIN)/nbdev_clean --fname $(RESULTS_NB)
+	echo "wrote $(RESULTS_NB) ($$(du -h $(RESULTS_NB) | cut -f1)); commit it with the code it was run by"
 
 test: sync nbtest pytest docs
 

@@ -131,6 +131,7 @@ class RegretRecorder:
                              layer_types={l: type(self.mods[l]).__name__ for l in self.plan},
                              output_layer=chain[-1] if chain else None, n_outputs=shapes['n_out'],
                              chain=chain, lowest=self.hooked[0] if self.fast and self.plan else None,
+                             layer_numbers={n: i + 1 for i, n in enumerate(_layers(model))},
                              weight_layout=self._weight_layout() if self.fast and self.plan else None,
                              schedule=schedule.describe() if schedule else 'every step',
                              estimate=dict(bytes_per_round=per_round, rounds=rounds), model=repr(model),
@@ -491,17 +492,17 @@ class _GNAcc:
                 st['Q'] += Sp.T @ Xp
 
     def solve(self):
-        "{scope: (minimum of the summed Taylor losses, certificate)}."
+        "{scope: (minimum of the summed Taylor losses, certificate, distance to the infimum: 0, solved exactly)}."
         st, out = {k: v.numpy() for k, v in self.st.items()}, {}
         vals = _quad_min(st['Qn'], st['qn'], st['cn'])
-        for u, v in zip(self.units, vals): out[Scope('neuron', self.layer, int(u))] = (float(v), np.nan)
+        for u, v in zip(self.units, vals): out[Scope('neuron', self.layer, int(u))] = (float(v), np.nan, 0.0)
         if self.layer_scope:
             C, K1 = st['q'].shape
             if self.identity: v = _quad_min_shared(st['Q'], st['q'], float(st['c']))
             else:
                 Q4 = st['Q'][self.idxS[:, :, None, None], self.idxX[None, None, :, :]]  # (C, C, K1, K1)
                 v = float(_quad_min(Q4.transpose(0, 2, 1, 3).reshape(C * K1, C * K1), st['q'].reshape(-1), float(st['c'])))
-            out[Scope('layer', self.layer)] = (v, np.nan)
+            out[Scope('layer', self.layer)] = (v, np.nan, 0.0)
         return out
 
 # %% ../nbs/03_regret.ipynb #e755c8da
@@ -519,11 +520,141 @@ def _lbfgs(fun, V0, tol, max_iter=2000):
     f = fun(V); g, = torch.autograd.grad(f, V)
     return V.detach(), float(f.detach()), g
 
+def _loss_terms(z, y, s, loss):
+    "Value (U,), weighted gradient r = s dl/dz (U, n, p) and h(A) = s d2l/dz2 A of the per-sample loss at z (U, n, p)."
+    if loss == 'cross_entropy':
+        lse = torch.logsumexp(z, -1)
+        val = ((lse - z[:, torch.arange(len(y), device=z.device), y]) * s).sum(-1)
+        p = torch.exp(z - lse[..., None])
+        r = p.clone(); r[:, torch.arange(len(y), device=z.device), y] -= 1
+        ps = p * s[:, None]
+        return val, r * s[:, None], lambda A: ps[..., None] * A - ps[..., None] * (p[..., None] * A).sum(-2, keepdim=True)
+    e = z - y
+    return ((e * e).sum(-1) * s).sum(-1), 2 * e * s[:, None], lambda A: 2 * s[:, None, None] * A
+
+class _Problems:
+    "A batch of convex problems  min_v sum_b s_b loss(base_b + D_b v, y_b)  over stored samples, one per scope."
+    def __init__(self, D, fmt, loss, cols=None, chunk_bytes=2 ** 28):
+        self.D, self.fmt, self.loss, self.cols = D, fmt, loss, cols  # cols: the neurons' recorded columns (None: the layer)
+        self.n, self.chunk_bytes = len(D[0]), chunk_bytes
+
+    def size(self):
+        "Variables of one problem."
+        if self.cols is not None: return self.D[3].shape[1] if self.fmt == 'linear' else self.D[3].shape[-1]
+        C = self.D[4].shape[-1] if self.fmt == 'linear' else self.D[3].shape[2]
+        return C * (self.D[3].shape[1] if self.fmt == 'linear' else self.D[3].shape[-1])
+
+    def _design(self, sl, idx):
+        """For samples sl and problems idx: the base outputs (U, m, p) and the map v -> z - base, one of
+        ('rank1', j (U, m, p), X (m, K1)): z = base + j (X v);  ('kron', J (m, p, C), X (m, K1)): z = base + J (W X);
+        ('full', Phi (U, m, p, P)): z = base + Phi v."""
+        f0 = self.D[0][sl]
+        if self.fmt == 'linear':
+            X, J, a = (t[sl] for t in self.D[3:])
+            if self.cols is None: return (f0 - torch.einsum('noc,nc->no', J, a))[None], ('kron', J, X)
+            c = self.cols[idx]
+            j = J[:, :, c].permute(2, 0, 1)  # (U, m, p): the neuron's output direction, scaled by x_b . v
+            return f0[None] - j * a[:, c].T[..., None], ('rank1', j, X)
+        M, m0 = self.D[3][sl], self.D[4][sl]
+        if self.cols is None: return (f0 - m0.sum(2))[None], ('full', M.reshape(len(M), M.shape[1], -1)[None])
+        c = self.cols[idx]
+        return f0[None] - m0[:, :, c].permute(2, 0, 1), ('full', M[:, :, c].permute(2, 0, 1, 3))
+
+    def _z(self, V, base, des):
+        if des[0] == 'rank1': return base + des[1] * (des[2] @ V.T).T[..., None]
+        if des[0] == 'kron':
+            J, X = des[1:]
+            return base + torch.einsum('noc,nc->no', J, X @ V.reshape(J.shape[2], -1).T)[None]
+        return base + torch.einsum('umpk,uk->ump', des[1], V)
+
+    def evaluate(self, V, idx, hess=True):
+        "Summed loss (U,), gradient (U, P) and Hessian (U, P, P) of problems idx at V (U, P), chunk by chunk."
+        y, s = self.D[1], self.D[2]
+        U, P = V.shape
+        p = self.D[0].shape[1]
+        if self.fmt == 'linear' and self.cols is not None: per = U * (3 * p + P)  # doubles of temporaries per sample
+        elif self.fmt == 'linear': C = self.D[4].shape[2]; per = 3 * p * C + C * (C + 1) // 2 * (P // C)
+        else: per = 3 * U * p * P
+        step = max(1, self.chunk_bytes // (8 * per))
+        f = V.new_zeros(U); g = V.new_zeros(U, P); H = V.new_zeros(U, P, P) if hess else None
+        for i in range(0, self.n, step):
+            sl = slice(i, i + step)
+            base, des = self._design(sl, idx)
+            val, r, h = _loss_terms(self._z(V, base, des), y[sl], s[sl], self.loss)
+            f += val
+            if des[0] == 'rank1':
+                j, X = des[1:]
+                g += (r * j).sum(-1) @ X
+                if hess: H += (X.T[None] * (j * h(j[..., None])[..., 0]).sum(-1)[:, None, :]) @ X
+            elif des[0] == 'kron':  # Hessian sum_b A_b (x) x_b x_b^T: one K1 x K1 block per pair c <= c' (A_b symmetric)
+                J, X = des[1:]
+                g += (torch.einsum('no,noc->nc', r[0], J).T @ X).reshape(1, -1)
+                if hess:
+                    A = torch.einsum('npc,npd->ncd', J, h(J[None])[0])
+                    C, K1 = J.shape[2], X.shape[1]
+                    iu = torch.triu_indices(C, C, device=X.device)
+                    Hp = ((A[:, iu[0], iu[1], None] * X[:, None, :]).reshape(len(X), -1).T @ X).reshape(-1, K1, K1)
+                    pair = torch.zeros(C, C, dtype=torch.long, device=X.device)
+                    pair[iu[0], iu[1]] = pair[iu[1], iu[0]] = torch.arange(iu.shape[1], device=X.device)
+                    H += Hp[pair].permute(0, 2, 1, 3).reshape(1, P, P)
+            else:
+                Phi = des[1]
+                g += torch.einsum('ump,umpk->uk', r, Phi)
+                if hess: H += Phi.reshape(U, -1, P).transpose(1, 2) @ h(Phi).reshape(U, -1, P)
+        return f, g, H
+
+def _newton(prob, idx, V0, tol, max_iter=100):
+    """Damped Newton on a batch of convex problems, each stopped once half its Newton decrement is at most `tol`
+    (an estimate of its distance to the infimum, also where the infimum is only approached at infinity).
+    `idx`: the problems of `prob` to solve, `V0` their starting points. Returns V, values, gradient norms, Newton
+    decrements and iterations (all per problem)."""
+    V = V0.clone()
+    U = len(V)
+    f, g, H = prob.evaluate(V, idx)
+    lam = torch.full((U,), float('inf'), dtype=V.dtype, device=V.device)
+    iters = torch.zeros(U, dtype=torch.long)
+    act = torch.arange(U, device=V.device)  # positions of the problems still running
+    for it in range(max_iter):
+        # Newton direction: Cholesky of H (plus a ridge tiny against its scale: flat directions have zero gradient)
+        Ha, ga = H[act], g[act]
+        mu = 1e-13 * Ha.diagonal(0, 1, 2).abs().amax(-1).clamp_min(1e-300)
+        eye = torch.eye(Ha.shape[-1], dtype=V.dtype, device=V.device)
+        for _ in range(8):
+            L, info = torch.linalg.cholesky_ex(Ha + mu[:, None, None] * eye)
+            if not bool(info.any()): break
+            mu = torch.where(info > 0, mu * 1e3, mu)
+        d = torch.cholesky_solve(ga[..., None], L)[..., 0]
+        lam2 = (ga * d).sum(-1).clamp_min(0)
+        lam[act] = lam2
+        keep = lam2 / 2 > tol
+        act, d, lam2 = act[keep], d[keep], lam2[keep]
+        if not len(act): break
+        iters[act.cpu()] += 1
+        # backtracking (Armijo) line search, every active problem at once
+        t = torch.ones(len(act), dtype=V.dtype, device=V.device)
+        fa, acc = f[act], torch.zeros(len(act), dtype=torch.bool, device=V.device)
+        Vn = V[act].clone()
+        for _ in range(60):
+            todo = ~acc
+            trial = V[act][todo] - t[todo, None] * d[todo]
+            ft = prob.evaluate(trial, idx[act[todo]], hess=False)[0]
+            ok = ft <= fa[todo] - 1e-4 * t[todo] * lam2[todo]
+            w = todo.nonzero()[:, 0]
+            Vn[w[ok]] = trial[ok]; acc[w[ok]] = True
+            t[w[~ok]] /= 2
+            if bool(acc.all()): break
+        moved = act[acc]
+        if not len(moved): break  # no problem can decrease any further: rounding has the last word
+        V[moved] = Vn[acc]
+        f[moved], g[moved], H[moved] = prob.evaluate(V[moved], idx[moved])
+        act = moved
+    return V, f, g.norm(dim=-1), lam, iters
+
 class _DenseAcc:
     "One layer's scopes for a convex solve from stored samples (cross-entropy, or any loss on a convolution)."
     def __init__(self, layer, units, cols, layer_scope, fmt, loss, device='cpu'):
         self.layer, self.units, self.cols, self.layer_scope, self.fmt, self.loss = layer, list(units), list(cols), layer_scope, fmt, loss
-        self.parts, self.V, self.device = [], {}, torch.device(device)
+        self.parts, self.V, self.device, self.solver = [], {}, torch.device(device), {}
 
     def add(self, d, sl, s):
         l, t = self.layer, lambda k: torch.from_numpy(np.array(d[k][sl], dtype=np.float64))
@@ -533,41 +664,54 @@ class _DenseAcc:
         else: parts = (t(f'{l}/M'), t(f'{l}/m0'))
         self.parts.append((t('f0'), y, torch.from_numpy(s)) + parts)
 
-    def _neuron(self, D, c, v):
-        "Taylor outputs (n, p_L) of the unit in recorded column c at weights v."
-        if self.fmt == 'linear':
-            X, J, a = D[3:]
-            return D[0] + J[:, :, c] * (X @ v - a[:, c])[:, None]
-        M, m0 = D[3:]
-        return D[0] + M[:, :, c] @ v - m0[:, :, c]
-
-    def _layer(self, D, W):
-        if self.fmt == 'linear':
-            X, J, a = D[3:]
-            return D[0] + torch.einsum('noc,nc->no', J, X @ W.T - a)
-        M, m0 = D[3:]
-        return D[0] + torch.einsum('nouk,uk->no', M, W) - m0.sum(2)
+    def _start(self, prob, keys, idx, P):
+        "Warm start: the last prefix's optimum where that beats v = 0 on the longer prefix (it can be far out when the last was separable)."
+        zero = torch.zeros(len(keys), P, dtype=torch.float64, device=self.device)
+        if not all(k in self.V for k in keys): return zero
+        last = torch.stack([self.V[k] for k in keys])
+        better = prob.evaluate(last, idx, hess=False)[0] <= prob.evaluate(zero, idx, hess=False)[0]
+        return torch.where(better[:, None], last, zero)
 
     def solve(self):
+        """{scope: (minimum of the summed Taylor losses, gradient norm there, estimated distance to the infimum)}:
+        batched damped Newton (L-BFGS beyond MAX_DIRECT variables, with no estimate of the distance)."""
         D = tuple(torch.cat(z).to(self.device) for z in zip(*self.parts))
         self.parts = [D]
-        f0, y, s = D[:3]
-        K1 = D[3].shape[1] if self.fmt == 'linear' else D[3].shape[-1]
-        if self.loss == 'cross_entropy': L = lambda T: (F.cross_entropy(T, y, reduction='none') * s).sum()
-        else: L = lambda T: (((T - y) ** 2).sum(1) * s).sum()
-        tol, out = 1e-9 * float(s.sum()), {}
-        for u, c in zip(self.units, self.cols):  # one convex problem per neuron, warm-started from the last prefix
-            v, val, g = _lbfgs(lambda v: L(self._neuron(D, c, v)), self.V.get(u, torch.zeros(K1, dtype=torch.float64, device=self.device)), tol)
-            self.V[u] = v
-            out[Scope('neuron', self.layer, int(u))] = (val, float(g.norm()))
+        tol, out = 1e-9 * float(D[2].sum()), {}
+        if self.units:
+            prob = _Problems(D, self.fmt, self.loss, torch.as_tensor(self.cols, device=self.device))
+            P = prob.size()
+            group = max(1, 2 ** 27 // P ** 2)  # neurons per Newton batch: their Hessians take at most 1 GB
+            for i in range(0, len(self.units), group):
+                us = self.units[i:i + group]
+                idx = torch.arange(i, i + len(us), device=self.device)
+                V, f, gn, lam, it = _newton(prob, idx, self._start(prob, us, idx, P), tol)
+                for k, u in enumerate(us):
+                    self.V[u] = V[k]
+                    out[Scope('neuron', self.layer, int(u))] = (float(f[k]), float(gn[k]), float(lam[k]) / 2)
+                self.solver.update({u: dict(decrement=float(lam[k]), iterations=int(it[k])) for k, u in enumerate(us)})
         if self.layer_scope:
-            C = D[4].shape[2]
-            W, val, g = _lbfgs(lambda W: L(self._layer(D, W)), self.V.get('layer', torch.zeros(C, K1, dtype=torch.float64, device=self.device)), tol)
-            self.V['layer'] = W
-            out[Scope('layer', self.layer)] = (val, float(g.norm()))
+            prob = _Problems(D, self.fmt, self.loss)
+            P, one = prob.size(), torch.zeros(1, dtype=torch.long, device=self.device)
+            if P <= MAX_DIRECT:
+                V, f, gn, lam, it = _newton(prob, one, self._start(prob, ['layer'], one, P), tol)
+                self.V['layer'], v, g, gap = V[0], float(f[0]), float(gn[0]), float(lam[0]) / 2
+                self.solver['layer'] = dict(decrement=float(lam[0]), iterations=int(it[0]))
+            else:  # too many variables for a Hessian: L-BFGS on the summed loss
+                Z = lambda W: prob._z(W.reshape(1, -1), *prob._design(slice(None), one))
+                L = lambda W: _loss_terms(Z(W), D[1], D[2], self.loss)[0][0]
+                W, v, gr = _lbfgs(L, self.V.get('layer', torch.zeros(P, dtype=torch.float64, device=self.device)), 1e-9 * float(D[2].sum()))
+                self.V['layer'], g, gap = W, float(gr.norm()), np.nan
+            out[Scope('layer', self.layer)] = (v, g, gap)
         return out
 
 # %% ../nbs/03_regret.ipynb #852c3621
+def _layer_numbers(mf):
+    "Weight layers numbered 1.. from the input, as the paper numbers them (from the parameter order in older recordings)."
+    if 'layer_numbers' in mf: return mf['layer_numbers']
+    names = [k[:-len('.weight')] for k, sh in mf['param_shapes'].items() if k.endswith('.weight') and len(sh) in (2, 4)]
+    return {n: i + 1 for i, n in enumerate(names)}
+
 def _check_prefixes(prefixes, R):
     if R < 1: raise ValueError('the recording holds no rounds')
     p = log_prefixes(R, 64) if prefixes is None else np.unique(np.asarray(prefixes, dtype=int))
@@ -594,6 +738,7 @@ def hindsight(rec: RegretRecording | str | Path, # a recording (or its folder)
     rec = rec if isinstance(rec, RegretRecording) else RegretRecording(rec)
     mf, R = rec.manifest, len(rec)
     prefixes, scopes = _check_prefixes(prefixes, R), _select(rec, scopes)
+    nums = _layer_numbers(mf)
     accs = []
     for l, t in mf['layer_types'].items():
         units = sorted({s.neuron for s in scopes if s.kind == 'neuron' and s.layer == l})
@@ -633,10 +778,10 @@ def hindsight(rec: RegretRecording | str | Path, # a recording (or its folder)
             if done == prefixes[pi]:
                 N, cum = done, float(losses[:done].sum())
                 for a in accs:
-                    for sc, (v, cert) in a.solve().items():
-                        rows.append(dict(scope=str(sc), kind=sc.kind, layer=sc.layer, neuron=sc.neuron if sc.neuron is not None else -1,
-                                         N=N, step=int(steps[N - 1]), cumulative_loss=cum, taylor_optimum=v / N,
-                                         regret=cum - v, grad_norm=cert))
+                    for sc, (v, cert, gap) in a.solve().items():
+                        rows.append(dict(scope=str(sc), kind=sc.kind, layer=sc.layer, layer_number=nums.get(sc.layer, -1),
+                                         neuron=sc.neuron if sc.neuron is not None else -1, N=N, step=int(steps[N - 1]), cumulative_loss=cum, taylor_optimum=v / N,
+                                         regret=cum - v, grad_norm=cert, optimum_gap=gap / N))
                 pi += 1; bar.update()
     bar.close()
     df = pd.DataFrame(rows)
@@ -659,7 +804,7 @@ def hindsight_generic(model: nn.Module, # the network that was recorded (its arc
     rec = rec if isinstance(rec, RegretRecording) else RegretRecording(rec)
     mf, R = rec.manifest, len(rec)
     if not any(k.startswith('w/') for k in rec.chunk(0)): raise ValueError('this recording has no weight snapshots: record with store_weights=True')
-    prefixes = _check_prefixes(prefixes, R)
+    prefixes, nums = _check_prefixes(prefixes, R), _layer_numbers(mf)
     scopes = rec.scopes if scopes is None else [s if isinstance(s, Scope) else Scope.parse(s) for s in scopes]
     m64 = copy.deepcopy(model).double()
     names = [k for k, _ in m64.named_parameters()]
@@ -700,15 +845,15 @@ def hindsight_generic(model: nn.Module, # the network that was recorded (its arc
                 cum = float(losses[:done].sum())
                 for sc in scopes:
                     z = st[sc]
-                    if mse: v, cert = float(_quad_min(z['Q'], z['q'], z['c'])), np.nan
+                    if mse: v, cert, gap = float(_quad_min(z['Q'], z['q'], z['c'])), np.nan, 0.0
                     else:
                         M, off, yy, s = (torch.cat(t) for t in zip(*z['parts'])); z['parts'] = [(M, off, yy, s)]
                         fun = lambda v: (F.cross_entropy(off + M @ v, yy, reduction='none') * s).sum()
                         V, v, g = _lbfgs(fun, z['V'] if z['V'] is not None else torch.zeros(M.shape[2], dtype=torch.float64), 1e-9 * float(s.sum()))
-                        z['V'], cert = V, float(g.norm())
-                    rows.append(dict(scope=str(sc), kind=sc.kind, layer=sc.layer, neuron=sc.neuron if sc.neuron is not None else -1,
-                                     N=done, step=int(steps[done - 1]), cumulative_loss=cum, taylor_optimum=v / done,
-                                     regret=cum - v, grad_norm=cert))
+                        z['V'], cert, gap = V, float(g.norm()), np.nan
+                    rows.append(dict(scope=str(sc), kind=sc.kind, layer=sc.layer, layer_number=nums.get(sc.layer, -1),
+                                     neuron=sc.neuron if sc.neuron is not None else -1, N=done, step=int(steps[done - 1]), cumulative_loss=cum, taylor_optimum=v / done,
+                                     regret=cum - v, grad_norm=cert, optimum_gap=gap / done))
                 pi += 1
     bar.close()
     df = pd.DataFrame(rows)
@@ -732,6 +877,14 @@ def regret_exponents(df: pd.DataFrame, # hindsight's table (optionally with a `s
     return pd.DataFrame(rows)
 
 # %% ../nbs/03_regret.ipynb #bee5dfef
+def _layer_name(df):
+    "Layer path -> 'layer 3 (module 5)': the paper's numbering, from the input, with the module path where they differ."
+    nums = dict(zip(df.layer.astype(str), df.layer_number)) if 'layer_number' in df else {}
+    def name(l):
+        n = nums.get(str(l), -1)
+        return f'layer {l}' if n is None or n < 1 else f'layer {n}' if str(n) == str(l) else f'layer {n} (module {l})'
+    return name
+
 def plot_figure3(df: pd.DataFrame, # hindsight's table for one run
                  detail_layers: list | None = None, # layers for panels (b), (c) (default: the first two with neurons)
                  title: str = '', # figure title
@@ -739,7 +892,7 @@ def plot_figure3(df: pd.DataFrame, # hindsight's table for one run
                 ):
     "Per-neuron normalised regret per layer (a), and regret with average loss and Taylor optimum for chosen layers (b, c)."
     import matplotlib.pyplot as plt, seaborn as sns
-    nd = df[df.kind == 'neuron']
+    nd, name = df[df.kind == 'neuron'], _layer_name(df)
     layers = list(dict.fromkeys(nd.layer))
     detail = detail_layers or layers[:2]
     fig, axs = plt.subplots(1, 1 + len(detail), figsize=(5 * (1 + len(detail)), 4), squeeze=False)
@@ -748,7 +901,7 @@ def plot_figure3(df: pd.DataFrame, # hindsight's table for one run
         g, c = nd[nd.layer == l], sns.color_palette()[i % 10]
         for _, h in g.groupby('scope'): axs[0].plot(h.N, h.regret_sqrtN, '--', color=c, lw=0.5, alpha=0.5)
         m = g.groupby('N').regret_sqrtN.agg(['mean', 'std'])
-        axs[0].plot(m.index, m['mean'], color=c, label=f'layer {l}')
+        axs[0].plot(m.index, m['mean'], color=c, label=name(l))
         axs[0].fill_between(m.index, m['mean'] - m['std'], m['mean'] + m['std'], color=c, alpha=0.2)
     axs[0].set(xscale='log', xlabel='N (rounds)', ylabel=r'Regret$(N)/\sqrt{N}$', title='(a) neuron regret by layer'); axs[0].legend()
     for ax, l in zip(axs[1:], detail):
@@ -758,7 +911,7 @@ def plot_figure3(df: pd.DataFrame, # hindsight's table for one run
         ax.fill_between(m.index, m.regret - m.sd, m.regret + m.sd, color='C0', alpha=0.2)
         ax2 = ax.twinx(); ax2.grid(False)
         ax2.plot(m.index, m.avg, color='C1', label='average loss'); ax2.plot(m.index, m.opt, color='C2', label='Taylor optimum')
-        ax.set(xscale='log', xlabel='N (rounds)', ylabel=r'Regret$(N)/\sqrt{N}$', title=f'neurons of layer {l}')
+        ax.set(xscale='log', xlabel='N (rounds)', ylabel=r'Regret$(N)/\sqrt{N}$', title=f'neurons of {name(l)}')
         ax2.set_ylabel('loss per round')
         h1, l1 = ax.get_legend_handles_labels(); h2, l2 = ax2.get_legend_handles_labels(); ax.legend(h1 + h2, l1 + l2, fontsize=8)
     if title: fig.suptitle(title)
@@ -777,14 +930,14 @@ def plot_figure4(runs: dict, # label (optimizer) -> hindsight table
     for i, (label, df) in enumerate(runs.items()):
         c, ld = sns.color_palette()[i % 10], df[df.kind == 'layer']
         for j, (l, g) in enumerate(ld.groupby('layer', sort=False)):
-            axs[0].plot(g.N, g.regret_sqrtN, color=c, lw=1, ls=['-', '--', ':', '-.'][j % 4], label=f'{label}, layer {l}')
+            axs[0].plot(g.N, g.regret_sqrtN, color=c, lw=1, ls=['-', '--', ':', '-.'][j % 4], label=f'{label}, {_layer_name(df)(l)}')
         g = ld[ld.layer.astype(str) == str(layer)]
         axs[1].plot(g.N, g.cumulative_loss, color=c, label=f'{label}: loss incurred')
         axs[1].plot(g.N, g.N * g.taylor_optimum, color=c, ls='--', label=f'{label}: Taylor optimum')
     axs[0].set(xscale='log', xlabel='N (rounds)', ylabel=r'Regret$(N)/\sqrt{N}$', title='(a) layer-wise regret'); axs[0].legend(fontsize=7)
     positive = all((d[(d.kind == 'layer') & (d.layer.astype(str) == str(layer))].taylor_optimum > 0).all() for d in runs.values())
     axs[1].set(xscale='log', yscale='log' if positive else 'linear', xlabel='N (rounds)', ylabel='cumulative loss',
-               title=f'(b) layer {layer}: incurred vs Taylor-optimal'); axs[1].legend(fontsize=7)
+               title=f'(b) {_layer_name(next(iter(runs.values())))(layer)}: incurred vs Taylor-optimal'); axs[1].legend(fontsize=7)
     if title: fig.suptitle(title)
     fig.tight_layout()
     if save is not None: fig.savefig(save, dpi=120)

@@ -35,6 +35,7 @@ def analyze_run(run: str | Path, # a run folder written by train_run
         rec = RegretRecording(run / 'regret')
         df = hindsight(rec, log_prefixes(len(rec), prefixes), progress=progress, device=device)
         df.to_csv(run / 'regret.csv', index=False)
+        s['max_optimum_gap'] = float(df.optimum_gap.max())  # 0 for exact (quadratic) solves; see ntaylor_nb.regret
         ex = regret_exponents(df, lo=max(2, len(rec) // 50), n_boot=300)
         ex.to_csv(run / 'exponents.csv', index=False)
         for r in ex.itertuples(): s[f'exponent_{r.kind}_{r.layer}'] = r.exponent
@@ -111,9 +112,12 @@ def claims_table(runs: pd.DataFrame, # load_runs' table
                              verdict='holds' if max(l['rmsprop'], l['adam']) < l['sgd'] else 'does not hold'))
         gaps = {o: np.nanmean([runs[(runs.task == 'autoencoder') & (runs.optimizer == o)][c].mean() for c in runs if c.startswith('gap_layer_')] or [np.nan]) for o in opts}
         if all(np.isfinite(v) for v in gaps.values()):
+            # "smaller" is closer to zero: a negative gap (incurred loss below the Taylor optimum) is not a small one
+            neg = [o for o, v in gaps.items() if v < 0]
             rows.append(dict(claim='autoencoder: gap between loss and Taylor optimum is smaller for adaptive optimizers', paper='fig 4(c)',
-                             measured='mean over layers of (average loss - Taylor optimum) at the last prefix: ' + ', '.join(f'{o} {v:.3g}' for o, v in gaps.items()),
-                             verdict='holds' if max(gaps['rmsprop'], gaps['adam']) < gaps['sgd'] else 'does not hold'))
+                             measured='mean over layers of (average loss - Taylor optimum) at the last prefix: ' + ', '.join(f'{o} {v:.3g}' for o, v in gaps.items())
+                                      + (f' (negative for {", ".join(neg)}: the loss incurred is below the Taylor optimum; compared by size)' if neg else ''),
+                             verdict='holds' if max(abs(gaps['rmsprop']), abs(gaps['adam'])) < abs(gaps['sgd']) else 'does not hold'))
     if (runs.task == 'convnet').any():
         acc = {o: mean('convnet', o, 'last_epoch_accuracy') for o in opts}
         if all(np.isfinite(v) for v in acc.values()):

@@ -74,3 +74,22 @@ def test_parameters_tags_survive_cleaning():
     for nb in (ROOT / 'nbs' / 'experiments').glob('*.ipynb'):
         cells = [c for c in nbformat.read(nb, 4).cells if c.cell_type == 'code']
         assert 'parameters' in cells[0].metadata.get('tags', []), f'{nb.name}: first code cell lacks the parameters tag'
+
+
+def test_docs_show_the_report_executed_on_real_runs():
+    "nbs/results/demo_report.ipynb is the current report notebook executed on the demo runs (make results), outputs and all."
+    ex = nbformat.read(ROOT / 'nbs/results/demo_report.ipynb', 4)
+    src = nbformat.read(ROOT / 'nbs/experiments/report.ipynb', 4)
+    code = lambda nb: [c.source for c in nb.cells if c.cell_type == 'code' and 'injected-parameters' not in c.metadata.get('tags', [])]
+    assert code(ex) == code(src), 'the report notebook changed since the results page was made: run `make results` and commit it'
+    injected = [c.source for c in ex.cells if 'injected-parameters' in c.metadata.get('tags', [])]
+    assert injected and 'runs_dir' in injected[0] and 'interactive = False' in injected[0]
+    outs = [o for c in ex.cells if c.cell_type == 'code' for o in c.get('outputs', [])]
+    assert not [o for o in outs if o.output_type == 'error']
+    assert sum('image/png' in o.get('data', {}) for o in outs) >= 5, 'figures 3-6 and the explorer view'
+    html = ''.join(o.get('data', {}).get('text/html', '') for o in outs)
+    assert 'optimizer' in html and 'last_epoch_loss' in html and 'verdict' in html  # the runs' parameters, the claims
+    assert 'executed by `make results`' in ex.cells[0].source
+    assert (ROOT / 'nbs/results/.notest').exists(), 'nbdev_test must not re-run it (the runs are not in the repository)'
+    assert 'results/demo_report.ipynb' in (ROOT / 'nbs/sidebar.yml').read_text()
+    assert 'results/demo_report.ipynb' in ''.join(c.source for c in nbformat.read(ROOT / 'nbs/10_results.ipynb', 4).cells)

@@ -102,8 +102,8 @@ def test_mse_fast_equals_generic_and_scipy_lstsq(make, tmp_path):
 
 
 def test_cross_entropy_convnet_matches_scipy(tmp_path):
-    "Neuron and layer scopes of a convnet with max-pooling: L-BFGS optimum vs scipy's BFGS on explicit affine maps."
-    scopes = ['neuron:0:1', 'neuron:4:2', 'layer:4']
+    "Neuron and layer scopes of a convnet with max-pooling: the Newton optimum vs scipy's BFGS on explicit affine maps."
+    scopes = ['neuron:0:1', 'neuron:4:2', 'layer:4', 'layer:0']
     model, _ = train(convnet, 'cross_entropy', scopes, tmp_path / 'c', rounds=8, B=40, store_weights=True)
     rec = RegretRecording(tmp_path / 'c')
     fast = hindsight(rec, [8], progress=False).set_index('scope')
@@ -198,3 +198,134 @@ def test_size_estimate_is_what_is_written(make, loss, tmp_path):
     rec = RegretRecording(tmp_path / 'z')
     written = sum(c['bytes'] for c in rec.manifest['chunks']) / len(rec)
     assert written == rec.manifest['estimate']['bytes_per_round']
+
+
+# ---- the convex solver for cross-entropy (and any loss on a convolution): batched damped Newton ----
+
+from torch.func import grad as fgrad, hessian as fhessian
+
+from ntaylor_nb.regret import _newton, _Problems
+
+
+def random_data(fmt, n=37, p=4, C=3, K1=5, seed=0, loss='cross_entropy'):
+    "Stored samples in the recorder's format: (f0, y, s, X, J, a) for a Linear layer, (f0, y, s, M, m0) for a convolution."
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *sh: torch.randn(*sh, generator=g, dtype=torch.float64)
+    y = torch.randint(0, p, (n,), generator=g) if loss == 'cross_entropy' else r(n, p)
+    s = torch.rand(n, generator=g, dtype=torch.float64) + 0.1
+    if fmt == 'linear': return (r(n, p), y, s, torch.cat([r(n, K1 - 1), torch.ones(n, 1, dtype=torch.float64)], 1), r(n, p, C), r(n, C))
+    return (r(n, p), y, s, r(n, p, C, K1), r(n, p, C))
+
+
+def reference_z(D, fmt, col, v):
+    "The Taylor outputs written out from the definitions (no structure exploited)."
+    if fmt == 'linear':
+        f0, _, _, X, J, a = D
+        if col is None: return f0 + torch.einsum('noc,nc->no', J, X @ v.reshape(J.shape[2], -1).T - a)
+        return f0 + J[:, :, col] * (X @ v - a[:, col])[:, None]
+    f0, _, _, M, m0 = D
+    if col is None: return f0 + torch.einsum('npck,ck->np', M, v.reshape(M.shape[2], -1)) - m0.sum(2)
+    return f0 + M[:, :, col] @ v - m0[:, :, col]
+
+
+def reference_loss(D, fmt, col, loss):
+    y, s = D[1], D[2]
+    if loss == 'cross_entropy': return lambda v: (F.cross_entropy(reference_z(D, fmt, col, v), y, reduction='none') * s).sum()
+    return lambda v: (((reference_z(D, fmt, col, v) - y) ** 2).sum(1) * s).sum()
+
+
+@pytest.mark.parametrize('loss', ['cross_entropy', 'mse'])
+@pytest.mark.parametrize('fmt', ['linear', 'conv'])
+@pytest.mark.parametrize('chunk_bytes', [2 ** 28, 1], ids=['one-chunk', 'sample-by-sample'])
+def test_problem_value_gradient_hessian_equal_autograd(fmt, loss, chunk_bytes):
+    "The structured value, gradient and Hessian (rank-1, Kronecker, explicit design) against torch.func on the definitions."
+    D = random_data(fmt, loss=loss)
+    cols = torch.tensor([2, 0])
+    neurons, layer = _Problems(D, fmt, loss, cols, chunk_bytes=chunk_bytes), _Problems(D, fmt, loss, chunk_bytes=chunk_bytes)
+    g = torch.Generator().manual_seed(5)
+    V = torch.randn(2, neurons.size(), generator=g, dtype=torch.float64)
+    f, gr, H = neurons.evaluate(V, torch.arange(2))
+    for k, c in enumerate(cols.tolist()):
+        ref = reference_loss(D, fmt, c, loss)
+        torch.testing.assert_close(f[k], ref(V[k]), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(gr[k], fgrad(ref)(V[k]), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(H[k], fhessian(ref)(V[k]), rtol=1e-10, atol=1e-12)
+    W = torch.randn(1, layer.size(), generator=g, dtype=torch.float64)
+    assert layer.size() == 3 * 5
+    f, gr, H = layer.evaluate(W, torch.zeros(1, dtype=torch.long))
+    ref = reference_loss(D, fmt, None, loss)
+    torch.testing.assert_close(f[0], ref(W[0]), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gr[0], fgrad(ref)(W[0]), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(H[0], fhessian(ref)(W[0]), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize('fmt', ['linear', 'conv'])
+def test_newton_matches_scipy_and_batching_changes_nothing(fmt):
+    "Non-separable problems: the minimum equals scipy's (BFGS to gtol 1e-11); all neurons at once equals one at a time."
+    D = random_data(fmt, n=400, p=3, C=4, K1=4, seed=1)
+    D = (D[0], D[1], D[2] / D[2].sum() * 10) + D[3:]  # weights summing to 10 "rounds"
+    cols = torch.arange(4)
+    prob = _Problems(D, fmt, 'cross_entropy', cols)
+    tol = 1e-9 * 10
+    V, f, gn, lam, it = _newton(prob, torch.arange(4), torch.zeros(4, 4, dtype=torch.float64), tol)
+    assert (lam / 2 <= tol).all() and (it >= 2).all()
+    for k in range(4):
+        ref = reference_loss(D, fmt, k, 'cross_entropy')
+        fun = lambda v: (lambda t: (float(ref(t)), fgrad(ref)(t).numpy()))(torch.from_numpy(v))
+        r = so.minimize(fun, np.zeros(4), jac=True, method='BFGS', options=dict(gtol=1e-11, maxiter=10000))
+        assert float(f[k]) == pytest.approx(r.fun, rel=1e-10)
+        np.testing.assert_allclose(V[k].numpy(), r.x, atol=1e-4)
+        V1, f1, *_ = _newton(prob, torch.tensor([k]), torch.zeros(1, 4, dtype=torch.float64), tol)
+        assert float(f1[0]) == pytest.approx(float(f[k]), rel=1e-13)
+
+
+def test_newton_on_separable_data_approaches_the_infimum():
+    "More variables than samples: the infimum 0 is only approached at infinity; Newton stops within tol of it, and the reported value is the loss at the returned point."
+    D = random_data('linear', n=6, p=3, C=2, K1=12, seed=2)
+    prob = _Problems(D, 'linear', 'cross_entropy')
+    tol = 1e-9 * float(D[2].sum())
+    V, f, gn, lam, it = _newton(prob, torch.zeros(1, dtype=torch.long), torch.zeros(1, prob.size(), dtype=torch.float64), tol)
+    assert 0 < float(f[0]) <= 2 * tol and lam[0] / 2 <= tol
+    assert float(f[0]) == pytest.approx(float(reference_loss(D, 'linear', None, 'cross_entropy')(V[0])), rel=1e-12)
+    assert float(V.norm()) > 10  # it went far out, as it has to
+
+
+def test_warm_started_prefixes_equal_cold_solves(tmp_path):
+    "The solver warm-starts each prefix from the last; the optimum at a prefix must not depend on which prefixes came before."
+    scopes = ['neuron:0:1', 'neuron:4:2', 'layer:4', 'layer:0']
+    train(convnet, 'cross_entropy', scopes, tmp_path / 'w', rounds=12, B=40)
+    warm = hindsight(tmp_path / 'w', [1, 2, 5, 12], progress=False).set_index(['scope', 'N'])
+    for N in (5, 12):
+        cold = hindsight(tmp_path / 'w', [N], progress=False).set_index(['scope', 'N'])
+        for s in scopes:
+            assert warm.loc[(s, N)].taylor_optimum == pytest.approx(cold.loc[(s, N)].taylor_optimum, rel=1e-8, abs=1e-9), (s, N)
+
+
+def test_mse_on_a_convolution_matches_lstsq(tmp_path):
+    "Mean-squared error on a convolution goes through the same solver (a quadratic: Newton is exact); scipy's lstsq on explicit affine maps agrees."
+    def convreg(): return nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(12, 6))
+    scopes = ['neuron:0:1', 'layer:0']
+    model, _ = train(convreg, 'mse', scopes, tmp_path / 'q', rounds=6, B=20, store_weights=True)
+    rec = RegretRecording(tmp_path / 'q')
+    fast = hindsight(rec, [6], progress=False).set_index('scope')
+    W_rounds, batches = rounds_of(rec, [k for k, _ in model.named_parameters()])
+    for s in scopes:
+        maps = affine_maps(model, rec, Scope.parse(s), W_rounds, batches)
+        A = np.concatenate([M.reshape(-1, M.shape[-1]) / np.sqrt(M.shape[0] * M.shape[1]) for T0, M, y in maps])
+        b = np.concatenate([(y.reshape(len(y), -1) - T0).reshape(-1) / np.sqrt(T0.size) for T0, M, y in maps])
+        v, *_ = sl.lstsq(A, b, cond=1e-10)
+        assert fast.loc[s].taylor_optimum == pytest.approx(float(((A @ v - b) ** 2).sum()) / 6, rel=1e-8), s
+
+
+def test_layers_are_numbered_from_the_input_as_in_the_paper(tmp_path):
+    "Tables carry the paper's layer number next to the module path; figures label layers by it."
+    from ntaylor_nb.models import parameter_layers
+    from ntaylor_nb.regret import _layer_name, _layer_numbers
+    train(autoencoder, 'mse', ['layer:2', 'neuron:4:1', 'neuron:6:0'], tmp_path / 'n', rounds=4)
+    df = hindsight(tmp_path / 'n', progress=False)
+    want = {v: k for k, v in parameter_layers(autoencoder()).items()}  # module path -> number
+    assert want == {'0': 1, '2': 2, '4': 3, '6': 4}
+    assert all(df.layer_number == df.layer.map(want))
+    mf = RegretRecording(tmp_path / 'n').manifest
+    assert _layer_numbers({k: v for k, v in mf.items() if k != 'layer_numbers'}) == _layer_numbers(mf)  # older recordings
+    assert _layer_name(df)('4') == 'layer 3 (module 4)' and _layer_name(df.drop(columns='layer_number'))('4') == 'layer 4'

@@ -1,0 +1,30 @@
+"""Put an executed report notebook on the docs site, saying what it was run on, when, and by which version.
+
+Usage: python tools/publish_report.py EXECUTED.ipynb DEST.ipynb "WHAT IT RAN ON" (run by `make results`).
+The code cells are kept exactly as executed (tests/test_docs.py checks they are the report notebook's)."""
+import datetime
+import subprocess
+import sys
+
+import nbformat
+
+import ntaylor_nb
+
+
+def main(src, dest, what):
+    nb = nbformat.read(src, 4)
+    git = lambda *a: subprocess.run(['git', *a], capture_output=True, text=True).stdout.strip()
+    commit, dirty = git('rev-parse', '--short', 'HEAD'), git('status', '--porcelain', '--untracked-files=no')
+    title, *rest = nb.cells
+    assert title.cell_type == 'markdown' and title.source.startswith('# '), 'the report notebook starts with its title'
+    head = nbformat.v4.new_markdown_cell(
+        f'# The report on {what}\n\n'
+        f'> `nbs/experiments/report.ipynb` executed by `make results` on {datetime.date.today().isoformat()} with ntaylor_nb '
+        f'{ntaylor_nb.__version__} at commit {commit}{" (with uncommitted changes)" if dirty else ""}: every output below is '
+        'what the code printed and drew from the saved runs; nothing was edited by hand. The runs\' parameters are in the '
+        'first table and in each run folder\'s `params.json`.')
+    nb.cells = [head, nbformat.v4.new_markdown_cell(title.source.replace('# ', '## ', 1)), *rest]
+    nbformat.write(nb, dest)
+
+
+if __name__ == '__main__': main(*sys.argv[1:4])
