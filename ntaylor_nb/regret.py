@@ -534,9 +534,10 @@ def _loss_terms(z, y, s, loss):
 
 class _Problems:
     "A batch of convex problems  min_v sum_b s_b loss(base_b + D_b v, y_b)  over stored samples, one per scope."
-    def __init__(self, D, fmt, loss, cols=None, chunk_bytes=2 ** 28):
+    def __init__(self, D, fmt, loss, cols=None, chunk_bytes=None):
         self.D, self.fmt, self.loss, self.cols = D, fmt, loss, cols  # cols: the neurons' recorded columns (None: the layer)
-        self.n, self.chunk_bytes = len(D[0]), chunk_bytes
+        # temporaries per block of samples: 256 MB on the CPU, 1 GB on a GPU (fewer, larger matrix products)
+        self.n, self.chunk_bytes = len(D[0]), chunk_bytes or (2 ** 30 if D[0].is_cuda else 2 ** 28)
 
     def size(self):
         "Variables of one problem."
