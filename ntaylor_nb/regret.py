@@ -604,6 +604,17 @@ class _Problems:
                 if hess: H += Phi.reshape(U, -1, P).transpose(1, 2) @ h(Phi).reshape(U, -1, P)
         return f, g, H
 
+def _direction(H, g):
+    "Newton directions H^-1 g and decrements g' H^-1 g of a batch: Cholesky, with a ridge tiny against H's scale (flat directions have zero gradient)."
+    mu = 1e-13 * H.diagonal(0, 1, 2).abs().amax(-1).clamp_min(1e-300)
+    eye = torch.eye(H.shape[-1], dtype=H.dtype, device=H.device)
+    for _ in range(8):
+        L, info = torch.linalg.cholesky_ex(H + mu[:, None, None] * eye)
+        if not bool(info.any()): break
+        mu = torch.where(info > 0, mu * 1e3, mu)
+    d = torch.cholesky_solve(g[..., None], L)[..., 0]
+    return d, (g * d).sum(-1).clamp_min(0)
+
 def _newton(prob, idx, V0, tol, max_iter=100):
     """Damped Newton on a batch of convex problems, each stopped once half its Newton decrement is at most `tol`
     (an estimate of its distance to the infimum, also where the infimum is only approached at infinity).
@@ -616,16 +627,7 @@ def _newton(prob, idx, V0, tol, max_iter=100):
     iters = torch.zeros(U, dtype=torch.long)
     act = torch.arange(U, device=V.device)  # positions of the problems still running
     for it in range(max_iter):
-        # Newton direction: Cholesky of H (plus a ridge tiny against its scale: flat directions have zero gradient)
-        Ha, ga = H[act], g[act]
-        mu = 1e-13 * Ha.diagonal(0, 1, 2).abs().amax(-1).clamp_min(1e-300)
-        eye = torch.eye(Ha.shape[-1], dtype=V.dtype, device=V.device)
-        for _ in range(8):
-            L, info = torch.linalg.cholesky_ex(Ha + mu[:, None, None] * eye)
-            if not bool(info.any()): break
-            mu = torch.where(info > 0, mu * 1e3, mu)
-        d = torch.cholesky_solve(ga[..., None], L)[..., 0]
-        lam2 = (ga * d).sum(-1).clamp_min(0)
+        d, lam2 = _direction(H[act], g[act])
         lam[act] = lam2
         keep = lam2 / 2 > tol
         act, d, lam2 = act[keep], d[keep], lam2[keep]
@@ -649,6 +651,8 @@ def _newton(prob, idx, V0, tol, max_iter=100):
         V[moved] = Vn[acc]
         f[moved], g[moved], H[moved] = prob.evaluate(V[moved], idx[moved])
         act = moved
+    else:  # the iteration cap: report the decrement at the points reached
+        if len(act): lam[act] = _direction(H[act], g[act])[1]
     return V, f, g.norm(dim=-1), lam, iters
 
 class _DenseAcc:

@@ -288,6 +288,11 @@ def test_newton_on_separable_data_approaches_the_infimum():
     assert 0 < float(f[0]) <= 2 * tol and lam[0] / 2 <= tol
     assert float(f[0]) == pytest.approx(float(reference_loss(D, 'linear', None, 'cross_entropy')(V[0])), rel=1e-12)
     assert float(V.norm()) > 10  # it went far out, as it has to
+    # stopped by the iteration cap, the decrement reported is the one at the point returned
+    V1, f1, g1, lam1, it1 = _newton(prob, torch.zeros(1, dtype=torch.long), torch.zeros(1, prob.size(), dtype=torch.float64), tol, max_iter=3)
+    assert int(it1[0]) == 3 and lam1[0] / 2 > tol
+    _, g_at, H_at = prob.evaluate(V1, torch.zeros(1, dtype=torch.long))
+    torch.testing.assert_close(lam1[0], g_at[0] @ torch.linalg.solve(H_at[0] + 1e-13 * H_at[0].diagonal().max() * torch.eye(prob.size(), dtype=torch.float64), g_at[0]), rtol=1e-6, atol=0)
 
 
 def test_warm_started_prefixes_equal_cold_solves(tmp_path):
