@@ -2,6 +2,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import papermill as pm
 import pytest
@@ -103,3 +104,14 @@ def test_claim_verdicts_on_constructed_runs(tmp_path):
     # negative gaps are not small ones: the H100 MNIST case (sgd 0.000548, rmsprop -0.000139, adam -0.00167)
     t = claims_table(runs([0.000548, -0.000139, -0.00167], [1, 3, 2]))
     assert verdict(t, gap) == 'does not hold' and 'negative for rmsprop, adam' in t.set_index('claim').measured[gap]
+    # regret tables: regret = c sqrt(N) is consistent with the claim; a solver gap that is a large share of the regret is said
+    N = np.arange(1, 65)
+    for o, share in [('sgd', 0.0), ('rmsprop', 0.005), ('adam', 0.2)]:
+        (tmp_path / o).mkdir(parents=True)
+        pd.DataFrame([dict(scope=f'neuron:2:{k}', kind='neuron', layer='2', N=n, regret=(1 + k) * np.sqrt(n), optimum_gap=share * (1 + k) * np.sqrt(n) / n)
+                      for k in range(3) for n in N]).to_csv(tmp_path / o / 'regret.csv', index=False)
+    t = claims_table(runs([0.01, 0.004, 0.002], [1, 3, 2])).set_index('claim')
+    for o in ('sgd', 'rmsprop', 'adam'):
+        row = t.loc[f'autoencoder: neuron-wise regret grows like sqrt(N) ({o})']
+        assert row.verdict == 'consistent' and row.measured.startswith('exponent 0.50 [0.50, 0.50] over 3 neuron runs')
+        assert ("optimum_gap is up to 20.0% of a regret" in row.measured) == (o == 'adam')
