@@ -19,7 +19,7 @@ import ntaylor_nb
 from .oco import bootstrap_exponent, log_prefixes
 from .schedules import Schedule
 from .storage import keep_chunks, read_chunk, read_manifest, write_chunk, write_json_atomic
-from .taylor import Scope, current_weights, layer_jacobian, loss_fn, resolve_scope, taylor_output
+from .taylor import Scope, current_weights, layer_jacobian, loss_fn, resolve_device, resolve_scope, taylor_output
 
 # %% auto #0
 __all__ = ['PRESETS', 'LOSS_NAMES', 'MAX_DIRECT', 'regret_scopes', 'RegretRecorder', 'RegretRecording', 'hindsight',
@@ -561,6 +561,14 @@ class _Problems:
         c = self.cols[idx]
         return f0[None] - m0[:, :, c].permute(2, 0, 1), ('full', M[:, :, c].permute(2, 0, 1, 3))
 
+    def _pairs(self, C):
+        "The unit pairs c <= c' and the map from (c, c') to a pair (`_tri`), on the data's device; made once."
+        if not hasattr(self, '_pair_map'):
+            iu, idx = _tri(C)
+            dev = self.D[0].device
+            self._pair_map = (tuple(torch.as_tensor(i, device=dev) for i in iu), torch.as_tensor(idx, device=dev))
+        return self._pair_map
+
     def _z(self, V, base, des):
         if des[0] == 'rank1': return base + des[1] * (des[2] @ V.T).T[..., None]
         if des[0] == 'kron':
@@ -592,11 +600,8 @@ class _Problems:
                 g += (torch.einsum('no,noc->nc', r[0], J).T @ X).reshape(1, -1)
                 if hess:
                     A = torch.einsum('npc,npd->ncd', J, h(J[None])[0])
-                    C, K1 = J.shape[2], X.shape[1]
-                    iu = torch.triu_indices(C, C, device=X.device)
-                    Hp = ((A[:, iu[0], iu[1], None] * X[:, None, :]).reshape(len(X), -1).T @ X).reshape(-1, K1, K1)
-                    pair = torch.zeros(C, C, dtype=torch.long, device=X.device)
-                    pair[iu[0], iu[1]] = pair[iu[1], iu[0]] = torch.arange(iu.shape[1], device=X.device)
+                    (i0, i1), pair = self._pairs(J.shape[2])
+                    Hp = ((A[:, i0, i1, None] * X[:, None, :]).reshape(len(X), -1).T @ X).reshape(len(i0), X.shape[1], -1)
                     H += Hp[pair].permute(0, 2, 1, 3).reshape(1, P, P)
             else:
                 Phi = des[1]
@@ -659,7 +664,7 @@ class _DenseAcc:
     "One layer's scopes for a convex solve from stored samples (cross-entropy, or any loss on a convolution)."
     def __init__(self, layer, units, cols, layer_scope, fmt, loss, device='cpu'):
         self.layer, self.units, self.cols, self.layer_scope, self.fmt, self.loss = layer, list(units), list(cols), layer_scope, fmt, loss
-        self.parts, self.V, self.device, self.solver = [], {}, torch.device(device), {}
+        self.parts, self.V, self.device = [], {}, torch.device(device)
 
     def add(self, d, sl, s):
         l, t = self.layer, lambda k: torch.from_numpy(np.array(d[k][sl], dtype=np.float64))
@@ -690,22 +695,20 @@ class _DenseAcc:
             for i in range(0, len(self.units), group):
                 us = self.units[i:i + group]
                 idx = torch.arange(i, i + len(us), device=self.device)
-                V, f, gn, lam, it = _newton(prob, idx, self._start(prob, us, idx, P), tol)
+                V, f, gn, lam, _ = _newton(prob, idx, self._start(prob, us, idx, P), tol)
                 for k, u in enumerate(us):
                     self.V[u] = V[k]
                     out[Scope('neuron', self.layer, int(u))] = (float(f[k]), float(gn[k]), float(lam[k]) / 2)
-                self.solver.update({u: dict(decrement=float(lam[k]), iterations=int(it[k])) for k, u in enumerate(us)})
         if self.layer_scope:
             prob = _Problems(D, self.fmt, self.loss)
             P, one = prob.size(), torch.zeros(1, dtype=torch.long, device=self.device)
             if P <= MAX_DIRECT:
-                V, f, gn, lam, it = _newton(prob, one, self._start(prob, ['layer'], one, P), tol)
+                V, f, gn, lam, _ = _newton(prob, one, self._start(prob, ['layer'], one, P), tol)
                 self.V['layer'], v, g, gap = V[0], float(f[0]), float(gn[0]), float(lam[0]) / 2
-                self.solver['layer'] = dict(decrement=float(lam[0]), iterations=int(it[0]))
             else:  # too many variables for a Hessian: L-BFGS on the summed loss
                 Z = lambda W: prob._z(W.reshape(1, -1), *prob._design(slice(None), one))
                 L = lambda W: _loss_terms(Z(W), D[1], D[2], self.loss)[0][0]
-                W, v, gr = _lbfgs(L, self.V.get('layer', torch.zeros(P, dtype=torch.float64, device=self.device)), 1e-9 * float(D[2].sum()))
+                W, v, gr = _lbfgs(L, self.V.get('layer', torch.zeros(P, dtype=torch.float64, device=self.device)), tol)
                 self.V['layer'], g, gap = W, float(gr.norm()), np.nan
             out[Scope('layer', self.layer)] = (v, g, gap)
         return out
@@ -716,6 +719,18 @@ def _layer_numbers(mf):
     if 'layer_numbers' in mf: return mf['layer_numbers']
     names = [k[:-len('.weight')] for k, sh in mf['param_shapes'].items() if k.endswith('.weight') and len(sh) in (2, 4)]
     return {n: i + 1 for i, n in enumerate(names)}
+
+def _row(sc, nums, N, steps, cum, v, cert, gap):
+    "One row of the hindsight table: scope `sc` at prefix N, from its summed minimum v, certificate and gap estimate."
+    return dict(scope=str(sc), kind=sc.kind, layer=sc.layer, layer_number=nums.get(sc.layer, -1),
+                neuron=sc.neuron if sc.neuron is not None else -1, N=N, step=int(steps[N - 1]), cumulative_loss=cum,
+                taylor_optimum=v / N, regret=cum - v, grad_norm=cert, optimum_gap=gap / N)
+
+def _table(rows):
+    df = pd.DataFrame(rows)
+    df['regret_sqrtN'] = df.regret / np.sqrt(df.N)
+    df['average_loss'] = df.cumulative_loss / df.N
+    return df
 
 def _check_prefixes(prefixes, R):
     if R < 1: raise ValueError('the recording holds no rounds')
@@ -738,7 +753,7 @@ def hindsight(rec: RegretRecording | str | Path, # a recording (or its folder)
               device: str = 'cpu', # where the convex (cross-entropy, convolution) solves run: "cpu", "cuda" or "auto"
              ) -> pd.DataFrame:
     "Taylor optimum and regret of every scope at every prefix, from the stored factors (the fast path)."
-    device = 'cuda' if device == 'cuda' or (device == 'auto' and torch.cuda.is_available()) else 'cpu'
+    device = resolve_device(device)
     from tqdm.auto import tqdm
     rec = rec if isinstance(rec, RegretRecording) else RegretRecording(rec)
     mf, R = rec.manifest, len(rec)
@@ -749,12 +764,11 @@ def hindsight(rec: RegretRecording | str | Path, # a recording (or its folder)
         units = sorted({s.neuron for s in scopes if s.kind == 'neuron' and s.layer == l})
         lay = any(s.kind == 'layer' and s.layer == l for s in scopes)
         if not units and not lay: continue
+        if lay and not mf['plan'][l]['layer']: raise ValueError(f'layer scope {l} was not recorded')
         if mf['loss'] == 'mse' and t == 'Linear':
-            if lay and not mf['plan'][l]['layer']: raise ValueError(f'layer scope {l} was not recorded')
             ident = mf['fast'] and l == mf['output_layer']
             accs.append(_GNAcc(l, units, [mf['plan'][l]['units'].index(u) for u in units] if ident else units, lay, ident))
         else:
-            if lay and not mf['plan'][l]['layer']: raise ValueError(f'layer scope {l} was not recorded')
             cols = [mf['plan'][l]['units'].index(u) for u in units]
             accs.append(_DenseAcc(l, units, cols, lay, 'linear' if t == 'Linear' else 'conv', mf['loss'], device))
     losses, steps = rec.column('loss'), rec.column('step')
@@ -783,16 +797,10 @@ def hindsight(rec: RegretRecording | str | Path, # a recording (or its folder)
             if done == prefixes[pi]:
                 N, cum = done, float(losses[:done].sum())
                 for a in accs:
-                    for sc, (v, cert, gap) in a.solve().items():
-                        rows.append(dict(scope=str(sc), kind=sc.kind, layer=sc.layer, layer_number=nums.get(sc.layer, -1),
-                                         neuron=sc.neuron if sc.neuron is not None else -1, N=N, step=int(steps[N - 1]), cumulative_loss=cum, taylor_optimum=v / N,
-                                         regret=cum - v, grad_norm=cert, optimum_gap=gap / N))
+                    rows += [_row(sc, nums, N, steps, cum, *res) for sc, res in a.solve().items()]
                 pi += 1; bar.update()
     bar.close()
-    df = pd.DataFrame(rows)
-    df['regret_sqrtN'] = df.regret / np.sqrt(df.N)
-    df['average_loss'] = df.cumulative_loss / df.N
-    return df
+    return _table(rows)
 
 # %% ../nbs/03_regret.ipynb #528c8d55
 def hindsight_generic(model: nn.Module, # the network that was recorded (its architecture; weights come from the recording)
@@ -856,15 +864,10 @@ def hindsight_generic(model: nn.Module, # the network that was recorded (its arc
                         fun = lambda v: (F.cross_entropy(off + M @ v, yy, reduction='none') * s).sum()
                         V, v, g = _lbfgs(fun, z['V'] if z['V'] is not None else torch.zeros(M.shape[2], dtype=torch.float64), 1e-9 * float(s.sum()))
                         z['V'], cert, gap = V, float(g.norm()), np.nan
-                    rows.append(dict(scope=str(sc), kind=sc.kind, layer=sc.layer, layer_number=nums.get(sc.layer, -1),
-                                     neuron=sc.neuron if sc.neuron is not None else -1, N=done, step=int(steps[done - 1]), cumulative_loss=cum, taylor_optimum=v / done,
-                                     regret=cum - v, grad_norm=cert, optimum_gap=gap / done))
+                    rows.append(_row(sc, nums, done, steps, cum, v, cert, gap))
                 pi += 1
     bar.close()
-    df = pd.DataFrame(rows)
-    df['regret_sqrtN'] = df.regret / np.sqrt(df.N)
-    df['average_loss'] = df.cumulative_loss / df.N
-    return df
+    return _table(rows)
 
 # %% ../nbs/03_regret.ipynb #c5d880eb
 def regret_exponents(df: pd.DataFrame, # hindsight's table (optionally with a `seed` column)

@@ -84,11 +84,11 @@ def _exponents(runs, task, opt, kind):
     df = pd.concat(frames)
     df = df[df.kind == kind]
     if df.empty: return None
-    Nmax = df.N.max()
-    ex = regret_exponents(df.assign(layer='all'), lo=max(2, int(np.sqrt(Nmax))), n_boot=300).iloc[0].copy()
+    lo = max(2, int(np.sqrt(df.N.max())))  # the fit uses the later half of the prefixes, in log N
+    ex = regret_exponents(df.assign(layer='all'), lo=lo, n_boot=300).iloc[0].copy()
     # how much of the regret could be the solver's: the optimum's estimated distance from the infimum (summed over
     # the prefix) against the size of the regret, over the rows the fit uses
-    fit = df[(df.N >= max(2, int(np.sqrt(Nmax)))) & (df.regret.abs() > 0)]
+    fit = df[(df.N >= lo) & (df.regret.abs() > 0)]
     ex['solver_share'] = float((fit.optimum_gap * fit.N / fit.regret.abs()).max()) if 'optimum_gap' in fit and len(fit) else 0.0
     return ex
 

@@ -14,15 +14,22 @@ from torch import Tensor
 from torch.func import functional_call, jvp, vjp, vmap
 
 # %% auto #0
-__all__ = ['SCOPE_KINDS', 'LOSSES', 'current_weights', 'Scope', 'resolve_scope', 'scope_weights', 'substitute', 'taylor_output',
-           'loss_fn', 'taylor_loss', 'LayerJacobian', 'layer_jacobian', 'ActivationConfig', 'activation_configuration',
-           'clamped_output']
+__all__ = ['SCOPE_KINDS', 'LOSSES', 'current_weights', 'resolve_device', 'Scope', 'resolve_scope', 'scope_weights', 'substitute',
+           'taylor_output', 'loss_fn', 'taylor_loss', 'LayerJacobian', 'layer_jacobian', 'ActivationConfig',
+           'activation_configuration', 'clamped_output']
 
 # %% ../nbs/01_taylor.ipynb #10084341
 def current_weights(model: nn.Module, # any network
                    ) -> dict[str, Tensor]:
     "Detached copies of the model's parameters, by name: the expansion point $\\mathbf{W}^n$."
     return {k: p.detach().clone() for k, p in model.named_parameters()}
+
+def resolve_device(device: str = 'auto', # "auto" (CUDA when present), "cpu" or "cuda"
+                  ) -> torch.device:
+    "The device to run on; a clear error for anything else, or for 'cuda' where no CUDA device is visible."
+    if device not in ('auto', 'cpu', 'cuda'): raise ValueError(f"device={device!r}; allowed: 'auto', 'cpu', 'cuda'")
+    if device == 'cuda' and not torch.cuda.is_available(): raise ValueError("device='cuda' but no CUDA device is visible")
+    return torch.device('cuda' if device == 'cuda' or (device == 'auto' and torch.cuda.is_available()) else 'cpu')
 
 # %% ../nbs/01_taylor.ipynb #5f201bd4
 SCOPE_KINDS = ('network', 'layer', 'neuron')

@@ -21,10 +21,11 @@ from .data import DATASETS, load_dataset, probe_indices
 from .exploration import ExplorationRecorder
 from .models import autoencoder, convnet
 from .regret import PRESETS, RegretRecorder
+from .taylor import resolve_device
 from .schedules import every
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'TASKS', 'LR_GRID', 'RunConfig', 'resolve_device', 'build_model', 'run_scopes', 'train_run', 'tune_lr']
+__all__ = ['OPTIMIZERS', 'TASKS', 'LR_GRID', 'RunConfig', 'build_model', 'run_scopes', 'train_run', 'tune_lr']
 
 # %% ../nbs/07_train.ipynb #4881dc9e
 OPTIMIZERS = {'sgd': torch.optim.SGD, 'rmsprop': torch.optim.RMSprop, 'adam': torch.optim.Adam}
@@ -67,8 +68,7 @@ class RunConfig:
         need(self.rounds is None or (isinstance(self.rounds, int) and self.rounds >= 1), f'rounds={self.rounds!r} must be None or a positive integer')
         need(self.batch_size is None or (isinstance(self.batch_size, int) and self.batch_size >= 1), f'batch_size={self.batch_size!r} must be a positive integer')
         need(isinstance(self.seed, int), f'seed={self.seed!r} must be an integer')
-        need(self.device in ('auto', 'cpu', 'cuda'), f"device={self.device!r}; allowed: 'auto', 'cpu', 'cuda'")
-        need(self.device != 'cuda' or torch.cuda.is_available(), "device='cuda' but no CUDA device is visible")
+        resolve_device(self.device)  # the device's own clear errors
         need(self.scopes is None or isinstance(self.scopes, list) or self.scopes in ('auto', *PRESETS),
              f'scopes={self.scopes!r}; allowed: None, "auto", a list of scopes, or one of {", ".join(PRESETS)}')
         for k in ('neurons_per_layer', 'regret_every', 'checkpoint_every'):
@@ -82,11 +82,6 @@ class RunConfig:
         return TASKS[self.task]['loss']
 
 # %% ../nbs/07_train.ipynb #a716ce78
-def resolve_device(device: str = 'auto', # "auto", "cpu" or "cuda"
-                  ) -> torch.device:
-    "The device to run on: CUDA when asked for or, with 'auto', when present."
-    return torch.device('cuda' if device == 'cuda' or (device == 'auto' and torch.cuda.is_available()) else 'cpu')
-
 def build_model(cfg: RunConfig, # the run's configuration
                 x_shape: tuple, # shape of one input datapoint
                 n_classes: int = 10, # classes (convnet)
@@ -198,15 +193,13 @@ def train_run(cfg: RunConfig, # what to run
             metrics.append((r, epoch, loss.item(), acc))
             r += 1; bar.update()
             if r % per_epoch == 0:
-                e = [m for m in metrics if m[1] == epoch]
-                epochs.append((epoch, float(np.mean([m[2] for m in e])), float(np.mean([m[3] for m in e]))))
+                epochs.append(_epoch_row(metrics, epoch))
                 if exp: exp.record(r)
             if r % cfg.checkpoint_every == 0 or r % per_epoch == 0 or r == total: checkpoint(r)
     bar.close()
     if total % per_epoch:  # stopped inside an epoch (a rounds limit): summarise the partial epoch and snapshot the end
         epoch = total // per_epoch
-        e = [m for m in metrics if m[1] == epoch]
-        epochs.append((epoch, float(np.mean([m[2] for m in e])), float(np.mean([m[3] for m in e]))))
+        epochs.append(_epoch_row(metrics, epoch))
         if exp and (not exp.manifest['steps'] or exp.manifest['steps'][-1] != total) and total not in exp._buf_steps: exp.record(total)
         checkpoint(total)
     for rec in (reg, exp):
@@ -216,6 +209,11 @@ def train_run(cfg: RunConfig, # what to run
     (out / 'done.json').write_text(json.dumps(summary, indent=1))
     torch.save(model.state_dict(), out / 'model.pt'); ck.unlink(missing_ok=True)
     return out
+
+def _epoch_row(metrics, epoch):
+    "(epoch, mean loss, mean accuracy) over the epoch's rounds in `metrics`."
+    e = [m for m in metrics if m[1] == epoch]
+    return (epoch, float(np.mean([m[2] for m in e])), float(np.mean([m[3] for m in e])))
 
 class _Null:
     def __enter__(self): return self
@@ -251,7 +249,8 @@ def tune_lr(cfg: RunConfig, # the run to tune (its lr is ignored)
         with tempfile.TemporaryDirectory() as d:
             try:
                 run = train_run(trial, Path(d) / 'trial', progress=False)
-                loss = json.loads((run / 'done.json').read_text())['last_epoch_loss'] or json.loads((run / 'done.json').read_text())['final_loss']
+                done = json.loads((run / 'done.json').read_text())
+                loss = done['last_epoch_loss'] or done['final_loss']
             except FloatingPointError: loss = float('inf')
         rows.append(dict(optimizer=cfg.optimizer, lr=lr, final_loss=loss))
     table = pd.DataFrame(rows)

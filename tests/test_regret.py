@@ -184,6 +184,9 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(FileExistsError): RegretRecorder(model, 'mse', 'layers', tmp_path / 'e', x, 10)
     with pytest.raises(ValueError, match=r'prefixes must lie in 1..10'): hindsight(tmp_path / 'e', [0, 5], progress=False)
     with pytest.raises(ValueError, match='were not recorded'): hindsight(tmp_path / 'e', scopes=['layer:4'], progress=False)
+    with pytest.raises(ValueError, match="device='gpu'; allowed: 'auto', 'cpu', 'cuda'"): hindsight(tmp_path / 'e', device='gpu', progress=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match='no CUDA device is visible'): hindsight(tmp_path / 'e', device='cuda', progress=False)
     f = tmp_path / 'e' / 'chunk_00001.bin'
     data = f.read_bytes(); f.write_bytes(data[:-3])
     with pytest.raises(ValueError, match='truncated or missing'): RegretRecording(tmp_path / 'e')

@@ -12,11 +12,14 @@ import ntaylor_nb
 
 
 def main(src, dest, what):
+    from pathlib import Path
+    if not Path(src).is_file(): sys.exit(f'{src} does not exist: run the report first (make demo writes it)')
     nb = nbformat.read(src, 4)
     git = lambda *a: subprocess.run(['git', *a], capture_output=True, text=True).stdout.strip()
     commit, dirty = git('rev-parse', '--short', 'HEAD'), git('status', '--porcelain', '--untracked-files=no')
-    title, *rest = nb.cells
-    assert title.cell_type == 'markdown' and title.source.startswith('# '), 'the report notebook starts with its title'
+    title, *rest = nb.cells or [None]
+    if title is None or title.cell_type != 'markdown' or not title.source.startswith('# '):
+        sys.exit(f'{src} is not an executed report: its first cell should be the markdown title "# Report: ..."')
     head = nbformat.v4.new_markdown_cell(
         f'# The report on {what}\n\n'
         f'> `nbs/experiments/report.ipynb` executed by `make results` on {datetime.date.today().isoformat()} with ntaylor_nb '
@@ -27,4 +30,6 @@ def main(src, dest, what):
     nbformat.write(nb, dest)
 
 
-if __name__ == '__main__': main(*sys.argv[1:4])
+if __name__ == '__main__':
+    if len(sys.argv) != 4: sys.exit(__doc__)
+    main(*sys.argv[1:4])
