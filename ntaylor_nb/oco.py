@@ -10,11 +10,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from .growth import bootstrap_exponent, growth_exponent, log_prefixes
+
 # %% auto #0
 __all__ = ['LEARNERS', 'Ball', 'Box', 'Learner', 'OGD', 'AdaGrad', 'RMSProp', 'Adam', 'make_learner', 'torch_trajectory',
            'Environment', 'LinearLosses', 'LeastSquares', 'newton_logistic', 'LogisticDigits', 'ReddiCounterexample',
-           'log_prefixes', 'Play', 'play', 'growth_exponent', 'bootstrap_exponent', 'ogd_bound', 'run_grid',
-           'plot_regret', 'plot_loglog', 'counterexample', 'plot_counterexample']
+           'Play', 'play', 'ogd_bound', 'run_grid', 'plot_regret', 'plot_loglog', 'counterexample',
+           'plot_counterexample']
 
 # %% ../nbs/02_oco.ipynb #1ca2fa33
 @dataclass(frozen=True)
@@ -378,17 +380,6 @@ class ReddiCounterexample(Environment):
         return _linear_min(np.cumsum(self.gs)[np.asarray(prefixes) - 1, None], self.domain)
 
 # %% ../nbs/02_oco.ipynb #29bc0235
-def log_prefixes(N: int, # number of rounds
-                 k: int = 64, # how many prefixes at most
-                ) -> np.ndarray:
-    "At least `k` (or N if smaller) distinct log-spaced prefix lengths from 1 to N, always including N."
-    if N < 1: raise ValueError(f'N must be >= 1, got {N}')
-    m, k = k, min(k, N)
-    while True:  # rounding merges small prefixes: add points until k distinct ones remain
-        p = np.unique(np.concatenate([np.geomspace(1, N, m).round().astype(int), [N]]))
-        if len(p) >= k: return p
-        m += max(1, k - len(p))
-
 @dataclass
 class Play:
     "A learner's run against an environment: iterates, losses, and regret at each prefix."
@@ -430,36 +421,6 @@ def play(learner: Learner, # the online learner
     return Play(learner.name, np.array(xs), np.array(losses), prefixes, env.hindsight(prefixes))
 
 # %% ../nbs/02_oco.ipynb #e8639150
-def growth_exponent(N: np.ndarray, # prefix lengths
-                    regret: np.ndarray, # regret at each prefix
-                    lo: float = 1, # smallest N used in the fit
-                    hi: float = np.inf, # largest N used in the fit
-                   ) -> float:
-    "Slope of log(regret) against log(N) over lo <= N <= hi (prefixes with regret <= 0 are left out)."
-    N, R = np.asarray(N, float), np.asarray(regret, float)
-    m = (N >= lo) & (N <= hi) & (R > 0)
-    if m.sum() < 2: raise ValueError(f'need at least two prefixes with positive regret in [{lo}, {hi}] to fit an exponent; got {int(m.sum())}')
-    return float(np.polyfit(np.log(N[m]), np.log(R[m]), 1)[0])
-
-def bootstrap_exponent(N: np.ndarray, # prefix lengths
-                       regrets: np.ndarray, # (runs, prefixes): one row per independent run (seed, neuron)
-                       lo: float = 1, # fit range, smallest N
-                       hi: float = np.inf, # fit range, largest N
-                       n_boot: int = 1000, # bootstrap resamples
-                       level: float = 0.95, # confidence level
-                       seed: int = 0, # seeds the resampling
-                      ) -> tuple[float, float, float]:
-    "Growth exponent of the mean regret over runs, with a percentile bootstrap interval over runs: (estimate, low, high)."
-    R = np.atleast_2d(np.asarray(regrets, float))
-    est = growth_exponent(N, R.mean(0), lo, hi)
-    rng = np.random.default_rng(seed)
-    boots = []
-    for _ in range(n_boot):
-        try: boots.append(growth_exponent(N, R[rng.integers(0, len(R), len(R))].mean(0), lo, hi))
-        except ValueError: pass
-    a = (1 - level) / 2
-    return est, float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a))
-
 def ogd_bound(N: np.ndarray, # number of rounds
               G: float, # bound on the gradient norms
               D: float, # diameter of the domain

@@ -16,20 +16,18 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 import ntaylor_nb
-from .oco import bootstrap_exponent, log_prefixes
+from .devices import resolve_device
+from .growth import log_prefixes
 from .schedules import Schedule
 from .storage import keep_chunks, read_chunk, read_manifest, write_chunk, write_json_atomic
-from .taylor import Scope, current_weights, layer_jacobian, loss_fn, resolve_device, resolve_scope, taylor_output
+from .taylor import Scope, current_weights, layer_jacobian, loss_fn, resolve_scope, weight_layers, taylor_output
 
 # %% auto #0
 __all__ = ['PRESETS', 'LOSS_NAMES', 'MAX_DIRECT', 'regret_scopes', 'RegretRecorder', 'RegretRecording', 'hindsight',
-           'hindsight_generic', 'regret_exponents', 'plot_figure3', 'plot_figure4']
+           'hindsight_generic', 'plot_figure3', 'plot_figure4']
 
 # %% ../nbs/03_regret.ipynb #c346b40d
 PRESETS = ('layers', 'neurons', 'paper', 'full')
-
-def _layers(model):
-    return [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
 
 def regret_scopes(model: nn.Module, # the network
                   spec: str | list = 'paper', # a preset (layers, neurons, paper, full) or a list of scopes
@@ -40,7 +38,7 @@ def regret_scopes(model: nn.Module, # the network
     if isinstance(spec, str):
         if spec not in PRESETS: raise ValueError(f'unknown scope preset {spec!r}; allowed: {", ".join(PRESETS)} (or a list of scopes)')
         rng, out = np.random.default_rng(seed), []
-        for l in _layers(model):
+        for l in weight_layers(model).values():
             if spec in ('layers', 'paper', 'full'): out.append(Scope('layer', l))
             if spec in ('neurons', 'paper', 'full'):
                 n = dict(model.named_modules())[l].weight.shape[0]
@@ -131,7 +129,7 @@ class RegretRecorder:
                              layer_types={l: type(self.mods[l]).__name__ for l in self.plan},
                              output_layer=chain[-1] if chain else None, n_outputs=shapes['n_out'],
                              chain=chain, lowest=self.hooked[0] if self.fast and self.plan else None,
-                             layer_numbers={n: i + 1 for i, n in enumerate(_layers(model))},
+                             layer_numbers={n: i for i, n in weight_layers(model).items()},
                              weight_layout=self._weight_layout() if self.fast and self.plan else None,
                              schedule=schedule.describe() if schedule else 'every step',
                              estimate=dict(bytes_per_round=per_round, rounds=rounds), model=repr(model),
@@ -868,21 +866,6 @@ def hindsight_generic(model: nn.Module, # the network that was recorded (its arc
                 pi += 1
     bar.close()
     return _table(rows)
-
-# %% ../nbs/03_regret.ipynb #c5d880eb
-def regret_exponents(df: pd.DataFrame, # hindsight's table (optionally with a `seed` column)
-                     lo: float = 10, # fit over N >= lo
-                     n_boot: int = 1000, # bootstrap resamples
-                     seed: int = 0, # seeds the bootstrap
-                    ) -> pd.DataFrame:
-    "Fitted growth exponent of the regret per (kind, layer), with a bootstrap CI over neurons and seeds."
-    rows, df = [], df.assign(seed=df['seed'] if 'seed' in df else 0)
-    for (kind, layer), g in df.groupby(['kind', 'layer'], sort=False):
-        R = g.pivot_table(index=['scope', 'seed'], columns='N', values='regret')
-        try: est, a, b = bootstrap_exponent(R.columns.values, R.values, lo=lo, n_boot=n_boot, seed=seed)
-        except ValueError: est = a = b = np.nan
-        rows.append(dict(kind=kind, layer=layer, runs=len(R), exponent=est, ci_low=a, ci_high=b))
-    return pd.DataFrame(rows)
 
 # %% ../nbs/03_regret.ipynb #bee5dfef
 def _layer_name(df):

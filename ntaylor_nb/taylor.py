@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.func import functional_call, jvp, vjp, vmap
 
 # %% auto #0
-__all__ = ['SCOPE_KINDS', 'LOSSES', 'current_weights', 'resolve_device', 'Scope', 'resolve_scope', 'scope_weights', 'substitute',
+__all__ = ['SCOPE_KINDS', 'LOSSES', 'current_weights', 'Scope', 'weight_layers', 'resolve_scope', 'scope_weights', 'substitute',
            'taylor_output', 'loss_fn', 'taylor_loss', 'LayerJacobian', 'layer_jacobian', 'ActivationConfig',
            'activation_configuration', 'clamped_output']
 
@@ -24,12 +24,6 @@ def current_weights(model: nn.Module, # any network
     "Detached copies of the model's parameters, by name: the expansion point $\\mathbf{W}^n$."
     return {k: p.detach().clone() for k, p in model.named_parameters()}
 
-def resolve_device(device: str = 'auto', # "auto" (CUDA when present), "cpu" or "cuda"
-                  ) -> torch.device:
-    "The device to run on; a clear error for anything else, or for 'cuda' where no CUDA device is visible."
-    if device not in ('auto', 'cpu', 'cuda'): raise ValueError(f"device={device!r}; allowed: 'auto', 'cpu', 'cuda'")
-    if device == 'cuda' and not torch.cuda.is_available(): raise ValueError("device='cuda' but no CUDA device is visible")
-    return torch.device('cuda' if device == 'cuda' or (device == 'auto' and torch.cuda.is_available()) else 'cpu')
 
 # %% ../nbs/01_taylor.ipynb #5f201bd4
 SCOPE_KINDS = ('network', 'layer', 'neuron')
@@ -68,7 +62,13 @@ class Scope:
 # %% ../nbs/01_taylor.ipynb #7903b597
 _NEURON_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
+def weight_layers(model: nn.Module, # a network
+                 ) -> dict[int, str]:
+    "The weight layers (Linear, Conv2d) numbered 1.. from the input, as the paper numbers them, mapped to their module paths."
+    return {i + 1: n for i, n in enumerate(n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d)))}
+
 def _param_layers(model):
+    "Module paths of every module with parameters of its own (for error messages)."
     return [n for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))]
 
 def resolve_scope(model: nn.Module, # the network

@@ -92,4 +92,4 @@ def test_docs_show_the_report_executed_on_real_runs():
     assert 'executed by `make results`' in ex.cells[0].source
     assert (ROOT / 'nbs/results/.notest').exists(), 'nbdev_test must not re-run it (the runs are not in the repository)'
     assert 'results/demo_report.ipynb' in (ROOT / 'nbs/sidebar.yml').read_text()
-    assert 'results/demo_report.ipynb' in ''.join(c.source for c in nbformat.read(ROOT / 'nbs/10_results.ipynb', 4).cells)
+    assert 'results/demo_report.ipynb' in ''.join(c.source for c in nbformat.read(ROOT / 'nbs/16_results.ipynb', 4).cells)

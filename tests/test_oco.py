@@ -4,8 +4,9 @@ import pytest
 import scipy.optimize as so
 from hypothesis import given, settings, strategies as st
 
+from ntaylor_nb.growth import bootstrap_exponent, log_prefixes
 from ntaylor_nb.oco import (Ball, Box, Environment, Learner, LeastSquares, LinearLosses, LogisticDigits,
-                            ReddiCounterexample, bootstrap_exponent, counterexample, log_prefixes, make_learner,
+                            ReddiCounterexample, counterexample, make_learner,
                             ogd_bound, play, run_grid, torch_trajectory)
 
 CASES = [('sgd', {}), ('sgd', dict(lr=0.05, momentum=0.9)), ('sgd', dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01)),

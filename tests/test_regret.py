@@ -7,8 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ntaylor_nb.regret import (RegretRecorder, RegretRecording, hindsight, hindsight_generic, regret_exponents,
-                               regret_scopes)
+from ntaylor_nb.growth import regret_exponents
+from ntaylor_nb.regret import RegretRecorder, RegretRecording, hindsight, hindsight_generic, regret_scopes
 from ntaylor_nb.schedules import every
 from ntaylor_nb.taylor import Scope, scope_weights, taylor_output
 
@@ -327,11 +327,11 @@ def test_mse_on_a_convolution_matches_lstsq(tmp_path):
 
 def test_layers_are_numbered_from_the_input_as_in_the_paper(tmp_path):
     "Tables carry the paper's layer number next to the module path; figures label layers by it."
-    from ntaylor_nb.models import parameter_layers
+    from ntaylor_nb.taylor import weight_layers
     from ntaylor_nb.regret import _layer_name, _layer_numbers
     train(autoencoder, 'mse', ['layer:2', 'neuron:4:1', 'neuron:6:0'], tmp_path / 'n', rounds=4)
     df = hindsight(tmp_path / 'n', progress=False)
-    want = {v: k for k, v in parameter_layers(autoencoder()).items()}  # module path -> number
+    want = {v: k for k, v in weight_layers(autoencoder()).items()}  # module path -> number
     assert want == {'0': 1, '2': 2, '4': 3, '6': 4}
     assert all(df.layer_number == df.layer.map(want))
     mf = RegretRecording(tmp_path / 'n').manifest
