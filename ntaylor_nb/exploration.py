@@ -13,7 +13,9 @@ import torch
 import torch.nn as nn
 
 from .schedules import Schedule
-from .storage import MANIFEST, keep_chunks, read_chunk, read_manifest, write_chunk, write_json_atomic
+from fastcore.basics import patch
+
+from .storage import Recorder, Recording
 from .taylor import _relu_modules
 
 # %% auto #0
@@ -31,9 +33,10 @@ def _select_units(shapes, units_per_layer, seed):
         else: out.append(np.sort(rng.choice(n, units_per_layer, replace=False)))
     return out
 
-# %% ../nbs/09_exploration.ipynb #7105008c
-class ExplorationRecorder:
+# %% ../nbs/09_exploration.ipynb #76d34119
+class ExplorationRecorder(Recorder):
     "Records the activation configuration of chosen ReLU modules on a probe set, bit-packed on disk in chunks."
+    format, what = 'ntaylor_nb.exploration/2', 'exploration recording'
     def __init__(self, model: nn.Module, # a rectifier network built with nn.ReLU modules
                  probe: torch.Tensor, # the D probe datapoints, shaped like a training batch
                  path: str | Path, # folder to write the recording to (created; must not hold a recording)
@@ -52,109 +55,74 @@ class ExplorationRecorder:
         if not layers: raise ValueError('layers is empty: name at least one nn.ReLU module')
         if not isinstance(probe, torch.Tensor) or probe.dim() < 2 or len(probe) < 1:
             raise ValueError('probe must be a tensor of datapoints shaped like a batch (D, ...), with D >= 1')
-        if chunk_size < 1: raise ValueError(f'chunk_size must be >= 1, got {chunk_size}')
         if units_per_layer is not None and units_per_layer < 1: raise ValueError(f'units_per_layer must be >= 1, got {units_per_layer}')
-        self.model, self.probe, self.layers, self.schedule, self.chunk_size = model, probe, layers, schedule, chunk_size
-        self.path = Path(path)
-        if (self.path / MANIFEST).exists() and resume_chunks is None:
-            raise FileExistsError(f'{self.path} already holds a recording; choose a new folder (or resume it)')
+        super().__init__(path, schedule, chunk_size, meta, resume_chunks)
+        self.model, self.probe, self.layers = model, probe, layers
         shapes = self._shapes()  # a probe that does not fit the model fails here, before anything is written
         self.units = _select_units([shapes[l] for l in layers], units_per_layer, seed)
         self.D, self.M = len(probe), sum(len(u) for u in self.units)
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.manifest = dict(format='ntaylor_nb.exploration/1', D=self.D, M=self.M, bytes_per_snapshot=(self.D * self.M + 7) // 8,
-                             modules=[dict(name=l, shape=list(shapes[l]), units=u.tolist()) for l, u in zip(layers, self.units)],
-                             schedule=schedule.describe() if schedule else 'whenever record() is called',
-                             steps=[], chunks=[], meta=meta or {})
-        self._buf, self._buf_steps = [], []
-        if resume_chunks is not None:  # keep the chunks a checkpoint vouches for, drop the rest
-            old = json.loads((self.path / MANIFEST).read_text())
-            if old['modules'] != self.manifest['modules']: raise ValueError(f'{self.path} recorded other units; cannot resume it')
-            self.manifest['chunks'] = keep_chunks(self.path, old['chunks'], resume_chunks)
-            self.manifest['steps'] = old['steps'][:sum(c['n'] for c in self.manifest['chunks'])]
-        write_json_atomic(self.path / MANIFEST, self.manifest)
+        self._start(D=self.D, M=self.M, bytes_per_snapshot=(self.D * self.M + 7) // 8,
+                    modules=[dict(name=l, shape=list(shapes[l]), units=u.tolist()) for l, u in zip(layers, self.units)])
 
-    def _probe_pass(self):
-        "The inputs of the chosen ReLUs on the probe (eval mode, no grad, RNG state restored): {name: tensor}."
-        mods, got = dict(self.model.named_modules()), {}
-        def hook(name):
-            def f(m, i): got[name] = i[0]
-            return f
-        hs = [mods[l].register_forward_pre_hook(hook(l)) for l in self.layers]
-        was_training = self.model.training
-        devices = [self.probe.device.index] if self.probe.is_cuda else []
-        try:
-            with torch.random.fork_rng(devices=devices), torch.no_grad():
-                self.model.eval(); self.model(self.probe)
-        except RuntimeError as e:
-            raise ValueError(f'the probe set of shape {tuple(self.probe.shape)} does not fit the model: {e}') from None
-        finally:
-            self.model.train(was_training)
-            for h in hs: h.remove()
-        missing = [l for l in self.layers if l not in got]
-        if missing: raise ValueError(f'ReLU module(s) {missing} are never called in the forward pass')
-        return got
+    def _resume_keys(self): return ('modules',)
 
-    def _shapes(self): return {l: tuple(a.shape[1:]) for l, a in self._probe_pass().items()}
+# %% ../nbs/09_exploration.ipynb #010c6975
+@patch
+def _probe_pass(self: ExplorationRecorder):
+    "The inputs of the chosen ReLUs on the probe (eval mode, no grad, RNG state restored): {name: tensor}."
+    mods, got = dict(self.model.named_modules()), {}
+    def hook(name):
+        def f(m, i): got[name] = i[0]
+        return f
+    hs = [mods[l].register_forward_pre_hook(hook(l)) for l in self.layers]
+    was_training = self.model.training
+    devices = [self.probe.device.index] if self.probe.is_cuda else []
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            self.model.eval(); self.model(self.probe)
+    except RuntimeError as e:
+        raise ValueError(f'the probe set of shape {tuple(self.probe.shape)} does not fit the model: {e}') from None
+    finally:
+        self.model.train(was_training)
+        for h in hs: h.remove()
+    missing = [l for l in self.layers if l not in got]
+    if missing: raise ValueError(f'ReLU module(s) {missing} are never called in the forward pass')
+    return got
 
-    def snapshot(self) -> np.ndarray:
-        "The current activation configuration: a (D, M) boolean array over the recorded units."
-        got = self._probe_pass()
-        return np.concatenate([(got[l].reshape(self.D, -1)[:, torch.as_tensor(u, device=got[l].device)] > 0).cpu().numpy()
-                               for l, u in zip(self.layers, self.units)], 1)
+@patch
+def _shapes(self: ExplorationRecorder): return {l: tuple(a.shape[1:]) for l, a in self._probe_pass().items()}
 
-    def record(self, step: int, # the training step this snapshot belongs to
-              ) -> None:
-        "Take a snapshot now and append it (flushing a full chunk to disk)."
-        self._buf.append(np.packbits(self.snapshot().T.reshape(-1)))  # unit-major
-        self._buf_steps.append(int(step))
-        if len(self._buf) >= self.chunk_size: self.flush()
+# %% ../nbs/09_exploration.ipynb #61e0fcb2
+@patch
+def snapshot(self: ExplorationRecorder) -> np.ndarray:
+    "The current activation configuration: a (D, M) boolean array over the recorded units."
+    got = self._probe_pass()
+    return np.concatenate([(got[l].reshape(self.D, -1)[:, torch.as_tensor(u, device=got[l].device)] > 0).cpu().numpy()
+                           for l, u in zip(self.layers, self.units)], 1)
 
-    def maybe(self, step: int, # the current training step (0-based)
-             ) -> bool:
-        "Record if the schedule says so (always, without a schedule); True if it recorded."
-        if self.schedule is None or self.schedule(step):
-            self.record(step); return True
-        return False
-
-    def flush(self) -> None:
-        "Write the buffered snapshots as one chunk and update the manifest."
-        if not self._buf: return
-        name = f'chunk_{len(self.manifest["chunks"]):05d}.bin'
-        nbytes, sha = write_chunk(self.path, name, [np.stack(self._buf)])
-        self.manifest['chunks'].append(dict(file=name, n=len(self._buf), bytes=nbytes, sha256=sha))
-        self.manifest['steps'] += self._buf_steps
-        write_json_atomic(self.path / MANIFEST, self.manifest)
-        self._buf, self._buf_steps = [], []
-
-    def close(self) -> None:
-        "Flush what is buffered."
-        self.flush()
-
-    def __enter__(self): return self
-    def __exit__(self, *exc): self.close()
+@patch
+def _make_record(self: ExplorationRecorder):
+    "One snapshot, bit-packed unit-major: {'bits': (1, ceil(D M / 8)) uint8}."
+    return dict(bits=np.packbits(self.snapshot().T.reshape(-1))[None])
 
 # %% ../nbs/09_exploration.ipynb #8358597f
-class ExplorationRecording:
+class ExplorationRecording(Recording):
     "A recording on disk, read lazily: `rec[n]` is snapshot n as a (D, M) bool array; `dense()` the whole (N, D, M)."
+    formats, what = ('ntaylor_nb.exploration/2', 'ntaylor_nb.exploration/1'), 'exploration recording'
     def __init__(self, path: str | Path, # folder written by ExplorationRecorder
                 ):
-        self.path = Path(path)
-        self.manifest = read_manifest(self.path, 'ntaylor_nb.exploration/1', 'exploration recording')
+        super().__init__(path)
         self.D, self.M, self.nbytes = self.manifest['D'], self.manifest['M'], self.manifest['bytes_per_snapshot']
-        for c in self.manifest['chunks']:
-            f = self.path / c['file']
-            size = f.stat().st_size if f.exists() else None
-            if size != c['bytes']: raise ValueError(f'{f} is truncated or missing: {size} bytes on disk, the manifest says {c["bytes"]}')
         self._starts = np.cumsum([0] + [c['n'] for c in self.manifest['chunks']])
         self._cache = {}
 
-    def __len__(self): return int(self._starts[-1])
-
-    @property
-    def steps(self) -> list[int]:
-        "Training step of each snapshot."
-        return self.manifest['steps']
+    def _upgrade(self, m):
+        "Format 1 (one list of steps, chunks of bare bytes) read as format 2 (steps and array layout per chunk)."
+        if m['format'].endswith('/1'):
+            starts = np.cumsum([0] + [c['n'] for c in m['chunks']])
+            for c, s in zip(m['chunks'], starts):
+                c.update(steps=m['steps'][s:s + c['n']], arrays=dict(bits=dict(dtype='|u1', shape=[c['n'], m['bytes_per_snapshot']], offset=0)))
+        return m
 
     @property
     def modules(self) -> list[dict]:
@@ -167,9 +135,7 @@ class ExplorationRecording:
 
     def _chunk(self, i):
         if i not in self._cache:
-            c = self.manifest['chunks'][i]
-            data = read_chunk(self.path, c)
-            self._cache = {i: np.frombuffer(data, np.uint8).reshape(c['n'], self.nbytes)}
+            self._cache = {i: self.chunk(i)['bits']}
         return self._cache[i]
 
     def packed(self) -> np.ndarray:

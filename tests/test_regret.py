@@ -8,7 +8,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ntaylor_nb.growth import regret_exponents
-from ntaylor_nb.regret import RegretRecorder, RegretRecording, hindsight, hindsight_generic, regret_scopes
+from ntaylor_nb.hindsight import hindsight, hindsight_generic
+from ntaylor_nb.regret import RegretRecorder, RegretRecording, regret_scopes
 from ntaylor_nb.schedules import every
 from ntaylor_nb.taylor import Scope, scope_weights, taylor_output
 
@@ -35,7 +36,7 @@ def train(make, loss, scopes, path, rounds=12, B=10, lr=0.05, seed=0, opt='adam'
     X = torch.randn(200, 1, 4, 4, generator=g, dtype=torch.float64) if conv else torch.randn(200, 6, generator=g, dtype=torch.float64)
     Y = torch.randint(0, 3, (200,), generator=g) if loss == 'cross_entropy' else X.reshape(200, -1)[:, :6] * 0.5
     o = {'adam': torch.optim.Adam, 'sgd': torch.optim.SGD}[opt](model.parameters(), lr=lr)
-    rec = RegretRecorder(model, loss, scopes, path, X[:B], rounds, chunk_rounds=chunk_rounds, neurons_per_layer=2, **kw) if record else None
+    rec = RegretRecorder(model, loss, scopes, path, X[:B], rounds, chunk_size=chunk_rounds, neurons_per_layer=2, **kw) if record else None
     losses = []
     if rec: rec.__enter__()
     for step in range(rounds):
@@ -207,7 +208,7 @@ def test_size_estimate_is_what_is_written(make, loss, tmp_path):
 
 from torch.func import grad as fgrad, hessian as fhessian
 
-from ntaylor_nb.regret import _newton, _Problems
+from ntaylor_nb.solvers import ConvSamples, LinearSamples, Problems, newton as _newton
 
 
 def random_data(fmt, n=37, p=4, C=3, K1=5, seed=0, loss='cross_entropy'):
@@ -216,8 +217,8 @@ def random_data(fmt, n=37, p=4, C=3, K1=5, seed=0, loss='cross_entropy'):
     r = lambda *sh: torch.randn(*sh, generator=g, dtype=torch.float64)
     y = torch.randint(0, p, (n,), generator=g) if loss == 'cross_entropy' else r(n, p)
     s = torch.rand(n, generator=g, dtype=torch.float64) + 0.1
-    if fmt == 'linear': return (r(n, p), y, s, torch.cat([r(n, K1 - 1), torch.ones(n, 1, dtype=torch.float64)], 1), r(n, p, C), r(n, C))
-    return (r(n, p), y, s, r(n, p, C, K1), r(n, p, C))
+    if fmt == 'linear': return LinearSamples(r(n, p), y, s, torch.cat([r(n, K1 - 1), torch.ones(n, 1, dtype=torch.float64)], 1), r(n, p, C), r(n, C))
+    return ConvSamples(r(n, p), y, s, r(n, p, C, K1), r(n, p, C))
 
 
 def reference_z(D, fmt, col, v):
@@ -244,7 +245,7 @@ def test_problem_value_gradient_hessian_equal_autograd(fmt, loss, chunk_bytes):
     "The structured value, gradient and Hessian (rank-1, Kronecker, explicit design) against torch.func on the definitions."
     D = random_data(fmt, loss=loss)
     cols = torch.tensor([2, 0])
-    neurons, layer = _Problems(D, fmt, loss, cols, chunk_bytes=chunk_bytes), _Problems(D, fmt, loss, chunk_bytes=chunk_bytes)
+    neurons, layer = Problems(D, loss, cols, chunk_bytes=chunk_bytes), Problems(D, loss, chunk_bytes=chunk_bytes)
     g = torch.Generator().manual_seed(5)
     V = torch.randn(2, neurons.size(), generator=g, dtype=torch.float64)
     f, gr, H = neurons.evaluate(V, torch.arange(2))
@@ -266,9 +267,9 @@ def test_problem_value_gradient_hessian_equal_autograd(fmt, loss, chunk_bytes):
 def test_newton_matches_scipy_and_batching_changes_nothing(fmt):
     "Non-separable problems: the minimum equals scipy's (BFGS to gtol 1e-11); all neurons at once equals one at a time."
     D = random_data(fmt, n=400, p=3, C=4, K1=4, seed=1)
-    D = (D[0], D[1], D[2] / D[2].sum() * 10) + D[3:]  # weights summing to 10 "rounds"
+    D = D._replace(s=D.s / D.s.sum() * 10)  # weights summing to 10 "rounds"
     cols = torch.arange(4)
-    prob = _Problems(D, fmt, 'cross_entropy', cols)
+    prob = Problems(D, 'cross_entropy', cols)
     tol = 1e-9 * 10
     V, f, gn, lam, it = _newton(prob, torch.arange(4), torch.zeros(4, 4, dtype=torch.float64), tol)
     assert (lam / 2 <= tol).all() and (it >= 2).all()
@@ -285,7 +286,7 @@ def test_newton_matches_scipy_and_batching_changes_nothing(fmt):
 def test_newton_on_separable_data_approaches_the_infimum():
     "More variables than samples: the infimum 0 is only approached at infinity; Newton stops within tol of it, and the reported value is the loss at the returned point."
     D = random_data('linear', n=6, p=3, C=2, K1=12, seed=2)
-    prob = _Problems(D, 'linear', 'cross_entropy')
+    prob = Problems(D, 'cross_entropy')
     tol = 1e-9 * float(D[2].sum())
     V, f, gn, lam, it = _newton(prob, torch.zeros(1, dtype=torch.long), torch.zeros(1, prob.size(), dtype=torch.float64), tol)
     assert 0 < float(f[0]) <= 2 * tol and lam[0] / 2 <= tol
@@ -328,12 +329,12 @@ def test_mse_on_a_convolution_matches_lstsq(tmp_path):
 def test_layers_are_numbered_from_the_input_as_in_the_paper(tmp_path):
     "Tables carry the paper's layer number next to the module path; figures label layers by it."
     from ntaylor_nb.taylor import weight_layers
-    from ntaylor_nb.regret import _layer_name, _layer_numbers
+    from ntaylor_nb.regret_figures import _layer_name
     train(autoencoder, 'mse', ['layer:2', 'neuron:4:1', 'neuron:6:0'], tmp_path / 'n', rounds=4)
     df = hindsight(tmp_path / 'n', progress=False)
     want = {v: k for k, v in weight_layers(autoencoder()).items()}  # module path -> number
     assert want == {'0': 1, '2': 2, '4': 3, '6': 4}
     assert all(df.layer_number == df.layer.map(want))
     mf = RegretRecording(tmp_path / 'n').manifest
-    assert _layer_numbers({k: v for k, v in mf.items() if k != 'layer_numbers'}) == _layer_numbers(mf)  # older recordings
+    assert {l: e['number'] for l, e in mf['layers'].items()} == {'2': 2, '4': 3, '6': 4}
     assert _layer_name(df)('4') == 'layer 3 (module 4)' and _layer_name(df.drop(columns='layer_number'))('4') == 'layer 4'
