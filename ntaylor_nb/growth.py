@@ -23,7 +23,7 @@ def log_prefixes(N: int, # number of rounds
         if len(p) >= k: return p
         m += max(1, k - len(p))
 
-# %% ../nbs/03_growth.ipynb #d6b3c997
+# %% ../nbs/03_growth.ipynb #cf5ef1a9
 def growth_exponent(N: np.ndarray, # prefix lengths
                     regret: np.ndarray, # regret at each prefix
                     lo: float = 1, # smallest N used in the fit
@@ -35,6 +35,7 @@ def growth_exponent(N: np.ndarray, # prefix lengths
     if m.sum() < 2: raise ValueError(f'need at least two prefixes with positive regret in [{lo}, {hi}] to fit an exponent; got {int(m.sum())}')
     return float(np.polyfit(np.log(N[m]), np.log(R[m]), 1)[0])
 
+# %% ../nbs/03_growth.ipynb #2863df2e
 def bootstrap_exponent(N: np.ndarray, # prefix lengths
                        regrets: np.ndarray, # (runs, prefixes): one row per independent run (seed, neuron)
                        lo: float = 1, # fit range, smallest N

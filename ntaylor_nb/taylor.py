@@ -24,7 +24,6 @@ def current_weights(model: nn.Module, # any network
     "Detached copies of the model's parameters, by name: the expansion point $\\mathbf{W}^n$."
     return {k: p.detach().clone() for k, p in model.named_parameters()}
 
-
 # %% ../nbs/01_taylor.ipynb #5f201bd4
 SCOPE_KINDS = ('network', 'layer', 'neuron')
 
@@ -59,18 +58,20 @@ class Scope:
             return cls('neuron', args[0], neuron, bias)
         return cls(kind, args[0] if args else None, None, bias)
 
-# %% ../nbs/01_taylor.ipynb #7903b597
-_NEURON_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
+# %% ../nbs/01_taylor.ipynb #8b478b1e
 def weight_layers(model: nn.Module, # a network
                  ) -> dict[int, str]:
     "The weight layers (Linear, Conv2d) numbered 1.. from the input, as the paper numbers them, mapped to their module paths."
     return {i + 1: n for i, n in enumerate(n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d)))}
 
+# %% ../nbs/01_taylor.ipynb #1d29a941
+_NEURON_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
 def _param_layers(model):
     "Module paths of every module with parameters of its own (for error messages)."
     return [n for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))]
 
+# %% ../nbs/01_taylor.ipynb #1b26263d
 def resolve_scope(model: nn.Module, # the network
                   scope: Scope | str = 'network', # a `Scope` or its string form
                  ) -> dict[str, int | None]:
@@ -100,7 +101,7 @@ def resolve_scope(model: nn.Module, # the network
                          f'({type(mod).__name__} with {n} output units): allowed 0..{n - 1}')
     return {k: sc.neuron for k in names}
 
-# %% ../nbs/01_taylor.ipynb #1430a4fc
+# %% ../nbs/01_taylor.ipynb #9be2e27a
 def scope_weights(model: nn.Module, # the network
                   scope: Scope | str = 'network', # which weights
                   W: Mapping[str, Tensor] | None = None, # full weights to restrict (default: the model's current ones)
@@ -109,17 +110,21 @@ def scope_weights(model: nn.Module, # the network
     W = current_weights(model) if W is None else W
     return {k: W[k] if i is None else W[k][i] for k, i in resolve_scope(model, scope).items()}
 
+# %% ../nbs/01_taylor.ipynb #e65704cd
 def _check_V(V, Ws):
+    "Raise a clear error unless `V` has exactly the keys and shapes of the template `Ws`."
     if not isinstance(V, Mapping): raise TypeError(f'V must be a dict of tensors keyed {sorted(Ws)}, not {type(V).__name__}')
     if set(V) != set(Ws):
         raise KeyError(f'V has keys {sorted(V)}; this scope expects exactly {sorted(Ws)}')
     bad = [f'{k}: got {tuple(V[k].shape)}, expected {tuple(Ws[k].shape)}' for k in Ws if V[k].shape != Ws[k].shape]
     if bad: raise ValueError('V has the wrong shape for ' + '; '.join(bad))
 
+# %% ../nbs/01_taylor.ipynb #970ea9f2
 def _embed(w, i, v):
     "Full tensor `w` with row `i` replaced by `v` (differentiable in `v`); `i=None` replaces the whole tensor."
     return v if i is None else torch.cat([w[:i], v.unsqueeze(0), w[i + 1:]])
 
+# %% ../nbs/01_taylor.ipynb #69e9c121
 def substitute(model: nn.Module, # the network
                scope: Scope | str, # which weights `V` stands for
                V: Mapping[str, Tensor], # new values of the scope's weights (as `scope_weights`)
@@ -147,7 +152,7 @@ def taylor_output(model: nn.Module, # the network f
     out, dout = jvp(f, (Ws,), ({k: V[k] - Ws[k] for k in Ws},))
     return out + dout
 
-# %% ../nbs/01_taylor.ipynb #f7f487c1
+# %% ../nbs/01_taylor.ipynb #c674a915
 LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {'mse': F.mse_loss, 'cross_entropy': F.cross_entropy}
 
 def loss_fn(loss: str | Callable = 'mse', # "mse" or "cross_entropy"
@@ -157,6 +162,7 @@ def loss_fn(loss: str | Callable = 'mse', # "mse" or "cross_entropy"
     raise ValueError(f'unsupported loss {loss!r}: Taylor losses need a loss convex in the network output; '
                      f'allowed: {", ".join(map(repr, LOSSES))}')
 
+# %% ../nbs/01_taylor.ipynb #e0025d96
 def taylor_loss(model: nn.Module, # the network
                 x: Tensor, # a batch of inputs
                 y: Tensor, # their targets
@@ -167,6 +173,17 @@ def taylor_loss(model: nn.Module, # the network
                ) -> Tensor:
     "The round's Taylor loss $\\ell(\\mathbf{T}^n(\\mathbf{V}), y)$: convex in `V`."
     return loss_fn(loss)(taylor_output(model, x, V, scope, W), y)
+
+# %% ../nbs/01_taylor.ipynb #44e40f5f
+def _contract(J, X, dW, db=None, neuron=None):
+    "$\\mathbf{J} \\cdot (dW \\mathbf{x} + db)$ per sample: (B, outputs), for a layer or (with `neuron`) one of its rows."
+    if neuron is None:
+        a = torch.einsum('ck,bkp->bcp', dW.reshape(dW.shape[0], -1), X)
+        if db is not None: a = a + db[:, None]
+        return torch.einsum('bocp,bcp->bo', J, a)
+    a = torch.einsum('k,bkp->bp', dW.reshape(-1), X)
+    if db is not None: a = a + db
+    return torch.einsum('bop,bp->bo', J[:, :, neuron], a)
 
 # %% ../nbs/01_taylor.ipynb #b58eb5f4
 @dataclass
@@ -184,15 +201,7 @@ class LayerJacobian:
                  neuron: int | None = None, # restrict to one neuron
                 ) -> Tensor:
         "$\\langle \\mathbf{G}_l, (dW, db)\\rangle$ for the whole layer or one neuron, without forming $\\mathbf{G}_l$."
-        if neuron is None:
-            a = torch.einsum('ck,bkp->bcp', dW.reshape(dW.shape[0], -1), self.X)
-            if db is not None: a = a + db[:, None]
-            out = torch.einsum('bocp,bcp->bo', self.J, a)
-        else:
-            a = torch.einsum('k,bkp->bp', dW.reshape(-1), self.X)
-            if db is not None: a = a + db
-            out = torch.einsum('bop,bp->bo', self.J[:, :, neuron], a)
-        return out.reshape(self.f0.shape)
+        return _contract(self.J, self.X, dW, db, neuron).reshape(self.f0.shape)
 
     def taylor(self, V: Mapping[str, Tensor], # {"weight": ..., "bias": ...} of the layer (or of one neuron)
                neuron: int | None = None, # restrict to one neuron
@@ -211,8 +220,9 @@ class LayerJacobian:
         if self.bias is not None: G['bias'] = self.J.sum(-1).reshape(B, *self.f0.shape[1:], *self.bias.shape)
         return G
 
-# %% ../nbs/01_taylor.ipynb #9c332481
+# %% ../nbs/01_taylor.ipynb #dbbe888d
 def _layer(model, layer):
+    "The module at path `layer`, if the factored form handles it (Linear, Conv2d with groups=1 and zero padding)."
     mods = dict(model.named_modules())
     if layer not in mods:
         raise ValueError(f'unknown layer {layer!r}; layers with parameters: {", ".join(map(repr, _param_layers(model)))}')
@@ -226,6 +236,7 @@ def _layer(model, layer):
                          '(use taylor_output, the generic path, for any other module)')
     return mod
 
+# %% ../nbs/01_taylor.ipynb #3938e968
 def _patches(mod, inp):
     "The layer's input as (B, K, P): K = fan-in, P = positions."
     if isinstance(mod, nn.Linear):
@@ -233,6 +244,22 @@ def _patches(mod, inp):
         return inp[:, :, None]
     return F.unfold(inp, mod.kernel_size, mod.dilation, mod.padding, mod.stride)
 
+# %% ../nbs/01_taylor.ipynb #a8dbc453
+def _output_jacobian(f, a):
+    "f(z) at z = 0 and its per-sample Jacobian (B, outputs, units), for offsets z shaped like the layer output `a`."
+    z0 = torch.zeros_like(a)
+    B, n_units = a.shape[0], a[0].numel()
+    f0, vjp_fn = vjp(f, z0)
+    n_out = f0[0].numel()
+    if n_out <= n_units:  # reverse mode: one vector-Jacobian product per output unit (for every sample at once)
+        ct = torch.eye(n_out, dtype=f0.dtype, device=f0.device)[:, None, :].expand(n_out, B, n_out).reshape(n_out, *f0.shape)
+        J = vmap(vjp_fn)(ct)[0].reshape(n_out, B, n_units).transpose(0, 1)
+    else:  # forward mode: one Jacobian-vector product per unit of the layer
+        tg = torch.eye(n_units, dtype=a.dtype, device=a.device)[:, None, :].expand(n_units, B, n_units).reshape(n_units, *a.shape)
+        J = vmap(lambda t: jvp(f, (z0,), (t,))[1])(tg).reshape(n_units, B, n_out).permute(1, 2, 0)
+    return f0, J
+
+# %% ../nbs/01_taylor.ipynb #2f5b2f62
 def layer_jacobian(model: nn.Module, # the network
                    x: Tensor, # a batch of inputs
                    layer: str, # module path of a Linear or Conv2d layer
@@ -253,18 +280,9 @@ def layer_jacobian(model: nn.Module, # the network
         h = mod.register_forward_hook(lambda m, i, o: o + z)
         try: return functional_call(model, W, (x,))
         finally: h.remove()
-    z0 = torch.zeros_like(a)
-    B, n_units = a.shape[0], a[0].numel()
-    f0, vjp_fn = vjp(f, z0)
-    n_out = f0[0].numel()
-    if n_out <= n_units:  # reverse mode: one vector-Jacobian product per output unit (for every sample at once)
-        ct = torch.eye(n_out, dtype=f0.dtype, device=f0.device)[:, None, :].expand(n_out, B, n_out).reshape(n_out, *f0.shape)
-        J = vmap(vjp_fn)(ct)[0].reshape(n_out, B, n_units).transpose(0, 1)
-    else:  # forward mode: one Jacobian-vector product per unit of the layer
-        tg = torch.eye(n_units, dtype=a.dtype, device=a.device)[:, None, :].expand(n_units, B, n_units).reshape(n_units, *a.shape)
-        J = vmap(lambda t: jvp(f, (z0,), (t,))[1])(tg).reshape(n_units, B, n_out).permute(1, 2, 0)
-    C = a.shape[1]
-    return LayerJacobian(layer, J.reshape(B, n_out, C, -1).detach(), _patches(mod, seen['x']), f0.detach(),
+    f0, J = _output_jacobian(f, a)
+    B, C = a.shape[:2]
+    return LayerJacobian(layer, J.reshape(B, f0[0].numel(), C, -1).detach(), _patches(mod, seen['x']), f0.detach(),
                          W[f'{layer}.weight'], W.get(f'{layer}.bias'))
 
 # %% ../nbs/01_taylor.ipynb #a702c62e
@@ -292,14 +310,16 @@ class ActivationConfig:
         start = sum(self.sizes[:i])
         return self.A[:, start:start + self.sizes[i]]
 
-# %% ../nbs/01_taylor.ipynb #319e6e31
+# %% ../nbs/01_taylor.ipynb #368c4b10
 def _relu_modules(model):
+    "(path, module) of every nn.ReLU in the model, with a clear error when there is none."
     mods = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
     if not mods:
         raise ValueError(f'{type(model).__name__} has no nn.ReLU modules: activation configurations are read from '
                          'nn.ReLU modules (a functional F.relu call cannot be hooked)')
     return mods
 
+# %% ../nbs/01_taylor.ipynb #db2e3097
 def activation_configuration(model: nn.Module, # a rectifier network with nn.ReLU modules
                              x: Tensor, # a batch of D datapoints
                              W: Mapping[str, Tensor] | None = None, # weights to evaluate at (default: the model's current ones)
@@ -321,7 +341,23 @@ def activation_configuration(model: nn.Module, # a rectifier network with nn.ReL
     return ActivationConfig(torch.cat([a.reshape(D, -1) for _, a in calls], 1),
                             [n for n, _ in calls], [tuple(a.shape[1:]) for _, a in calls])
 
-# %% ../nbs/01_taylor.ipynb #a1eb63bf
+# %% ../nbs/01_taylor.ipynb #e0443c28
+def _pool_indices(m, inp):
+    "The flat indices a MaxPool2d `m` picks from `inp`."
+    return F.max_pool2d(inp, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, return_indices=True)[1]
+
+# %% ../nbs/01_taylor.ipynb #0c0e6505
+def _hooked_call(model, mods, params, x, make_hook, inputs):
+    "Call `model` at `params` on `x`, saving each of `mods`' inputs in `inputs` and hooking it with `make_hook(name)`."
+    def save(n):  # pre-hook: keep the input before an in-place ReLU overwrites it
+        def hook(m, i): inputs[n] = i[0].clone()
+        return hook
+    hs = [m.register_forward_pre_hook(save(n)) for n, m in mods] + [m.register_forward_hook(make_hook(n)) for n, m in mods]
+    try: return functional_call(model, params, (x,))
+    finally:
+        for h in hs: h.remove()
+
+# %% ../nbs/01_taylor.ipynb #e52d1d7d
 def clamped_output(model: nn.Module, # a rectifier network (nn.ReLU, optionally nn.MaxPool2d modules)
                    x: Tensor, # a batch of inputs
                    V: Mapping[str, Tensor], # the scope's weights to evaluate at
@@ -331,16 +367,10 @@ def clamped_output(model: nn.Module, # a rectifier network (nn.ReLU, optionally 
     "The network at weights `V` with every ReLU pattern and max-pool choice frozen at `W` (Observation 2)."
     W = current_weights(model) if W is None else dict(W)
     P = substitute(model, scope, V, W)
-    relus = _relu_modules(model)
-    pools = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.MaxPool2d)]
+    mods = _relu_modules(model) + [(n, m) for n, m in model.named_modules() if isinstance(m, nn.MaxPool2d)]
     frozen, inputs = {}, {}
-    def pool_idx(m, i):
-        return F.max_pool2d(i, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, return_indices=True)[1]
-    def save(n):  # pre-hook: keep the input before an in-place ReLU overwrites it
-        def hook(m, i): inputs[n] = i[0].clone()
-        return hook
     def freeze(n):
-        def hook(m, i, o): frozen[n] = inputs[n] > 0 if isinstance(m, nn.ReLU) else pool_idx(m, inputs[n])
+        def hook(m, i, o): frozen[n] = inputs[n] > 0 if isinstance(m, nn.ReLU) else _pool_indices(m, inputs[n])
         return hook
     def apply(n):
         def hook(m, i, o):
@@ -349,10 +379,5 @@ def clamped_output(model: nn.Module, # a rectifier network (nn.ReLU, optionally 
             idx = frozen[n]
             return z.flatten(2).gather(2, idx.flatten(2)).view(idx.shape)
         return hook
-    mods = relus + pools
-    for stage, params in ((freeze, W), (apply, P)):
-        hs = [m.register_forward_pre_hook(save(n)) for n, m in mods] + [m.register_forward_hook(stage(n)) for n, m in mods]
-        try: out = functional_call(model, params, (x,))
-        finally:
-            for h in hs: h.remove()
-    return out
+    _hooked_call(model, mods, W, x, freeze, inputs)
+    return _hooked_call(model, mods, P, x, apply, inputs)

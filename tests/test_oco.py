@@ -1,13 +1,13 @@
-"""Cross-checks of ntaylor_nb.oco: torch.optim trajectories, Zinkevich's bound, independent solvers, the counterexample."""
+"""Cross-checks of ntaylor_nb.learners and ntaylor_nb.oco: torch.optim trajectories, Zinkevich's bound, independent solvers, the counterexample."""
 import numpy as np
 import pytest
 import scipy.optimize as so
 from hypothesis import given, settings, strategies as st
 
-from ntaylor_nb.growth import bootstrap_exponent, log_prefixes
-from ntaylor_nb.oco import (Ball, Box, Environment, Learner, LeastSquares, LinearLosses, LogisticDigits,
-                            ReddiCounterexample, counterexample, make_learner,
-                            ogd_bound, play, run_grid, torch_trajectory)
+from ntaylor_nb.growth import bootstrap_exponent
+from ntaylor_nb.learners import Ball, Box, Learner, make_learner, torch_trajectory
+from ntaylor_nb.oco import (Environment, LeastSquares, LinearLosses, LogisticDigits, ReddiCounterexample, counterexample,
+                            ogd_bound, play, run_grid)
 
 CASES = [('sgd', {}), ('sgd', dict(lr=0.05, momentum=0.9)), ('sgd', dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01)),
          ('sgd', dict(lr=0.05, momentum=0.5, dampening=0.3)), ('adagrad', {}), ('adagrad', dict(lr=0.3, lr_decay=0.05, initial_accumulator_value=0.1)),
@@ -134,11 +134,6 @@ def test_playing_the_hindsight_optimum_has_zero_regret():
     assert q.regret[-1] == pytest.approx(0, abs=1e-9)
     assert p.regret[-1] > 1
 
-
-def test_log_prefixes():
-    p = log_prefixes(10000, 64)
-    assert p[0] == 1 and p[-1] == 10000 and np.all(np.diff(p) > 0) and 64 <= len(p) <= 70
-    assert list(log_prefixes(5, 64)) == [1, 2, 3, 4, 5]
 
 
 def test_bad_inputs():
