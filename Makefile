@@ -56,8 +56,10 @@ pytest: $(STAMP)
 	$(PY) -m pytest tests
 
 # nbdev's docs processing (always); the site itself wherever the Quarto CLI is installed.
-# (tests/test_docs.py runs the processing and checks every exported symbol is documented.)
+# (tests/test_docs.py runs the processing and checks every exported symbol is documented and the sidebar's order.)
+# The sidebar is nbs/sidebar.yml, written by tools/sidebar.py from the notebooks present (custom_sidebar = True).
 docs: $(STAMP)
+	$(PY) tools/sidebar.py
 	if command -v quarto >/dev/null; then $(BIN)/nbdev_docs; \
 	else echo "docs: quarto is not on PATH, so the site was not rendered (processing and doc checks passed). Install it with: $(BIN)/nbdev_install_quarto"; fi
 

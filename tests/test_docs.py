@@ -1,13 +1,17 @@
-"""The docs pipeline up to Quarto: nbdev processes every notebook, and every exported symbol is documented."""
+"""The docs pipeline up to Quarto: nbdev processes every notebook, every exported symbol is documented, the sidebar
+follows the reader's order (tools/sidebar.py), the site is HTML only, and the home page and README keep the introduction."""
 import importlib
+import importlib.util
 import inspect
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import nbformat
 import pytest
+import yaml
 from fastcore.docments import docments
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,16 +48,106 @@ def test_every_exported_symbol_is_documented():
     assert not missing, 'undocumented:\n' + '\n'.join(missing)
 
 
-def test_nbdev_processes_every_notebook_with_show_doc_for_every_symbol():
-    r = subprocess.run([str(Path(sys.executable).parent / 'nbdev_proc_nbs'), '--force'], cwd=ROOT, capture_output=True, text=True)
+@pytest.fixture(scope='module')
+def proc():
+    """`_proc/`, as nbdev processes the notebooks for Quarto (made afresh once per test run).
+    Not `nbdev_proc_nbs --force`: its `force` also reaches nbdev_sidebar, which then overwrites nbs/sidebar.yml."""
+    shutil.rmtree(ROOT / '_proc', ignore_errors=True)
+    r = subprocess.run([str(Path(sys.executable).parent / 'nbdev_proc_nbs')], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
-    proc = ROOT / '_proc'
+    return ROOT / '_proc'
+
+
+def test_nbdev_processes_every_notebook_with_show_doc_for_every_symbol(proc):
     for nb in (ROOT / 'nbs').rglob('*.ipynb'):
         if '.ipynb_checkpoints' in nb.parts: continue
         assert (proc / nb.relative_to(ROOT / 'nbs')).exists(), f'{nb} was not processed'
     shown = ''.join(c.source for p in proc.rglob('*.ipynb') for c in nbformat.read(p, 4).cells if c.cell_type == 'code')
     absent = [f'{m}.{n}' for m, n, o in exported() if (inspect.isfunction(o) or inspect.isclass(o)) and f'show_doc({n})' not in shown]
     assert not absent, f'no show_doc in the processed docs for: {absent}'
+
+
+def _sidebar_tool():
+    spec = importlib.util.spec_from_file_location('sidebar_tool', ROOT / 'tools' / 'sidebar.py')
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod
+
+
+# The reader's order (the paper, the machinery that runs experiments, the experiments, results, plumbing last),
+# written out here independently of the rule in tools/sidebar.py; notebooks not yet written are simply absent.
+READERS_ORDER = ['index.ipynb', '01_taylor.ipynb', '02_learners.ipynb', '02_oco.ipynb', '03_growth.ipynb', '03_regret.ipynb',
+                 '04_solvers.ipynb', '05_gauss_newton.ipynb', '06_regret.ipynb', '07_hindsight.ipynb', '08_regret_figures.ipynb',
+                 '09_exploration.ipynb', '10_data.ipynb', '11_models.ipynb', '12_train.ipynb', '13_run.ipynb', '14_batch.ipynb',
+                 '15_report.ipynb', 'experiments/taylor_tour.ipynb', 'experiments/autoencoder.ipynb', 'experiments/convnet.ipynb',
+                 'experiments/report.ipynb', '16_results.ipynb', 'results/demo_report.ipynb', '90_schedules.ipynb',
+                 '91_storage.ipynb', '92_devices.ipynb']
+SECTIONS = ["The paper", "Running experiments", "Experiments", "Results", "Plumbing"]
+
+
+def _flat(contents, sections):
+    "The pages of a sidebar's `contents`, in order, collecting section titles into `sections`."
+    for item in contents:
+        if isinstance(item, str): yield item
+        elif 'section' in item:
+            sections.append(item['section']); yield from _flat(item.get('contents', []), sections)
+        else: yield item.get('href') or item['file']
+
+
+def test_sidebar_yml_is_the_scripts_output():
+    "nbs/sidebar.yml is committed (custom_sidebar = True) and must be what tools/sidebar.py writes for the notebooks present."
+    assert (ROOT / 'nbs' / 'sidebar.yml').read_text() == _sidebar_tool().sidebar(), \
+        'nbs/sidebar.yml is out of date with the notebooks in nbs/: run `python tools/sidebar.py` and commit it'
+
+
+def test_sidebar_lists_every_notebook_once_in_the_readers_order(proc):
+    "The sidebar Quarto gets (in _proc/) lists each notebook exactly once, in the reader's order, in sentence-case sections."
+    sections = []
+    pages = list(_flat(yaml.safe_load((proc / 'sidebar.yml').read_text())['website']['sidebar']['contents'], sections))
+    present = sorted(p.relative_to(ROOT / 'nbs').as_posix() for p in (ROOT / 'nbs').rglob('*.ipynb')
+                     if not any(part.startswith(('.', '_')) for part in p.relative_to(ROOT / 'nbs').parts))
+    twice = sorted({p for p in pages if pages.count(p) > 1})
+    assert not twice, f'in the sidebar more than once: {twice}'
+    assert not set(present) - set(pages), f'missing from the sidebar: {sorted(set(present) - set(pages))}'
+    assert not set(pages) - set(present), f'in the sidebar but not in nbs/: {sorted(set(pages) - set(present))}'
+    assert pages[0] == 'index.ipynb'
+    known = [p for p in pages if p in READERS_ORDER]
+    assert known == sorted(known, key=READERS_ORDER.index), f'not in the reader\'s order: {known}'
+    assert sections == [s for s in SECTIONS if s in sections] and {'The paper', 'Experiments', 'Plumbing'} <= set(sections), sections
+    assert all(s[0].isupper() and s[1:] == s[1:].lower() for s in sections), f'section titles in sentence case: {sections}'
+    plumbing = [p for p in pages if p[:1] == '9']
+    assert plumbing and pages[len(pages) - len(plumbing):] == plumbing, 'plumbing comes last'
+
+
+def test_sidebar_rule_places_the_notebooks_to_come(tmp_path):
+    "The rule, not a list of names: the full notebook list after the restructuring comes out in the reader's order."
+    tool = _sidebar_tool()
+    for p in READERS_ORDER + ['images/x.ipynb.png', '.ipynb_checkpoints/01_taylor-checkpoint.ipynb', '_hidden/a.ipynb']:
+        (tmp_path / p).parent.mkdir(parents=True, exist_ok=True); (tmp_path / p).write_text('{}')
+    sections = []
+    pages = list(_flat(yaml.safe_load(tool.sidebar(tmp_path))['website']['sidebar']['contents'], sections))
+    assert pages == READERS_ORDER and sections == SECTIONS
+    (tmp_path / 'notes.ipynb').write_text('{}')
+    with pytest.raises(ValueError, match='notes.ipynb'): tool.sidebar(tmp_path)
+
+
+def test_site_is_html_only():
+    "No `commonmark` output (it added a CommonMark link to every page and 'Could not convert TeX math' warnings)."
+    assert list(yaml.safe_load((ROOT / '_quarto.yml').read_text())['format']) == ['html']
+
+
+def test_home_page_keeps_the_introduction(proc):
+    """nbdev turns index.ipynb's title cell into front matter and drops the rest of that cell: the title cell must hold
+    only the title and the `>` description, and every paragraph of the other cells must reach the processed page."""
+    cells = nbformat.read(ROOT / 'nbs' / 'index.ipynb', 4).cells
+    title = [l for l in cells[0].source.splitlines() if l.strip()]
+    assert len(title) == 2 and title[0].startswith('# ') and title[1].startswith('> '), f'title cell: {title}'
+    processed = '\n'.join(c.source for c in nbformat.read(proc / 'index.ipynb', 4).cells)
+    assert f'title: {title[0][2:]}' in processed and 'description:' in processed
+    for cell in cells[1:]:
+        if cell.cell_type != 'markdown': continue
+        for para in cell.source.split('\n\n'):
+            assert para in processed, f'lost from the home page:\n{para[:200]}'
+    assert 'implements the ICML 2017 paper' in processed and 'make demo' in processed
 
 
 def test_readme_is_index_notebook():
