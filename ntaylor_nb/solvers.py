@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from fastcore.basics import patch
 from torch import Tensor
 
 # %% auto #0
@@ -136,56 +137,62 @@ class Problems:
         c = self.cols[idx]
         return f0[None] - m0[:, :, c].permute(2, 0, 1), ('full', M[:, :, c].permute(2, 0, 1, 3))
 
-    def _pairs(self, C):
-        "The unit pairs c <= c' and the map from (c, c') to a pair (`_tri`), on the data's device; made once."
-        if not hasattr(self, '_pair_map'):
-            iu, idx = _tri(C)
-            dev = self.D[0].device
-            self._pair_map = (tuple(torch.as_tensor(i, device=dev) for i in iu), torch.as_tensor(idx, device=dev))
-        return self._pair_map
+# %% ../nbs/04_solvers.ipynb #ce8a8ae2
+@patch
+def _pairs(self: Problems, C):
+    "The unit pairs c <= c' and the map from (c, c') to a pair (`_tri`), on the data's device; made once."
+    if not hasattr(self, '_pair_map'):
+        iu, idx = _tri(C)
+        dev = self.D[0].device
+        self._pair_map = (tuple(torch.as_tensor(i, device=dev) for i in iu), torch.as_tensor(idx, device=dev))
+    return self._pair_map
 
-    def _z(self, V, base, des):
-        if des[0] == 'rank1': return base + des[1] * (des[2] @ V.T).T[..., None]
-        if des[0] == 'kron':
+@patch
+def _z(self: Problems, V, base, des):
+    "The Taylor outputs at V from the design of `_design`."
+    if des[0] == 'rank1': return base + des[1] * (des[2] @ V.T).T[..., None]
+    if des[0] == 'kron':
+        J, X = des[1:]
+        return base + torch.einsum('noc,nc->no', J, X @ V.reshape(J.shape[2], -1).T)[None]
+    return base + torch.einsum('umpk,uk->ump', des[1], V)
+
+# %% ../nbs/04_solvers.ipynb #b0b13ee0
+@patch
+def evaluate(self: Problems, V: Tensor, # (U, P) points, one per problem
+             idx: Tensor, # (U,) which problems (positions in `cols`; 0 for the layer scope)
+             hess: bool = True, # also the Hessians
+            ) -> tuple:
+    "Summed loss (U,), gradient (U, P) and Hessian (U, P, P) of problems idx at V (U, P), chunk by chunk."
+    y, s = self.D[1], self.D[2]
+    U, P = V.shape
+    p = self.D[0].shape[1]
+    if self.fmt == 'linear' and self.cols is not None: per = U * (3 * p + P)  # doubles of temporaries per sample
+    elif self.fmt == 'linear': C = self.D[4].shape[2]; per = 3 * p * C + C * (C + 1) // 2 * (P // C)
+    else: per = 3 * U * p * P
+    step = max(1, self.chunk_bytes // (8 * per))
+    f = V.new_zeros(U); g = V.new_zeros(U, P); H = V.new_zeros(U, P, P) if hess else None
+    for i in range(0, self.n, step):
+        sl = slice(i, i + step)
+        base, des = self._design(sl, idx)
+        val, r, h = loss_terms(self._z(V, base, des), y[sl], s[sl], self.loss)
+        f += val
+        if des[0] == 'rank1':
+            j, X = des[1:]
+            g += (r * j).sum(-1) @ X
+            if hess: H += (X.T[None] * (j * h(j[..., None])[..., 0]).sum(-1)[:, None, :]) @ X
+        elif des[0] == 'kron':  # Hessian sum_b A_b (x) x_b x_b^T: one K1 x K1 block per pair c <= c' (A_b symmetric)
             J, X = des[1:]
-            return base + torch.einsum('noc,nc->no', J, X @ V.reshape(J.shape[2], -1).T)[None]
-        return base + torch.einsum('umpk,uk->ump', des[1], V)
-
-    def evaluate(self, V: Tensor, # (U, P) points, one per problem
-                 idx: Tensor, # (U,) which problems (positions in `cols`; 0 for the layer scope)
-                 hess: bool = True, # also the Hessians
-                ) -> tuple:
-        "Summed loss (U,), gradient (U, P) and Hessian (U, P, P) of problems idx at V (U, P), chunk by chunk."
-        y, s = self.D[1], self.D[2]
-        U, P = V.shape
-        p = self.D[0].shape[1]
-        if self.fmt == 'linear' and self.cols is not None: per = U * (3 * p + P)  # doubles of temporaries per sample
-        elif self.fmt == 'linear': C = self.D[4].shape[2]; per = 3 * p * C + C * (C + 1) // 2 * (P // C)
-        else: per = 3 * U * p * P
-        step = max(1, self.chunk_bytes // (8 * per))
-        f = V.new_zeros(U); g = V.new_zeros(U, P); H = V.new_zeros(U, P, P) if hess else None
-        for i in range(0, self.n, step):
-            sl = slice(i, i + step)
-            base, des = self._design(sl, idx)
-            val, r, h = loss_terms(self._z(V, base, des), y[sl], s[sl], self.loss)
-            f += val
-            if des[0] == 'rank1':
-                j, X = des[1:]
-                g += (r * j).sum(-1) @ X
-                if hess: H += (X.T[None] * (j * h(j[..., None])[..., 0]).sum(-1)[:, None, :]) @ X
-            elif des[0] == 'kron':  # Hessian sum_b A_b (x) x_b x_b^T: one K1 x K1 block per pair c <= c' (A_b symmetric)
-                J, X = des[1:]
-                g += (torch.einsum('no,noc->nc', r[0], J).T @ X).reshape(1, -1)
-                if hess:
-                    A = torch.einsum('npc,npd->ncd', J, h(J[None])[0])
-                    (i0, i1), pair = self._pairs(J.shape[2])
-                    Hp = ((A[:, i0, i1, None] * X[:, None, :]).reshape(len(X), -1).T @ X).reshape(len(i0), X.shape[1], -1)
-                    H += Hp[pair].permute(0, 2, 1, 3).reshape(1, P, P)
-            else:
-                Phi = des[1]
-                g += torch.einsum('ump,umpk->uk', r, Phi)
-                if hess: H += Phi.reshape(U, -1, P).transpose(1, 2) @ h(Phi).reshape(U, -1, P)
-        return f, g, H
+            g += (torch.einsum('no,noc->nc', r[0], J).T @ X).reshape(1, -1)
+            if hess:
+                A = torch.einsum('npc,npd->ncd', J, h(J[None])[0])
+                (i0, i1), pair = self._pairs(J.shape[2])
+                Hp = ((A[:, i0, i1, None] * X[:, None, :]).reshape(len(X), -1).T @ X).reshape(len(i0), X.shape[1], -1)
+                H += Hp[pair].permute(0, 2, 1, 3).reshape(1, P, P)
+        else:
+            Phi = des[1]
+            g += torch.einsum('ump,umpk->uk', r, Phi)
+            if hess: H += Phi.reshape(U, -1, P).transpose(1, 2) @ h(Phi).reshape(U, -1, P)
+    return f, g, H
 
 # %% ../nbs/04_solvers.ipynb #fdbebaca
 def _direction(H, g):
