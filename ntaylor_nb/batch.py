@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .run import Run
+
 # %% auto #0
 __all__ = ['expand_grid', 'point_name', 'run_grid', 'main']
 
@@ -33,18 +35,55 @@ def point_name(params: dict, # one point
     "A folder name for a point: its parameters as key=value joined by '_' (characters outside [A-Za-z0-9.=+-] become '-')."
     return re.sub(r'[^A-Za-z0-9.=+_-]', '-', '_'.join(f'{k}={v}' for k, v in params.items())) or 'default'
 
-# %% ../nbs/14_batch.ipynb #87221fc5
+# %% ../nbs/14_batch.ipynb #e60014ae
+_QUIET_KERNEL = ['--IPKernelApp.log_level=ERROR']  # ipykernel warns at every start that its local TCP sockets are unencrypted
+
 def _execute(notebook, folder, params, kernel, cwd):
     "Run one point (in whatever process or worker gets it); returns (folder, error or None)."
     import papermill as pm
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     try:
         pm.execute_notebook(str(notebook), str(folder / 'notebook.ipynb'), parameters=dict(params, out_dir=str(folder)),
-                            kernel_name=kernel, cwd=str(cwd), progress_bar=False)
+                            kernel_name=kernel, cwd=str(cwd), progress_bar=False, extra_arguments=_QUIET_KERNEL)
         return str(folder), None
     except Exception as e:  # the executed notebook keeps the traceback; the table says which point failed
         return str(folder), f'{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ""}'
 
+# %% ../nbs/14_batch.ipynb #0d28946e
+def _dispatch(notebook, todo, workers, scheduler, kernel, cwd, bar) -> dict:
+    "Execute the (params, folder) points of `todo`; {folder: error or None}."
+    errors = {}
+    if scheduler:
+        from distributed import Client, as_completed
+        with Client(scheduler) as client:
+            futs = [client.submit(_execute, str(notebook.resolve()), str(f.resolve()), p, kernel, str(Path(cwd).resolve()), pure=False) for p, f in todo]
+            for fut in as_completed(futs):
+                folder, err = fut.result(); errors[folder] = err; bar.update()
+    elif workers == 1:
+        for p, f in todo:
+            folder, err = _execute(notebook, f, p, kernel, cwd); errors[folder] = err; bar.update()
+    else:
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        with ProcessPoolExecutor(workers) as ex:
+            futs = [ex.submit(_execute, notebook, f, p, kernel, cwd) for p, f in todo]
+            for fut in as_completed(futs):
+                folder, err = fut.result(); errors[folder] = err; bar.update()
+    return errors
+
+# %% ../nbs/14_batch.ipynb #adad191c
+def _complete(folder: Path) -> bool:
+    "Whether `folder` holds a complete run."
+    try: return Run(folder).complete
+    except FileNotFoundError: return False
+
+def _point_row(params: dict, folder: Path, error: str | None) -> dict:
+    "One point of the results table: parameters, folder name, status, error, and its run's summary."
+    ok = error is None and _complete(folder)
+    run = Run(folder) if ok else None
+    summary = (run.analyze() if run.analyzed else run.result) if ok else {}
+    return dict(params, run=folder.name, status='complete' if ok else 'failed', error=error, **summary)
+
+# %% ../nbs/14_batch.ipynb #9fe33711
 def run_grid(notebook: str | Path, # the experiment notebook (its first code cell tagged `parameters`)
              grid: dict | list, # the points: {name: [values]} or a list of {name: value}
              out_dir: str | Path, # one folder per point is made under it
@@ -63,32 +102,12 @@ def run_grid(notebook: str | Path, # the experiment notebook (its first code cel
     points = [dict(params or {}, **p) for p in expand_grid(grid)]
     names = [point_name(p) for p in expand_grid(grid)]
     if len(set(names)) != len(names): raise ValueError('two grid points map to the same folder name; make the grid values distinct')
-    todo = [(p, out / n) for p, n in zip(points, names) if not (out / n / 'complete.json').exists()]
-    errors = {}
+    todo = [(p, out / n) for p, n in zip(points, names) if not _complete(out / n)]
     bar = tqdm(total=len(points), initial=len(points) - len(todo), desc=f'{notebook.stem} grid', disable=not progress)
-    if scheduler:
-        from distributed import Client, as_completed
-        with Client(scheduler) as client:
-            futs = [client.submit(_execute, str(notebook.resolve()), str(f.resolve()), p, kernel, str(Path(cwd).resolve()), pure=False) for p, f in todo]
-            for fut in as_completed(futs):
-                folder, err = fut.result(); errors[folder] = err; bar.update()
-    elif workers == 1:
-        for p, f in todo:
-            folder, err = _execute(notebook, f, p, kernel, cwd); errors[folder] = err; bar.update()
-    else:
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-        with ProcessPoolExecutor(workers) as ex:
-            futs = [ex.submit(_execute, notebook, f, p, kernel, cwd) for p, f in todo]
-            for fut in as_completed(futs):
-                folder, err = fut.result(); errors[folder] = err; bar.update()
+    errors = _dispatch(notebook, todo, workers, scheduler, kernel, cwd, bar)
     bar.close()
-    rows = []
-    for p, n in zip(points, names):
-        f = out / n
-        done = f / 'complete.json'
-        summary = json.loads(done.read_text()) if done.exists() else {}
-        rows.append(dict(p, run=n, status='complete' if done.exists() else 'failed', error=errors.get(str(f)) or errors.get(str(f.resolve())), **summary))
-    table = pd.DataFrame(rows)
+    err = lambda f: errors.get(str(f)) or errors.get(str(f.resolve()))
+    table = pd.DataFrame([_point_row(p, out / n, err(out / n)) for p, n in zip(points, names)])
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / 'results.csv', index=False)
     return table

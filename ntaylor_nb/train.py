@@ -4,6 +4,7 @@
 
 # %% ../nbs/12_train.ipynb #d0e590f6
 from __future__ import annotations
+import contextlib
 import json
 import math
 import os
@@ -21,6 +22,7 @@ from .data import DATASETS, load_dataset, probe_indices
 from .exploration import ExplorationRecorder
 from .models import autoencoder, convnet
 from .regret import PRESETS, RegretRecorder
+from .run import Run
 from .devices import resolve_device
 from .taylor import weight_layers
 from .schedules import every
@@ -109,22 +111,50 @@ def run_scopes(cfg: RunConfig, # the run's configuration
     neurons = [str(s) for s in regret_scopes(model, 'neurons', cfg.neurons_per_layer, cfg.seed) if s.layer in names]
     return [f'layer:{pl[l]}' for l in layers] + neurons
 
-# %% ../nbs/12_train.ipynb #e23be052
+# %% ../nbs/12_train.ipynb #c4e68b00
 def _save_checkpoint(path, **state):
     tmp = path.with_suffix('.tmp'); torch.save(state, tmp); os.replace(tmp, path)
 
 def _epoch_order(cfg, n, epoch):
     return torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
 
-def train_run(cfg: RunConfig, # what to run
-              out_dir: str | Path, # the run's folder (created; an unfinished run there is resumed)
-              progress: bool = True, # show a progress bar
-             ) -> Path:
-    "Train, record and checkpoint one run into `out_dir`; resume it if it was interrupted. Returns the folder."
-    from tqdm.auto import tqdm
-    cfg.validate()
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-    if (out / 'done.json').exists(): return out
+@dataclass
+class _Training:
+    "What a run carries from one step to the next."
+    cfg: RunConfig; run: Run; X: torch.Tensor; Y: torch.Tensor
+    B: int; per_epoch: int; total: int  # batch size, rounds per epoch, rounds in all
+    model: nn.Module; opt: torch.optim.Optimizer; start: int  # the round it (re)starts at
+    reg: RegretRecorder | None; exp: ExplorationRecorder | None
+    metrics: list; epochs: list; written: dict  # rows so far, and how many of each are on disk
+
+# %% ../nbs/12_train.ipynb #566ece0d
+def _start_or_resume(run, cfg, model, opt, dev, **facts):
+    "The checkpoint, loaded into `model` and `opt`; for a fresh run None, after writing params.json (config, device, `facts`)."
+    ck = run.file('checkpoint')
+    if ck.exists():
+        state = torch.load(ck, map_location=dev, weights_only=False)
+        model.load_state_dict(state['model']); opt.load_state_dict(state['optimizer'])
+        return state
+    run.write_json('params', dict(config=asdict(cfg), device=str(dev), **facts, version=ntaylor_nb.__version__, torch=torch.__version__))
+    for f in ('metrics', 'epochs'): run.file(f).unlink(missing_ok=True)
+    return None
+
+# %% ../nbs/12_train.ipynb #73a75aca
+def _recorders(cfg, run, model, opt, X, B, total, state):
+    "The regret and exploration recorders of a run (None where it records nothing), resumed from `state`."
+    meta = dict(task=cfg.task, dataset=cfg.dataset, seed=cfg.seed, lr=cfg.lr)
+    scopes = run_scopes(cfg, model)
+    reg = (RegretRecorder(model, cfg.loss, scopes, run.file('regret'), X[:B], math.ceil(total / cfg.regret_every), cfg.neurons_per_layer,
+                          cfg.seed, every(cfg.regret_every), chunk_rounds=64, disk_budget=cfg.disk_budget, optimizer=opt, meta=meta,
+                          resume_chunks=state['regret_chunks'] if state else None) if scopes else None)
+    probe = X[torch.as_tensor(probe_indices(len(X), cfg.probe_size, cfg.seed), device=X.device)] if cfg.probe_size else None
+    exp = (ExplorationRecorder(model, probe, run.file('exploration'), units_per_layer=cfg.exploration_units, seed=cfg.seed, chunk_size=8,
+                               meta=meta, resume_chunks=state['exploration_chunks'] if state else None) if probe is not None else None)
+    return reg, exp
+
+# %% ../nbs/12_train.ipynb #cdf6ce24
+def _prepare(cfg: RunConfig, run: Run) -> _Training:
+    "Data, model, optimizer, recorders and the rows so far of a run: everything its rounds need."
     dev = resolve_device(cfg.device)
     X, Y = load_dataset(cfg.dataset, cfg.data_root, train=True)
     X, Y = X.to(dev), Y.to(dev)
@@ -134,90 +164,102 @@ def train_run(cfg: RunConfig, # what to run
     total = min(cfg.rounds or per_epoch * cfg.epochs, per_epoch * cfg.epochs)
     model = build_model(cfg, tuple(X.shape[1:]), int(Y.max()) + 1).to(dev)
     opt = OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.lr)
-    lossf = F.mse_loss if cfg.loss == 'mse' else F.cross_entropy
-    ck = out / 'checkpoint.pt'
-    state = torch.load(ck, map_location=dev, weights_only=False) if ck.exists() else None
-    if state is None:
-        (out / 'params.json').write_text(json.dumps(dict(config=asdict(cfg), device=str(dev), rounds=total, rounds_per_epoch=per_epoch,
-                                                         batch_size=B, version=ntaylor_nb.__version__, torch=torch.__version__), indent=1))
-        for f in ('metrics.csv', 'epochs.csv'): (out / f).unlink(missing_ok=True)
-    else:
-        model.load_state_dict(state['model']); opt.load_state_dict(state['optimizer'])
+    state = _start_or_resume(run, cfg, model, opt, dev, rounds=total, rounds_per_epoch=per_epoch, batch_size=B)
     start = state['round'] if state else 0
-    ex_ = X[:B]
-    meta = dict(task=cfg.task, dataset=cfg.dataset, seed=cfg.seed, lr=cfg.lr)
-    scopes = run_scopes(cfg, model)
-    reg = (RegretRecorder(model, cfg.loss, scopes, out / 'regret', ex_, math.ceil(total / cfg.regret_every), cfg.neurons_per_layer,
-                          cfg.seed, every(cfg.regret_every), chunk_rounds=64, disk_budget=cfg.disk_budget, optimizer=opt, meta=meta,
-                          resume_chunks=state['regret_chunks'] if state else None) if scopes else None)
-    probe = X[torch.as_tensor(probe_indices(len(X), cfg.probe_size, cfg.seed), device=dev)] if cfg.probe_size else None
-    exp = (ExplorationRecorder(model, probe, out / 'exploration', units_per_layer=cfg.exploration_units, seed=cfg.seed, chunk_size=8,
-                               meta=meta, resume_chunks=state['exploration_chunks'] if state else None) if probe is not None else None)
-    metrics = _rows(out / 'metrics.csv', start)
-    epochs = _rows(out / 'epochs.csv', start // per_epoch)
-    _write_rows(out / 'metrics.csv', metrics, 'round,epoch,loss,accuracy'); _write_rows(out / 'epochs.csv', epochs, 'epoch,loss,accuracy')
-    written = dict(metrics=len(metrics), epochs=len(epochs))
+    reg, exp = _recorders(cfg, run, model, opt, X, B, total, state)
+    metrics, epochs = _rows(run.file('metrics'), start), _rows(run.file('epochs'), start // per_epoch)
+    _write_rows(run.file('metrics'), metrics, 'round,epoch,loss,accuracy'); _write_rows(run.file('epochs'), epochs, 'epoch,loss,accuracy')
+    return _Training(cfg, run, X, Y, B, per_epoch, total, model, opt, start, reg, exp, metrics, epochs,
+                     written=dict(metrics=len(metrics), epochs=len(epochs)))
 
-    def checkpoint(r):
-        for rec in (reg, exp):
-            if rec: rec.flush()
-        for name, rows in (('metrics', metrics), ('epochs', epochs)):  # append the rows since the last checkpoint
-            with open(out / f'{name}.csv', 'a') as f: f.write(''.join(','.join(repr(v) for v in row) + '\n' for row in rows[written[name]:]))
-            written[name] = len(rows)
-        _save_checkpoint(ck, model=model.state_dict(), optimizer=opt.state_dict(), round=r,
-                         regret_chunks=len(reg.manifest['chunks']) if reg else 0, exploration_chunks=len(exp.manifest['chunks']) if exp else 0)
+# %% ../nbs/12_train.ipynb #37e68e6c
+def _checkpoint(t: _Training, r: int):
+    "Flush the recorders, append the new rows, and save the state at round `r` atomically."
+    for rec in (t.reg, t.exp):
+        if rec: rec.flush()
+    for name, rows in (('metrics', t.metrics), ('epochs', t.epochs)):  # append the rows since the last checkpoint
+        with open(t.run.file(name), 'a') as f: f.write(''.join(','.join(repr(v) for v in row) + '\n' for row in rows[t.written[name]:]))
+        t.written[name] = len(rows)
+    _save_checkpoint(t.run.file('checkpoint'), model=t.model.state_dict(), optimizer=t.opt.state_dict(), round=r,
+                     regret_chunks=len(t.reg.manifest['chunks']) if t.reg else 0, exploration_chunks=len(t.exp.manifest['chunks']) if t.exp else 0)
 
-    def stop(r, why):
-        checkpoint(r)
-        (out / 'failed.json').write_text(json.dumps(dict(round=r, reason=why), indent=1))
-        raise FloatingPointError(f'{why}; the run stopped at round {r} and kept what was recorded before it in {out}')
+def _stop(t: _Training, r: int, why: str):
+    "Checkpoint, write failed.json, and raise: the recording so far is kept."
+    _checkpoint(t, r)
+    t.run.write_json('failed', dict(round=r, reason=why))
+    raise FloatingPointError(f'{why}; the run stopped at round {r} and kept what was recorded before it in {t.run.path}')
 
-    if exp and start == 0: exp.record(0)
-    bar = tqdm(total=total, initial=start, desc=f'{cfg.task} {cfg.optimizer} lr={cfg.lr:g}', disable=not progress)
-    ctx = reg if reg else _Null()
-    with ctx:
-        r, order = start, (None, None)
-        while r < total:
-            epoch, pos = divmod(r, per_epoch)
-            if order[0] != epoch: order = (epoch, _epoch_order(cfg, len(X), epoch).to(dev))  # one permutation per epoch
-            idx = order[1][pos * B:(pos + 1) * B]
-            x, y = X[idx], Y[idx]
-            t = _target(cfg, x, y)
-            o = model(x)
-            loss = lossf(o, t)
-            if not torch.isfinite(loss): stop(r, f'the loss became {loss.item()} at round {r} (epoch {epoch}); try a smaller learning rate')
-            opt.zero_grad(); loss.backward()
-            if reg: reg.maybe(r, x, t)
-            opt.step()
-            acc = (o.argmax(1) == y).float().mean().item() if cfg.task == 'convnet' else float('nan')
-            metrics.append((r, epoch, loss.item(), acc))
+# %% ../nbs/12_train.ipynb #4b273894
+def _round(t: _Training, r: int, epoch: int, idx: torch.Tensor):
+    "Train on the minibatch `idx` as round `r`, recording before the step."
+    cfg = t.cfg
+    x, y = t.X[idx], t.Y[idx]
+    tgt = _target(cfg, x, y)
+    o = t.model(x)
+    loss = (F.mse_loss if cfg.loss == 'mse' else F.cross_entropy)(o, tgt)
+    if not torch.isfinite(loss): _stop(t, r, f'the loss became {loss.item()} at round {r} (epoch {epoch}); try a smaller learning rate')
+    t.opt.zero_grad(); loss.backward()
+    if t.reg: t.reg.maybe(r, x, tgt)
+    t.opt.step()
+    acc = (o.argmax(1) == y).float().mean().item() if cfg.task == 'convnet' else float('nan')
+    t.metrics.append((r, epoch, loss.item(), acc))
+
+# %% ../nbs/12_train.ipynb #8b1b8bc7
+def _train_rounds(t: _Training, progress: bool):
+    "Rounds from the start (or the checkpoint) to the last: permutations, snapshots and checkpoints on schedule."
+    from tqdm.auto import tqdm
+    if t.exp and t.start == 0: t.exp.record(0)
+    bar = tqdm(total=t.total, initial=t.start, desc=f'{t.cfg.task} {t.cfg.optimizer} lr={t.cfg.lr:g}', disable=not progress)
+    with t.reg if t.reg else contextlib.nullcontext():
+        r, order = t.start, (None, None)
+        while r < t.total:
+            epoch, pos = divmod(r, t.per_epoch)
+            if order[0] != epoch: order = (epoch, _epoch_order(t.cfg, len(t.X), epoch).to(t.X.device))  # one permutation per epoch
+            _round(t, r, epoch, order[1][pos * t.B:(pos + 1) * t.B])
             r += 1; bar.update()
-            if r % per_epoch == 0:
-                epochs.append(_epoch_row(metrics, epoch))
-                if exp: exp.record(r)
-            if r % cfg.checkpoint_every == 0 or r % per_epoch == 0 or r == total: checkpoint(r)
+            if r % t.per_epoch == 0:
+                t.epochs.append(_epoch_row(t.metrics, epoch))
+                if t.exp: t.exp.record(r)
+            if r % t.cfg.checkpoint_every == 0 or r % t.per_epoch == 0 or r == t.total: _checkpoint(t, r)
     bar.close()
-    if total % per_epoch:  # stopped inside an epoch (a rounds limit): summarise the partial epoch and snapshot the end
-        epoch = total // per_epoch
-        epochs.append(_epoch_row(metrics, epoch))
-        if exp and (not exp.manifest['steps'] or exp.manifest['steps'][-1] != total) and total not in exp._buf_steps: exp.record(total)
-        checkpoint(total)
-    for rec in (reg, exp):
-        if rec: rec.close()
-    summary = dict(rounds=total, final_loss=metrics[-1][2], last_epoch_loss=epochs[-1][1] if epochs else None,
-                   last_epoch_accuracy=epochs[-1][2] if epochs else None)
-    (out / 'done.json').write_text(json.dumps(summary, indent=1))
-    torch.save(model.state_dict(), out / 'model.pt'); ck.unlink(missing_ok=True)
-    return out
 
+# %% ../nbs/12_train.ipynb #164d9235
+def _recorded_steps(exp: ExplorationRecorder) -> list:
+    "Every step the exploration recorder holds, flushed or buffered."
+    return exp.manifest['steps'] + exp._buf_steps
+
+def _finish(t: _Training):
+    "Summarise a partial last epoch, close the recorders, save the model, mark the run done, drop the checkpoint."
+    if t.total % t.per_epoch:  # stopped inside an epoch (a rounds limit): summarise the partial epoch and snapshot the end
+        t.epochs.append(_epoch_row(t.metrics, t.total // t.per_epoch))
+        if t.exp and t.total not in _recorded_steps(t.exp): t.exp.record(t.total)
+        _checkpoint(t, t.total)
+    for rec in (t.reg, t.exp):
+        if rec: rec.close()
+    torch.save(t.model.state_dict(), t.run.file('model'))
+    t.run.write_json('done', dict(rounds=t.total, final_loss=t.metrics[-1][2], last_epoch_loss=t.epochs[-1][1] if t.epochs else None,
+                                  last_epoch_accuracy=t.epochs[-1][2] if t.epochs else None))
+    t.run.file('checkpoint').unlink(missing_ok=True)
+
+# %% ../nbs/12_train.ipynb #ba8dae16
+def train_run(cfg: RunConfig, # what to run
+              out_dir: str | Path, # the run's folder (created; an unfinished run there is resumed)
+              progress: bool = True, # show a progress bar
+             ) -> Path:
+    "Train, record and checkpoint one run into `out_dir`; resume it if it was interrupted. Returns the folder."
+    cfg.validate()
+    run = Run(out_dir, create=True)
+    if run.complete: return run.path
+    t = _prepare(cfg, run)
+    _train_rounds(t, progress)
+    _finish(t)
+    return run.path
+
+# %% ../nbs/12_train.ipynb #40b3d4cd
 def _epoch_row(metrics, epoch):
     "(epoch, mean loss, mean accuracy) over the epoch's rounds in `metrics`."
     e = [m for m in metrics if m[1] == epoch]
     return (epoch, float(np.mean([m[2] for m in e])), float(np.mean([m[3] for m in e])))
-
-class _Null:
-    def __enter__(self): return self
-    def __exit__(self, *a): pass
 
 def _rows(path, keep):
     "The first `keep` data rows of a CSV written by a run (a resumed run drops rows after its checkpoint)."
@@ -249,7 +291,7 @@ def tune_lr(cfg: RunConfig, # the run to tune (its lr is ignored)
         with tempfile.TemporaryDirectory() as d:
             try:
                 run = train_run(trial, Path(d) / 'trial', progress=False)
-                done = json.loads((run / 'done.json').read_text())
+                done = Run(run).result
                 loss = done['last_epoch_loss'] or done['final_loss']
             except FloatingPointError: loss = float('inf')
         rows.append(dict(optimizer=cfg.optimizer, lr=lr, final_loss=loss))

@@ -16,9 +16,9 @@ AE_TINY = dict(epochs=2, rounds=30, lr=0.01, neurons_per_layer=2, probe_size=30,
 # Tiny parameters for each notebook, and the files a run must leave in its out_dir ('report' is run on batch output below).
 SMOKE = {
     'taylor_tour': (dict(steps=5, seed=1), ['taylor_error.png', 'taylor_slice.png', 'results.json']),
-    'autoencoder': (dict(AE_TINY, seed=2), ['complete.json', 'figure3.png', 'figure5.png', 'layer_regret.png', 'run/regret.csv']),
+    'autoencoder': (dict(AE_TINY, seed=2), ['done.json', 'figures/figure3.png', 'figures/figure5.png', 'figures/layer_regret.png', 'analysis/regret.csv']),
     'convnet': (dict(rounds=4, batch_size=16, lr=0.001, neurons_per_layer=2, probe_size=10, exploration_units=10, prefixes=2, seed=3),
-                ['complete.json', 'figure5.png', 'run/regret.csv']),
+                ['done.json', 'figures/figure5.png', 'analysis/regret.csv']),
 }
 
 
@@ -37,7 +37,7 @@ def test_papermill_smoke(nb, tmp_path):
         res = json.loads((out_dir / 'results.json').read_text())
         for k, v in params.items(): assert res['parameters'][k] == v, f'parameter {k} was not injected'
     else:
-        cfg = json.loads((out_dir / 'run' / 'params.json').read_text())['config']
+        cfg = json.loads((out_dir / 'params.json').read_text())['config']
         for k in ('seed', 'lr', 'rounds'): assert cfg[k] == params[k], f'parameter {k} was not injected'
 
 
@@ -57,18 +57,21 @@ def test_batch_runner_local_skip_and_report(tmp_path, capsys):
     t = run_grid(nb, grid, tmp_path / 'runs', params=AE_TINY, workers=2, cwd=ROOT, progress=False)
     assert list(t.status) == ['complete'] * 3 and set(t.optimizer) == {'sgd', 'rmsprop', 'adam'}
     assert (tmp_path / 'runs' / 'results.csv').exists() and 'last_epoch_loss' in t
-    stamp = (tmp_path / 'runs' / 'optimizer=sgd' / 'complete.json').stat().st_mtime_ns
+    stamp = (tmp_path / 'runs' / 'optimizer=sgd' / 'done.json').stat().st_mtime_ns
     # the command line, run again: complete points are skipped, nothing is recomputed
     assert batch_main([str(nb), '--out', str(tmp_path / 'runs'), '--grid', 'optimizer=sgd,rmsprop,adam'] +
                       [f'--param={k}={v}' for k, v in AE_TINY.items()]) == 0
-    assert (tmp_path / 'runs' / 'optimizer=sgd' / 'complete.json').stat().st_mtime_ns == stamp
+    assert (tmp_path / 'runs' / 'optimizer=sgd' / 'done.json').stat().st_mtime_ns == stamp
     assert 'results table' in capsys.readouterr().out
+    summary = tmp_path / 'runs' / 'optimizer=sgd' / 'analysis' / 'summary.json'
+    analysed = summary.stat().st_mtime_ns
     # the report reads the runs and draws every figure and the claims table
     rep = tmp_path / 'runs' / 'report'
     pm.execute_notebook(str(ROOT / 'nbs/experiments/report.ipynb'), str(tmp_path / 'report.ipynb'),
                         parameters=dict(runs_dir=str(tmp_path / 'runs'), interactive=False), kernel_name='python3', progress_bar=False, cwd=str(ROOT))
     for f in ('figure3_autoencoder.png', 'figure4_autoencoder.png', 'figure5_autoencoder.png', 'figure6.png', 'explorer_static.png', 'claims.csv'):
         assert (rep / f).stat().st_size > 0, f
+    assert summary.stat().st_mtime_ns == analysed, 'the report must reuse the analysis the experiment saved'
     claims = pd.read_csv(rep / 'claims.csv')
     assert claims.verdict.isin(['holds', 'does not hold', 'consistent']).all() and len(claims) >= 8
 
@@ -107,9 +110,9 @@ def test_claim_verdicts_on_constructed_runs(tmp_path):
     # regret tables: regret = c sqrt(N) is consistent with the claim; a solver gap that is a large share of the regret is said
     N = np.arange(1, 65)
     for o, share in [('sgd', 0.0), ('rmsprop', 0.005), ('adam', 0.2)]:
-        (tmp_path / o).mkdir(parents=True)
+        (tmp_path / o / 'analysis').mkdir(parents=True)
         pd.DataFrame([dict(scope=f'neuron:2:{k}', kind='neuron', layer='2', N=n, regret=(1 + k) * np.sqrt(n), optimum_gap=share * (1 + k) * np.sqrt(n) / n)
-                      for k in range(3) for n in N]).to_csv(tmp_path / o / 'regret.csv', index=False)
+                      for k in range(3) for n in N]).to_csv(tmp_path / o / 'analysis' / 'regret.csv', index=False)
     t = claims_table(runs([0.01, 0.004, 0.002], [1, 3, 2])).set_index('claim')
     for o in ('sgd', 'rmsprop', 'adam'):
         row = t.loc[f'autoencoder: neuron-wise regret grows like sqrt(N) ({o})']
