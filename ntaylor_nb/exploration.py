@@ -133,26 +133,7 @@ class ExplorationRecording(Recording):
         "For each of the M columns, the index of its module."
         return np.repeat(np.arange(len(self.modules)), [len(m['units']) for m in self.modules])
 
-    def _chunk(self, i):
-        if i not in self._cache:
-            self._cache = {i: self.chunk(i)['bits']}
-        return self._cache[i]
-
-    def packed(self) -> np.ndarray:
-        "All snapshots, bit-packed: (N, ceil(D*M/8)) uint8."
-        if not len(self): return np.zeros((0, self.nbytes), np.uint8)
-        return np.concatenate([self._chunk(i) for i in range(len(self.manifest['chunks']))])
-
-    def __getitem__(self, n: int):
-        if not -len(self) <= n < len(self): raise IndexError(f'snapshot {n} out of range: the recording has {len(self)}')
-        n %= len(self)
-        i = int(np.searchsorted(self._starts, n, side='right') - 1)
-        return _unpack(self._chunk(i)[n - self._starts[i]][None], self.D, self.M)[0]
-
-    def dense(self) -> np.ndarray:
-        "The whole tensor A: (N, D, M) bool."
-        return _unpack(self.packed(), self.D, self.M)
-
+# %% ../nbs/09_exploration.ipynb #55f7f092
 def _unpack_units(packed, D, M, dtype=torch.uint8):
     "Unit-major packed snapshots (N, nbytes) -> (N, M, D) tensor of 0/1 in `dtype` (torch, multi-threaded)."
     p = torch.from_numpy(np.require(packed, np.uint8, ['C', 'W']))  # chunks read from disk are read-only
@@ -163,7 +144,32 @@ def _unpack(packed, D, M):
     "(N, D, M) bool from unit-major packed snapshots."
     return _unpack_units(packed, D, M).numpy().astype(bool).transpose(0, 2, 1)
 
-# %% ../nbs/09_exploration.ipynb #d25bac80
+# %% ../nbs/09_exploration.ipynb #2857bec5
+@patch
+def _chunk(self: ExplorationRecording, i):
+    if i not in self._cache:
+        self._cache = {i: self.chunk(i)['bits']}
+    return self._cache[i]
+
+@patch
+def packed(self: ExplorationRecording) -> np.ndarray:
+    "All snapshots, bit-packed: (N, ceil(D*M/8)) uint8."
+    if not len(self): return np.zeros((0, self.nbytes), np.uint8)
+    return np.concatenate([self._chunk(i) for i in range(len(self.manifest['chunks']))])
+
+@patch
+def __getitem__(self: ExplorationRecording, n: int):
+    if not -len(self) <= n < len(self): raise IndexError(f'snapshot {n} out of range: the recording has {len(self)}')
+    n %= len(self)
+    i = int(np.searchsorted(self._starts, n, side='right') - 1)
+    return _unpack(self._chunk(i)[n - self._starts[i]][None], self.D, self.M)[0]
+
+@patch
+def dense(self: ExplorationRecording) -> np.ndarray:
+    "The whole tensor A: (N, D, M) bool."
+    return _unpack(self.packed(), self.D, self.M)
+
+# %% ../nbs/09_exploration.ipynb #e44ffb04
 def _packed_units(A):
     "(unit-major packed (N, nbytes) uint8, D, M) from an ExplorationRecording or an (N, D, M) bool array."
     if isinstance(A, ExplorationRecording): return A.packed(), A.D, A.M
@@ -172,6 +178,7 @@ def _packed_units(A):
     N, D, M = A.shape
     return np.packbits(A.astype(bool).transpose(0, 2, 1).reshape(N, -1), axis=1), D, M
 
+# %% ../nbs/09_exploration.ipynb #d25bac80
 def exploration_measures(A: np.ndarray | ExplorationRecording, # (N, D, M) configurations, or a recording
                          k: int = 50, # leading singular values for the log-volume
                          floor: float = 1e-3, # singular values below this count as this

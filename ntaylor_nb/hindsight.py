@@ -232,6 +232,28 @@ def _accumulators(mf, scopes, device, solver):
             accs.append(_DenseAcc(l, units, [e['units'].index(u) for u in units], lay, 'linear' if e['kind'] == 'linear' else 'conv', mf['loss'], device, solver))
     return accs
 
+# %% ../nbs/07_hindsight.ipynb #af741002
+def _with_weights(d, mf):
+    "A chunk's arrays with each sample's share of its round's squared errors (MSE), and each sample's weight in the round's mean."
+    Bs, p_L = d['B'], mf['n_outputs'] if mf['loss'] == 'mse' else 1
+    # the squared errors of a round enter only through their sum, B p_L times the round's loss: give each
+    # sample an equal share, so that the constant term matches the recorded losses to the last bit
+    if mf['loss'] == 'mse': d = dict(d, e2=np.repeat(d['loss'] * mf['n_outputs'], Bs))
+    return d, np.repeat(1.0 / (Bs * p_L), Bs)
+
+def _accumulate(accs, mf, d, r0, r1, offs, s_all):
+    "Add rounds r0..r1 of chunk d to every accumulator (replaying the Gauss-Newton factors, 32 rounds at a time)."
+    if mf['fast']:
+        gn = mf['gauss_newton']
+        for a0 in range(r0, r1, 32):
+            a1 = min(r1, a0 + 32)
+            dd = replay(d, a0, a1, offs, gn['chain'], mf['layers'], gn['lowest'], gn['weight_layout'])
+            dd['e2'] = d['e2'][offs[a0]:offs[a1]]
+            for a in accs: a.add(dd, slice(None), s_all[offs[a0]:offs[a1]])
+    else:
+        sl = slice(offs[r0], offs[r1])
+        for a in accs: a.add(d, sl, s_all[sl])
+
 # %% ../nbs/07_hindsight.ipynb #79eb8cd6
 def hindsight(rec: RegretRecording | str | Path, # a recording (or its folder)
               prefixes: np.ndarray | None = None, # prefix lengths in recorded rounds (default: 64 log-spaced)
@@ -250,28 +272,15 @@ def hindsight(rec: RegretRecording | str | Path, # a recording (or its folder)
     nums = mf['layer_numbers']
     accs = _accumulators(mf, scopes, device, solver)
     losses, steps = rec.column('loss'), rec.column('step')
-    p_L = mf['n_outputs'] if mf['loss'] == 'mse' else 1
     rows, done, pi = [], 0, 0
     bar = tqdm(total=len(prefixes), desc='hindsight', disable=not progress)
     for d in rec.chunks():
         Bs = d['B']; offs = np.concatenate([[0], np.cumsum(Bs)])
-        # the squared errors of a round enter only through their sum, B p_L times the round's loss: give each
-        # sample an equal share, so that the constant term matches the recorded losses to the last bit
-        if mf['loss'] == 'mse': d = dict(d, e2=np.repeat(d['loss'] * mf['n_outputs'], Bs))
-        s_all = np.repeat(1.0 / (Bs * p_L), Bs)
+        d, s_all = _with_weights(d, mf)
         r = 0
         while r < len(Bs) and pi < len(prefixes):
             take = min(len(Bs) - r, prefixes[pi] - done)
-            if mf['fast']:  # replay the Gauss-Newton factors, a few rounds at a time
-                for r1 in range(r, r + take, 32):
-                    r2 = min(r + take, r1 + 32)
-                    gn = mf['gauss_newton']
-                    dd = replay(d, r1, r2, offs, gn['chain'], mf['layers'], gn['lowest'], gn['weight_layout'])
-                    dd['e2'] = d['e2'][offs[r1]:offs[r2]]
-                    for a in accs: a.add(dd, slice(None), s_all[offs[r1]:offs[r2]])
-            else:
-                sl = slice(offs[r], offs[r + take])
-                for a in accs: a.add(d, sl, s_all[sl])
+            _accumulate(accs, mf, d, r, r + take, offs, s_all)
             r += take; done += take
             if done == prefixes[pi]:
                 N, cum = done, float(losses[:done].sum())
@@ -280,6 +289,43 @@ def hindsight(rec: RegretRecording | str | Path, # a recording (or its folder)
                 pi += 1; bar.update()
     bar.close()
     return _table(rows)
+
+# %% ../nbs/07_hindsight.ipynb #1fd8a296
+def _taylor_affine(m64, sc, W, x, n_outputs):
+    "The scope's Taylor outputs on batch x at weights W as an affine map v -> off_b + M_b v: (M (B, p_L, P), off (B, p_L))."
+    from torch.func import jacfwd, jacrev, vmap
+    from ntaylor_nb.taylor import scope_weights, substitute
+    B, Ws = len(x), scope_weights(m64, sc, W)
+    f = lambda p: functional_call(m64, substitute(m64, sc, p, W), (x,)).reshape(B, -1)
+    P = sum(v.numel() for v in Ws.values())
+    if P <= n_outputs: jac = jacfwd(f)(Ws)  # forward mode: one pass per variable
+    else:  # reverse mode, one sample at a time (a batch-wide basis would be (B p_L)^2)
+        g1 = lambda p, xb: functional_call(m64, substitute(m64, sc, p, W), (xb[None],)).reshape(-1)
+        jac = vmap(jacrev(g1), in_dims=(None, 0))(Ws, x)
+    M = torch.cat([jac[k].reshape(B, jac[k].shape[1], -1) for k in Ws], 2)  # (B, p_L, P)
+    w = torch.cat([Ws[k].reshape(-1) for k in Ws])
+    return M, f(Ws) - M @ w
+
+# %% ../nbs/07_hindsight.ipynb #f322b954
+def _generic_add(z, M, off, y, mse):
+    "Add one round of a scope (Taylor outputs off_b + M_b v, targets y) to its state z: quadratic statistics (MSE) or the samples."
+    B = len(M)
+    if mse:
+        r_ = off - y.double().reshape(B, -1)
+        s = 1.0 / (B * M.shape[1])
+        z['Q'] = z['Q'] + s * torch.einsum('bop,boq->pq', M, M).numpy()
+        z['q'] = z['q'] + s * torch.einsum('bop,bo->p', M, r_).numpy()
+        z['c'] += s * float((r_ ** 2).sum())
+    else: z['parts'].append((M, off, y.long(), torch.full((B,), 1.0 / B, dtype=torch.float64)))
+
+def _generic_solve(z, mse):
+    "(minimum, gradient norm, gap estimate) of a scope's summed Taylor losses so far: the direct solve (MSE) or L-BFGS."
+    if mse: return float(quad_min(z['Q'], z['q'], z['c'])), np.nan, 0.0
+    M, off, yy, s = (torch.cat(t) for t in zip(*z['parts'])); z['parts'] = [(M, off, yy, s)]
+    fun = lambda v: (F.cross_entropy(off + M @ v, yy, reduction='none') * s).sum()
+    V, v, g = lbfgs(fun, z['V'] if z['V'] is not None else torch.zeros(M.shape[2], dtype=torch.float64), 1e-9 * float(s.sum()))
+    z['V'] = V
+    return v, float(g.norm()), np.nan
 
 # %% ../nbs/07_hindsight.ipynb #ed569465
 def hindsight_generic(model: nn.Module, # the network that was recorded (its architecture; weights come from the recording)
@@ -291,8 +337,6 @@ def hindsight_generic(model: nn.Module, # the network that was recorded (its arc
     "Taylor optimum and regret recomputed from stored weights with torch.func Jacobians: any scope, any model; slow."
     import copy
     from tqdm.auto import tqdm
-    from torch.func import jacfwd, jacrev, vmap
-    from ntaylor_nb.taylor import scope_weights, substitute
     rec = rec if isinstance(rec, RegretRecording) else RegretRecording(rec)
     mf, R = rec.manifest, len(rec)
     if not any(k.startswith('w/') for k in rec.chunk(0)): raise ValueError('this recording has no weight snapshots: record with store_weights=True')
@@ -313,38 +357,13 @@ def hindsight_generic(model: nn.Module, # the network that was recorded (its arc
             W = {k: torch.from_numpy(np.array(wr.params[k][r], dtype=np.float64)) for k in names}
             x = torch.from_numpy(np.array(wr.batch_x[offs[r]:offs[r + 1]], dtype=np.float64))
             y = torch.from_numpy(np.array(wr.batch_y[offs[r]:offs[r + 1]]))
-            B = len(x)
             for sc in scopes:
-                Ws = scope_weights(m64, sc, W)
-                f = lambda p: functional_call(m64, substitute(m64, sc, p, W), (x,)).reshape(B, -1)
-                P = sum(v.numel() for v in Ws.values())
-                if P <= mf['n_outputs']: jac = jacfwd(f)(Ws)  # forward mode: one pass per variable
-                else:  # reverse mode, one sample at a time (a batch-wide basis would be (B p_L)^2)
-                    g1 = lambda p, xb: functional_call(m64, substitute(m64, sc, p, W), (xb[None],)).reshape(-1)
-                    jac = vmap(jacrev(g1), in_dims=(None, 0))(Ws, x)
-                M = torch.cat([jac[k].reshape(B, jac[k].shape[1], -1) for k in Ws], 2)  # (B, p_L, P)
-                w = torch.cat([Ws[k].reshape(-1) for k in Ws])
-                off = f(Ws) - M @ w  # T_b(v) = off_b + M_b v
-                z = st[sc]
-                if mse:
-                    r_ = off - y.double().reshape(B, -1)
-                    s = 1.0 / (B * M.shape[1])
-                    z['Q'] = z['Q'] + s * torch.einsum('bop,boq->pq', M, M).numpy()
-                    z['q'] = z['q'] + s * torch.einsum('bop,bo->p', M, r_).numpy()
-                    z['c'] += s * float((r_ ** 2).sum())
-                else: z['parts'].append((M, off, y.long(), torch.full((B,), 1.0 / B, dtype=torch.float64)))
+                M, off = _taylor_affine(m64, sc, W, x, mf['n_outputs'])  # T_b(v) = off_b + M_b v
+                _generic_add(st[sc], M, off, y, mse)
             done += 1; bar.update()
             if done == prefixes[pi]:
                 cum = float(losses[:done].sum())
-                for sc in scopes:
-                    z = st[sc]
-                    if mse: v, cert, gap = float(quad_min(z['Q'], z['q'], z['c'])), np.nan, 0.0
-                    else:
-                        M, off, yy, s = (torch.cat(t) for t in zip(*z['parts'])); z['parts'] = [(M, off, yy, s)]
-                        fun = lambda v: (F.cross_entropy(off + M @ v, yy, reduction='none') * s).sum()
-                        V, v, g = lbfgs(fun, z['V'] if z['V'] is not None else torch.zeros(M.shape[2], dtype=torch.float64), 1e-9 * float(s.sum()))
-                        z['V'], cert, gap = V, float(g.norm()), np.nan
-                    rows.append(_row(sc, nums, done, steps, cum, v, cert, gap))
+                rows += [_row(sc, nums, done, steps, cum, *_generic_solve(st[sc], mse)) for sc in scopes]
                 pi += 1
     bar.close()
     return _table(rows)

@@ -14,7 +14,8 @@ import pandas as pd
 
 from .exploration import ExplorationRecording, exploration_measures, layer_summary
 from .growth import log_prefixes, regret_exponents
-from .regret import RegretRecording, hindsight
+from .hindsight import hindsight
+from .regret import RegretRecording
 
 # %% auto #0
 __all__ = ['LAYOUT', 'Run', 'find_runs', 'runs_table']

@@ -145,7 +145,7 @@ def _recorders(cfg, run, model, opt, X, B, total, state):
     meta = dict(task=cfg.task, dataset=cfg.dataset, seed=cfg.seed, lr=cfg.lr)
     scopes = run_scopes(cfg, model)
     reg = (RegretRecorder(model, cfg.loss, scopes, run.file('regret'), X[:B], math.ceil(total / cfg.regret_every), cfg.neurons_per_layer,
-                          cfg.seed, every(cfg.regret_every), chunk_rounds=64, disk_budget=cfg.disk_budget, optimizer=opt, meta=meta,
+                          cfg.seed, every(cfg.regret_every), chunk_size=64, disk_budget=cfg.disk_budget, optimizer=opt, meta=meta,
                           resume_chunks=state['regret_chunks'] if state else None) if scopes else None)
     probe = X[torch.as_tensor(probe_indices(len(X), cfg.probe_size, cfg.seed), device=X.device)] if cfg.probe_size else None
     exp = (ExplorationRecorder(model, probe, run.file('exploration'), units_per_layer=cfg.exploration_units, seed=cfg.seed, chunk_size=8,
@@ -224,15 +224,11 @@ def _train_rounds(t: _Training, progress: bool):
     bar.close()
 
 # %% ../nbs/12_train.ipynb #164d9235
-def _recorded_steps(exp: ExplorationRecorder) -> list:
-    "Every step the exploration recorder holds, flushed or buffered."
-    return exp.manifest['steps'] + exp._buf_steps
-
 def _finish(t: _Training):
     "Summarise a partial last epoch, close the recorders, save the model, mark the run done, drop the checkpoint."
     if t.total % t.per_epoch:  # stopped inside an epoch (a rounds limit): summarise the partial epoch and snapshot the end
         t.epochs.append(_epoch_row(t.metrics, t.total // t.per_epoch))
-        if t.exp and t.total not in _recorded_steps(t.exp): t.exp.record(t.total)
+        if t.exp and t.total not in t.exp.steps: t.exp.record(t.total)
         _checkpoint(t, t.total)
     for rec in (t.reg, t.exp):
         if rec: rec.close()

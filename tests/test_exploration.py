@@ -1,5 +1,6 @@
 """Cross-checks of ntaylor_nb.exploration against brute-force loops, storage round trips and failure injection."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -174,3 +175,13 @@ def test_cuda_recording_matches_cpu(tmp_path):
     with ExplorationRecorder(netc, probe.cuda(), tmp_path / 'g') as rec: rec.record(0)
     np.testing.assert_array_equal(ExplorationRecording(tmp_path / 'g')[0], cpu)
     assert netc.training
+
+
+def test_format_1_recordings_still_load():
+    "A recording written by ntaylor_nb 0.1.0 (format 1: one list of steps, chunks of bare bytes) reads as today's."
+    R = ExplorationRecording(Path(__file__).parent / 'data' / 'exploration_format1')
+    assert R.manifest['format'] == 'ntaylor_nb.exploration/1'
+    expect = np.array([[[(n + d + m) % 3 == 0 for m in range(7)] for d in range(5)] for n in range(11)])
+    np.testing.assert_array_equal(R.dense(), expect)
+    np.testing.assert_array_equal(R[4], expect[4])
+    assert R.steps == [10 * n for n in range(11)] and len(R) == 11

@@ -9,7 +9,7 @@ import pytest
 import ntaylor_nb.run as run_module
 from ntaylor_nb.exploration import exploration_measures, layer_summary
 from ntaylor_nb.growth import log_prefixes
-from ntaylor_nb.regret import hindsight
+from ntaylor_nb.hindsight import hindsight
 from ntaylor_nb.run import LAYOUT, Run, find_runs, runs_table
 from ntaylor_nb.train import RunConfig, train_run
 

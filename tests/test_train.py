@@ -15,7 +15,8 @@ import torch
 
 from ntaylor_nb.data import CIFAR10_CLASSES, load_dataset
 from ntaylor_nb.exploration import ExplorationRecording
-from ntaylor_nb.regret import RegretRecording, hindsight
+from ntaylor_nb.hindsight import hindsight
+from ntaylor_nb.regret import RegretRecording
 from ntaylor_nb.train import RunConfig, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
