@@ -254,7 +254,7 @@ def layer_summary(rec: ExplorationRecording, # a recording
     return pd.DataFrame(rows)
 
 # %% ../nbs/09_exploration.ipynb #ccc2baee
-def plot_figure5(recordings: dict, # label -> ExplorationRecording or (N, D, M) array
+def plot_figure5(recordings: dict, # label -> ExplorationRecording, (N, D, M) array, or saved measures (a dict as exploration_measures returns)
                  k: int = 50, # singular values for the log-volume
                  floor: float = 1e-3, # singular-value floor
                  title: str = '', # figure title
@@ -264,7 +264,7 @@ def plot_figure5(recordings: dict, # label -> ExplorationRecording or (N, D, M) 
     import matplotlib.pyplot as plt, seaborn as sns
     fig, axs = plt.subplots(1, 3, figsize=(15, 4))
     for i, (label, rec) in enumerate(recordings.items()):
-        c, ms = sns.color_palette()[i % 10], exploration_measures(rec, k, floor)
+        c, ms = sns.color_palette()[i % 10], rec if isinstance(rec, dict) else exploration_measures(rec, k, floor)
         axs[0].plot(np.arange(len(ms['novelty'])), ms['novelty'], color=c, label=label)
         axs[1].plot(np.sort(ms['switches'])[::-1], color=c, label=label)
         axs[2].plot(np.sort(ms['log_volume'])[::-1], color=c, label=label)

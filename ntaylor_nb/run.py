@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from fastcore.basics import patch
 
 from .exploration import ExplorationRecording, exploration_measures, layer_summary
 from .growth import log_prefixes, regret_exponents
@@ -78,55 +79,62 @@ class Run:
         f = self.file(name); tmp = f.with_name(f.name + '.tmp')
         tmp.write_text(json.dumps(obj, indent=1)); os.replace(tmp, f)
 
-    # what it holds, read from its files on each access (they change while it trains)
-    @property
-    def params(self) -> dict: "params.json: configuration, device, rounds, versions."; return self.read_json('params')
-    @property
-    def config(self) -> 'RunConfig':
-        "The run's `ntaylor_nb.train.RunConfig`."
-        from ntaylor_nb.train import RunConfig
-        return RunConfig(**self.params['config'])
-    @property
-    def metrics(self) -> pd.DataFrame: "One row per round."; return pd.read_csv(self.file('metrics'))
-    @property
-    def epochs(self) -> pd.DataFrame: "One row per epoch."; return pd.read_csv(self.file('epochs'))
-    @property
-    def regret_recording(self) -> RegretRecording | None: "The Taylor-loss recording (None if not recorded)."; return _open(RegretRecording, self.file('regret'))
-    @property
-    def exploration_recording(self) -> ExplorationRecording | None: "The activation recording (None if not recorded)."; return _open(ExplorationRecording, self.file('exploration'))
-    @property
-    def complete(self) -> bool: "Whether training finished (its marker done.json exists)."; return self.file('done').is_file()
-    @property
-    def analyzed(self) -> bool: "Whether its analysis is saved (analysis/summary.json exists)."; return self.file('summary').is_file()
-    @property
-    def result(self) -> dict: "The training summary of a complete run (done.json)."; self._need_complete(); return self.read_json('done')
-    def _need_complete(self):
-        if not self.complete: raise FileNotFoundError(f'{self.path} holds an unfinished run (no {LAYOUT["done"]}): run train_run on it again to finish it')
-
-    # its analysis: computed once into analysis/ (see `analyze` below), read back after
-    def analyze(self, prefixes: int | None = None, # log-spaced prefixes for the hindsight solve (None: as saved, or 64)
-                progress: bool = False, # show progress bars while computing
-                device: str = 'cpu', # where convex solves of cross-entropy scopes run ("auto": CUDA when present)
-                refresh: bool = False, # recompute even if saved
-               ) -> dict:
-        "The flat summary; computed (with every analysis table) if missing, refreshed or asked for other `prefixes`, else read."
-        self._need_complete()
-        saved = self.read_json('summary') if self.analyzed else {}
-        if saved and not refresh and prefixes in (None, saved['prefixes']): return saved
-        return _analyze(self, prefixes or saved.get('prefixes', 64), progress, device)
-    def regret_table(self) -> pd.DataFrame | None: "Hindsight's table (analysis/regret.csv)."; return self._table('regret_table')
-    def exponents(self) -> pd.DataFrame | None: "Growth exponents of the regret (analysis/exponents.csv)."; return self._table('exponents')
-    def exploration_layers(self) -> pd.DataFrame | None: "Exploration measures per ReLU module."; return self._table('exploration_layers')
-    def exploration_measures(self) -> dict | None:
-        "Novelty, switches and log-volume of the whole network (unsorted), as figure 5 draws them."
-        self.analyze(); f = self.file('exploration_measures')
-        if not f.is_file(): return None
-        with np.load(f) as z: return {k: z[k] for k in z.files}
-    def _table(self, name):
-        self.analyze(); f = self.file(name)
-        return pd.read_csv(f) if f.is_file() else None
+# %% ../nbs/13_run.ipynb #297ce6c7
+@patch(as_prop=True)
+def params(self: Run) -> dict: "params.json: configuration, device, rounds, versions."; return self.read_json('params')
+@patch(as_prop=True)
+def config(self: Run) -> 'RunConfig':
+    "The run's `ntaylor_nb.train.RunConfig`."
+    from ntaylor_nb.train import RunConfig
+    return RunConfig(**self.params['config'])
+@patch(as_prop=True)
+def metrics(self: Run) -> pd.DataFrame: "One row per round."; return pd.read_csv(self.file('metrics'))
+@patch(as_prop=True)
+def epochs(self: Run) -> pd.DataFrame: "One row per epoch."; return pd.read_csv(self.file('epochs'))
+@patch(as_prop=True)
+def regret_recording(self: Run) -> RegretRecording | None: "The Taylor-loss recording (None if not recorded)."; return _open(RegretRecording, self.file('regret'))
+@patch(as_prop=True)
+def exploration_recording(self: Run) -> ExplorationRecording | None: "The activation recording (None if not recorded)."; return _open(ExplorationRecording, self.file('exploration'))
+@patch(as_prop=True)
+def complete(self: Run) -> bool: "Whether training finished (its marker done.json exists)."; return self.file('done').is_file()
+@patch(as_prop=True)
+def analyzed(self: Run) -> bool: "Whether its analysis is saved (analysis/summary.json exists)."; return self.file('summary').is_file()
+@patch(as_prop=True)
+def result(self: Run) -> dict: "The training summary of a complete run (done.json)."; self._need_complete(); return self.read_json('done')
+@patch
+def _need_complete(self: Run):
+    if not self.complete: raise FileNotFoundError(f'{self.path} holds an unfinished run (no {LAYOUT["done"]}): run train_run on it again to finish it')
 
 def _open(cls, path): return cls(path) if path.exists() else None
+
+# %% ../nbs/13_run.ipynb #65e54af1
+@patch
+def analyze(self: Run, prefixes: int | None = None, # log-spaced prefixes for the hindsight solve (None: as saved, or 64)
+            progress: bool = False, # show progress bars while computing
+            device: str = 'cpu', # where convex solves of cross-entropy scopes run ("auto": CUDA when present)
+            refresh: bool = False, # recompute even if saved
+           ) -> dict:
+    "The flat summary; computed (with every analysis table) if missing, refreshed or asked for other `prefixes`, else read."
+    self._need_complete()
+    saved = self.read_json('summary') if self.analyzed else {}
+    if saved and not refresh and prefixes in (None, saved['prefixes']): return saved
+    return _analyze(self, prefixes or saved.get('prefixes', 64), progress, device)
+@patch
+def regret_table(self: Run) -> pd.DataFrame | None: "Hindsight's table (analysis/regret.csv)."; return self._table('regret_table')
+@patch
+def exponents(self: Run) -> pd.DataFrame | None: "Growth exponents of the regret (analysis/exponents.csv)."; return self._table('exponents')
+@patch
+def exploration_layers(self: Run) -> pd.DataFrame | None: "Exploration measures per ReLU module."; return self._table('exploration_layers')
+@patch
+def exploration_measures(self: Run) -> dict | None:
+    "Novelty, switches and log-volume of the whole network (unsorted), as figure 5 draws them."
+    self.analyze(); f = self.file('exploration_measures')
+    if not f.is_file(): return None
+    with np.load(f) as z: return {k: z[k] for k in z.files}
+@patch
+def _table(self: Run, name):
+    self.analyze(); f = self.file(name)
+    return pd.read_csv(f) if f.is_file() else None
 
 # %% ../nbs/13_run.ipynb #19b86649
 def _training_summary(run: Run) -> dict:

@@ -187,3 +187,13 @@ def test_docs_show_the_report_executed_on_real_runs():
     assert (ROOT / 'nbs/results/.notest').exists(), 'nbdev_test must not re-run it (the runs are not in the repository)'
     assert 'results/demo_report.ipynb' in (ROOT / 'nbs/sidebar.yml').read_text()
     assert 'results/demo_report.ipynb' in ''.join(c.source for c in nbformat.read(ROOT / 'nbs/16_results.ipynb', 4).cells)
+
+
+def test_docs_index_lists_every_public_method():
+    "nbdev's index (the docs site's symbol table) has an entry for every public method and property of every exported class."
+    names = {k for m in importlib.import_module('ntaylor_nb._modidx').d['syms'].values() for k in m}
+    missing = [f'{mod}.{name}.{k}' for mod, name, obj in exported() if inspect.isclass(obj) and obj.__module__ == mod
+               for k, v in vars(obj).items()
+               if not k.startswith('_') and (inspect.isfunction(v) or isinstance(v, (property, classmethod, staticmethod)))
+               and f'{mod}.{name}.{k}' not in names]
+    assert not missing, f'not in the docs index: {missing}'
