@@ -39,7 +39,10 @@ def _quad_min_one(Q, q, c):
         return c - _pinv_quad(Q, q)
 
 # %% ../nbs/04_solvers.ipynb #3eb2276b
-def quad_min(Q, q, c):
+def quad_min(Q: np.ndarray, # (P, P) or a batch (U, P, P): positive semi-definite
+             q: np.ndarray, # (P,) or (U, P), in the range of Q
+             c: float | np.ndarray, # the constant (one, or one per problem)
+            ):
     "min_v v'Qv + 2q'v + c, batched over leading dimensions: Cholesky, or pivoted Cholesky with flat directions dropped."
     Q, q = np.asarray(Q, dtype=np.float64), np.asarray(q, dtype=np.float64)
     if Q.ndim == 3:  # a batch: Cholesky for all at once, else one by one (pivoted Cholesky where singular)
@@ -52,7 +55,10 @@ def quad_min(Q, q, c):
     return _quad_min_one(Q, q, c)
 
 # %% ../nbs/04_solvers.ipynb #e44913c4
-def quad_min_shared(Q, qs, c):
+def quad_min_shared(Q: np.ndarray, # (P, P) the matrix all problems share
+                    qs: np.ndarray, # (O, P) one linear term per problem
+                    c: float, # the summed constant
+                   ) -> float:
     "min over V of sum_o (v_o'Qv_o + 2q_o'v_o) + c: independent problems sharing one matrix Q (one factorisation)."
     keep = Q.diagonal() > 0
     if not keep.any(): return float(c)
@@ -83,7 +89,11 @@ class ConvSamples(NamedTuple):
     m0: Tensor  # (n, p, C) per neuron, the output Jacobian summed over positions against the pre-activations
 
 # %% ../nbs/04_solvers.ipynb #13ec5ad1
-def loss_terms(z, y, s, loss):
+def loss_terms(z: Tensor, # (U, n, p) Taylor outputs of U problems on n samples
+               y: Tensor, # (n,) class indices, or (n, p) targets
+               s: Tensor, # (n,) sample weights
+               loss: str, # "cross_entropy" or "mse"
+              ) -> tuple:
     "Value (U,), weighted gradient r = s dl/dz (U, n, p) and h(A) = s d2l/dz2 A of the per-sample loss at z (U, n, p)."
     if loss == 'cross_entropy':
         lse = torch.logsumexp(z, -1)
