@@ -11,6 +11,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ import ntaylor_nb
 from .data import DATASETS, load_dataset, probe_indices
 from .exploration import ExplorationRecorder
 from .models import autoencoder, convnet
+from .optimizers import AdamTF, RMSpropTF
 from .regret import PRESETS, RegretRecorder
 from .run import Run
 from .devices import resolve_device
@@ -28,10 +30,11 @@ from .taylor import weight_layers
 from .schedules import every
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'TASKS', 'LR_GRID', 'RunConfig', 'build_model', 'run_scopes', 'train_run', 'tune_lr']
+__all__ = ['OPTIMIZERS', 'TASKS', 'LR_GRID', 'RunConfig', 'build_model', 'run_scopes', 'train_run', 'half_decade', 'LRSearch',
+           'search_lr', 'tune_lr']
 
 # %% ../nbs/12_train.ipynb #4881dc9e
-OPTIMIZERS = {'sgd': torch.optim.SGD, 'rmsprop': torch.optim.RMSprop, 'adam': torch.optim.Adam}
+OPTIMIZERS = {'sgd': torch.optim.SGD, 'rmsprop': torch.optim.RMSprop, 'adam': torch.optim.Adam, 'rmsprop_tf': RMSpropTF, 'adam_tf': AdamTF}
 TASKS = {'autoencoder': dict(loss='mse', batch_size=64, layers=[2, 3, 4, 5], neuron_layers=[2, 3, 4, 5]),
          'convnet': dict(loss='cross_entropy', batch_size=128, layers=[5], neuron_layers=[1, 2, 3, 4])}
 
@@ -40,7 +43,7 @@ class RunConfig:
     "Everything that defines a training run."
     task: str = 'autoencoder'  # "autoencoder" (MSE) or "convnet" (cross-entropy)
     dataset: str = 'digits'  # one of ntaylor_nb.data.DATASETS
-    optimizer: str = 'adam'  # "sgd", "rmsprop" or "adam"
+    optimizer: str = 'adam'  # a key of OPTIMIZERS: "sgd", "rmsprop", "adam", or TensorFlow 1's "rmsprop_tf", "adam_tf"
     lr: float = 1e-3  # learning rate
     epochs: int = 1  # passes over the training set
     rounds: int | None = None  # stop after this many minibatches (default: all epochs)
@@ -269,27 +272,84 @@ def _write_rows(path, rows, header):
     tmp = path.with_suffix('.tmp')
     tmp.write_text(header + '\n' + ''.join(','.join(repr(v) for v in row) + '\n' for row in rows)); os.replace(tmp, path)
 
-# %% ../nbs/12_train.ipynb #26885210
-LR_GRID = {'sgd': [0.003, 0.01, 0.03, 0.1, 0.3], 'rmsprop': [1e-4, 3e-4, 1e-3, 3e-3], 'adam': [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]}
+# %% ../nbs/12_train.ipynb #ff374e34
+LR_GRID = {'sgd': [0.01, 0.03, 0.1, 0.3, 1.0], 'rmsprop': [1e-4, 3e-4, 1e-3, 3e-3, 1e-2], 'adam': [1e-4, 3e-4, 1e-3, 3e-3, 1e-2],
+           'rmsprop_tf': [1e-4, 3e-4, 1e-3, 3e-3, 1e-2], 'adam_tf': [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]}
 
-def tune_lr(cfg: RunConfig, # the run to tune (its lr is ignored)
-            lrs: list | None = None, # learning rates to try (default: LR_GRID[cfg.optimizer])
-            epochs: int | None = None, # epochs of each trial (default: cfg.epochs)
+def half_decade(lr: float, # a learning rate
+                direction: int, # +1: the next half-decade up, -1: down
+               ) -> float:
+    "The neighbouring rate on the half-decade grid 1, 3, 10, 30, ... (times a power of ten)."
+    e = round(2 * math.log10(lr)) + direction
+    return float(f'{10 ** (e / 2):.1g}')
+
+# %% ../nbs/12_train.ipynb #1d3e6032
+class LRSearch(NamedTuple):
+    "A learning-rate search: the chosen rate, whether it is still an end of the rates tried (the cap stopped the search), and every trial."
+    lr: float  # the rate with the lowest mean final loss over the seeds
+    at_edge: bool  # the best rate is the smallest or largest tried: the optimum may lie beyond (the extension hit its cap)
+    trials: 'pd.DataFrame'  # one row per rate and seed: lr, seed, final_loss, diverged, mean_loss, extended (beyond the first grid), chosen, at_edge
+
+# %% ../nbs/12_train.ipynb #c9db66c3
+def search_lr(trial: Callable[[float, int], float], # (lr, seed) -> the trial's final loss (NaN or inf: diverged)
+              grid: list, # the first rates
+              seeds: Sequence[int] = (0, 1), # each rate is tried on every seed; the mean final loss decides
+              step: Callable[[float, int], float] = half_decade, # (rate, +1 or -1) -> the next rate up or down
+              max_extend: int = 4, # the cap: rates tried beyond each end of the grid at most
+             ) -> LRSearch:
+    "The rate with the lowest mean final loss, the grid extended while the best is at an end (until interior, diverged above, or the cap)."
+    import pandas as pd
+    losses = {}
+    def score(lr):
+        if lr not in losses: losses[lr] = [float(trial(lr, s)) for s in seeds]
+        return float(np.mean(losses[lr])) if np.isfinite(losses[lr]).all() else math.inf
+    rates, added, blocked = sorted(set(grid)), {1: 0, -1: 0}, False  # blocked: the next rate up diverged
+    for lr in rates: score(lr)
+    while True:
+        best = min(rates, key=score)  # ties: the smaller rate
+        if not math.isfinite(score(best)): d = -1  # every rate tried diverged: go down
+        else: d = 1 if best == rates[-1] and not blocked else -1 if best == rates[0] else 0
+        if d == 0 or added[d] == max_extend: break
+        nxt = step(rates[-1] if d > 0 else rates[0], d); added[d] += 1
+        rates = sorted([*rates, nxt])
+        blocked = blocked or (d > 0 and not math.isfinite(score(nxt)))
+    if not math.isfinite(score(best)): raise FloatingPointError(f'every rate diverged, down to {rates[0]:g}: no learning rate found')
+    at_edge = d != 0
+    rows = [dict(lr=lr, seed=s, final_loss=v, diverged=not math.isfinite(v), mean_loss=score(lr), extended=lr not in grid,
+                 chosen=lr == best, at_edge=at_edge) for lr in rates for s, v in zip(seeds, losses[lr])]
+    return LRSearch(best, at_edge, pd.DataFrame(rows))
+
+# %% ../nbs/12_train.ipynb #a068d67a
+def _total_rounds(cfg: RunConfig) -> int:
+    "How many rounds a run of `cfg` trains (its epochs over the dataset, or its rounds limit)."
+    X, _ = load_dataset(cfg.dataset, cfg.data_root, train=True)
+    per_epoch = len(X) // (cfg.batch_size or TASKS[cfg.task]['batch_size'])
+    return min(cfg.rounds or per_epoch * cfg.epochs, per_epoch * cfg.epochs)
+
+# %% ../nbs/12_train.ipynb #6133a97c
+def tune_lr(cfg: RunConfig, # the run to tune (its lr and seed are ignored)
+            lrs: list | None = None, # the first grid (default: LR_GRID[cfg.optimizer]), extended while the best is at an end
+            epochs: int | None = None, # epochs of each trial (default: the run's own, cfg.epochs; cfg.rounds applies too)
             progress: bool = True, # show a progress bar
-           ) -> tuple[float, 'pd.DataFrame']:
-    "The learning rate with the lowest final training loss over a grid, and the table of trials."
-    import pandas as pd, tempfile
+            seeds: Sequence[int] = (0, 1), # seeds of the trials: the same for every run of an optimizer, whatever its seed
+            fraction: float = 1.0, # each trial trains this fraction of the run's rounds (1: the run's whole horizon)
+            max_extend: int = 4, # the cap: rates tried beyond each end of the grid at most
+           ) -> LRSearch:
+    "The learning rate that minimises the mean final training loss (last epoch's mean) over `seeds`, found by `search_lr`."
+    import tempfile
     from dataclasses import replace
     from tqdm.auto import tqdm
-    rows = []
-    for lr in tqdm(lrs or LR_GRID[cfg.optimizer], desc=f'tuning {cfg.optimizer}', disable=not progress):
-        trial = replace(cfg, lr=lr, epochs=epochs or cfg.epochs, scopes=None, probe_size=0)
+    if not 0 < fraction <= 1: raise ValueError(f'fraction={fraction!r} must lie in (0, 1]')
+    base = replace(cfg, epochs=epochs or cfg.epochs, scopes=None, probe_size=0).validate()
+    rounds = _total_rounds(base)
+    if fraction < 1: base = replace(base, rounds=(rounds := max(1, math.ceil(fraction * rounds))))
+    bar = tqdm(desc=f'tuning {cfg.optimizer}', unit='trial', disable=not progress)
+    def trial(lr, seed):
         with tempfile.TemporaryDirectory() as d:
-            try:
-                run = train_run(trial, Path(d) / 'trial', progress=False)
-                done = Run(run).result
-                loss = done['last_epoch_loss'] or done['final_loss']
-            except FloatingPointError: loss = float('inf')
-        rows.append(dict(optimizer=cfg.optimizer, lr=lr, final_loss=loss))
-    table = pd.DataFrame(rows)
-    return float(table.lr[table.final_loss.idxmin()]), table
+            try: done = Run(train_run(replace(base, lr=lr, seed=seed), Path(d) / 'trial', progress=False)).result
+            except FloatingPointError: done = dict(last_epoch_loss=math.inf)
+        bar.update()
+        return done['last_epoch_loss'] if done['last_epoch_loss'] is not None else done['final_loss']
+    s = search_lr(trial, lrs or LR_GRID[cfg.optimizer], seeds, max_extend=max_extend)
+    bar.close()
+    return s._replace(trials=s.trials.assign(optimizer=cfg.optimizer, rounds=rounds)[['optimizer', 'rounds', *s.trials]])

@@ -103,3 +103,71 @@ def test_cifar10_imagefolder_is_pixel_exact(tmp_path):
     assert (tmp_path / 'cifar10' / 'test_uint8.npz').exists()  # decoded once, cached
     x2, _ = load_dataset('cifar10', root=tmp_path, train=False)
     assert torch.equal(x, x2)
+
+
+# --- learning-rate search (issue 11, item 1) ---
+
+from ntaylor_nb.run import Run
+from ntaylor_nb.train import LR_GRID, half_decade, search_lr, tune_lr
+
+HALVES = [half_decade(1.0, e) for e in range(-14, 9)]  # 1e-7 ... 1e4 on the half-decade grid
+
+
+def bowl(best, diverge=float('inf'), calls=None):
+    "A synthetic final loss: quadratic in log10(lr) around `best`, a seed offset, infinite (diverged) from `diverge` up."
+    def trial(lr, seed):
+        if calls is not None: calls.append((lr, seed))
+        return float('inf') if lr >= diverge else (np.log10(lr) - np.log10(best)) ** 2 + 0.01 * seed
+    return trial
+
+
+@pytest.mark.parametrize('k', range(-12, 7))  # optimum from far below the grid to far above it
+@pytest.mark.parametrize('cap', [1, 2, 4])
+def test_search_lr_finds_the_optimum_or_flags_the_edge(k, cap):
+    grid, best, calls = [1e-3, 3e-3, 1e-2], half_decade(1.0, k), []
+    s = search_lr(bowl(best, calls=calls), grid, seeds=(0, 1, 2), max_extend=cap)
+    reach = [half_decade(1.0, e) for e in range(-6 - cap, -4 + cap + 1)]  # the grid and `cap` half-decades each side
+    assert s.lr == min(reach, key=lambda r: bowl(best)(r, 0))  # the brute-force best of what the cap lets it reach
+    assert s.at_edge == (best not in reach[1:-1])  # interior exactly when the optimum is reachable with a rate beyond it
+    assert len(calls) == len(set(calls)) == len(s.trials)  # no trial is run twice
+    assert set(s.trials.seed) == {0, 1, 2} and s.trials[s.trials.chosen].lr.unique().tolist() == [s.lr]
+    assert s.trials.at_edge.eq(s.at_edge).all() and set(s.trials[~s.trials.extended].lr) == set(grid)
+    np.testing.assert_allclose(s.trials.groupby('lr').final_loss.mean(), s.trials.groupby('lr').mean_loss.first(), rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize('diverge', [0.03, 0.1, 1.0])
+def test_search_lr_stops_at_divergence(diverge):
+    s = search_lr(bowl(100.0, diverge), [1e-3, 3e-3, 1e-2], max_extend=10)
+    assert s.lr == half_decade(diverge, -1) and not s.at_edge  # the last rate below the one that diverged
+    assert s.trials.lr.max() == diverge and s.trials[s.trials.lr == diverge].diverged.all()
+
+
+def test_search_lr_one_diverged_seed_rules_a_rate_out():
+    trial = lambda lr, seed: float('nan') if (lr == 0.1 and seed == 1) else -np.log10(lr)  # lower loss at higher rates
+    s = search_lr(trial, [0.01, 0.03, 0.1], max_extend=0)
+    assert s.lr == 0.03 and not s.at_edge and s.trials.diverged.sum() == 1
+
+
+def test_search_lr_all_diverged_goes_down_then_fails():
+    calls = []
+    with pytest.raises(FloatingPointError, match='every rate diverged, down to 0.0001'):
+        search_lr(bowl(1.0, diverge=0.0, calls=calls), [1e-3, 1e-2], max_extend=2)
+    assert sorted({lr for lr, _ in calls}) == [1e-4, 3e-4, 1e-3, 1e-2]  # never up: a diverged top is no reason to go higher
+
+
+def test_tune_lr_on_digits_a_fraction_of_the_run():
+    cfg = RunConfig(optimizer='sgd', epochs=1, seed=7)  # 1437 // 64 = 22 rounds; a quarter: 6
+    s = tune_lr(cfg, lrs=[0.01], fraction=0.25, seeds=(0, 1), max_extend=1, progress=False)
+    assert s.trials.rounds.unique().tolist() == [6] and set(s.trials.lr) == {0.01, 0.03}
+    assert s.lr == 0.03 and s.at_edge  # SGD wants more than 0.03 here: the cap of one rate beyond the grid stops it at the edge
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        direct = [Run(train_run(RunConfig(optimizer='sgd', rounds=6, lr=0.03, seed=k, scopes=None, probe_size=0), f'{d}/{k}', progress=False)).result
+                  for k in (0, 1)]
+    np.testing.assert_array_equal(s.trials[s.trials.chosen].final_loss, [r['last_epoch_loss'] for r in direct])
+    with pytest.raises(ValueError, match='fraction=0 must lie in'): tune_lr(cfg, fraction=0)
+
+
+def test_lr_grids_are_half_decade_log_grids():
+    for opt, g in LR_GRID.items():
+        assert all(half_decade(a, 1) == b for a, b in zip(g, g[1:])), opt
