@@ -22,9 +22,11 @@ $(STAMP): settings.ini setup.py
 # The main job: the autoencoder experiment for SGD, RMSProp and Adam (two seeds) on the embedded digits, through the
 # batch runner, then the report (figures 3-6 and the claims table).
 DEMO_EPOCHS ?= 20
+# learning-rate trials (two seeds, a half-decade grid extended at its edges) train this fraction of each run
+DEMO_TUNE_FRACTION ?= 0.2
 demo: $(STAMP)
 	mkdir -p $(DEMO_DIR)
-	$(BIN)/ntaylor-batch nbs/experiments/autoencoder.ipynb --out $(DEMO_DIR)/autoencoder --grid optimizer=sgd,rmsprop,adam --grid seed=0,1 --param epochs=$(DEMO_EPOCHS)
+	$(BIN)/ntaylor-batch nbs/experiments/autoencoder.ipynb --out $(DEMO_DIR)/autoencoder --grid optimizer=sgd,rmsprop,adam --grid seed=0,1 --param epochs=$(DEMO_EPOCHS) --param tune_fraction=$(DEMO_TUNE_FRACTION)
 	# (ipykernel warns at each start that its local sockets are unencrypted: that one line is dropped, all else kept)
 	$(BIN)/papermill --log-level WARNING -k python3 nbs/experiments/report.ipynb $(DEMO_DIR)/report.ipynb -p runs_dir $(DEMO_DIR) -p interactive False \
 	  2> >(grep -v 'Kernel is running over TCP without encryption' >&2)
