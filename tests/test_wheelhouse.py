@@ -77,6 +77,7 @@ def test_local_recipe_installs_offline_and_runs_papermill(gpu_like, tmp_path):
     env.update(PYTHONPATH=f'{site}:{env["PYTHONPATH"]}', JUPYTER_PATH=str(site / 'jupyter' / 'share' / 'jupyter'))
     r = subprocess.run([py, str(TOOL), 'verify', LOCAL], capture_output=True, text=True, env=env, cwd=ROOT)
     assert r.returncode == 0 and f'papermill' in r.stdout and str(site) in r.stdout, r.stdout + r.stderr
+    assert 'ntaylor_nb: ' in r.stdout, 'every module of the package imports with only the target, the repo and the stand-in'
     subprocess.run([py, '-m', 'ipykernel', 'install', '--prefix', site / 'jupyter', '--name', 'gpu-like'], check=True, env=env, capture_output=True)
     out = tmp_path / 'out'
     params = dict(dataset='digits', epochs=2, rounds=30, lr=0.01, neurons_per_layer=2, probe_size=30, prefixes=4, seed=5, out_dir=str(out))

@@ -121,6 +121,10 @@ def verify(dest):
     if missing: raise SystemExit('unmet requirements:\n  ' + '\n  '.join(missing))
     for mod in ('papermill', 'ipykernel', 'nbclient', 'nbformat', 'fastcore', 'ntaylor_nb'):
         m = import_module(mod); print(f'{mod} {getattr(m, "__version__", "?")} from {Path(m.__file__).parent}')
+    import pkgutil, ntaylor_nb  # every module of the package imports here (what they import at module level is present)
+    mods = [f'ntaylor_nb.{m.name}' for m in pkgutil.iter_modules(ntaylor_nb.__path__) if not m.name.startswith('_')]
+    for m in mods: import_module(m)
+    print(f'ntaylor_nb: {len(mods)} modules import')
 
 
 def base(folder):
