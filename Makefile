@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 PYTHON ?= python3
 
-.PHONY: demo results test sync nbtest pytest docs bench install clean
+.PHONY: demo results test sync nbtest pytest docs bench install clean wheelhouse devdata gpu-check
 
 install: $(STAMP)
 
@@ -72,3 +72,27 @@ bench: $(STAMP)
 
 clean:
 	rm -rf _proc _docs runs .pytest_cache
+
+# The GPU path through papermill (benchmarks/RESULTS.md, "How to run P4 on a GPU"). The GPU machine has Python 3.12 and
+# the science stack but no Jupyter stack and no internet: `wheelhouse` downloads the 3.12 wheels of papermill,
+# ipykernel, nbformat, nbclient and fastcore with every dependency, leaves out what that machine already holds
+# (tools/gpu-preinstalled.txt), proves the set resolves offline and prints its size; `devdata` copies the real data
+# into .devdata/. Both folders are ignored; name them in the device tool's `carry`, then run tools/gpu_reproduction.sh.
+# (Any Python with pip builds the wheelhouse: it needs no virtual environment.)
+SHARED_DATA ?= ../shared/data
+wheelhouse:
+	$(PYTHON) tools/wheelhouse.py build .whl/gpu-py312 --python-version 3.12
+	echo "carry: .whl/gpu-py312 ($$(du -sh .whl/gpu-py312 | cut -f1))"
+
+devdata:
+	mkdir -p .devdata/MNIST/raw
+	cp $(SHARED_DATA)/mnist/MNIST/raw/*.gz .devdata/MNIST/raw/
+	cp $(SHARED_DATA)/cifar10/cifar10-jpeg75.tar.gz .devdata/
+	echo "carry: .devdata ($$(du -sh .devdata | cut -f1))"
+
+# On this CPU, what the GPU run does, at tiny size: the same recipe built for this Python, installed offline into an
+# empty target that a fresh Python sees beside the repo and a stand-in for the GPU's site-packages (links into this
+# venv's copies of the packages that machine holds), then tools/gpu_reproduction.sh with SIZE=tiny on the real data.
+# Also the offline checks of the 3.12 wheelhouse (tests/test_wheelhouse.py; the end-to-end test runs only here).
+gpu-check: $(STAMP)
+	NTAYLOR_GPU_CHECK=1 NTAYLOR_SHARED_DATA=$(SHARED_DATA) $(PY) -m pytest tests/test_wheelhouse.py -v

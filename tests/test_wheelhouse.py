@@ -1,0 +1,120 @@
+"""The GPU path through papermill (benchmarks/RESULTS.md, "How to run P4 on a GPU"), checked on this CPU.
+
+(a) the Python 3.12 wheelhouse resolves completely offline, and a wheelhouse missing a wheel does not;
+(b) the same recipe built for this Python installs offline into an empty target, from which papermill runs an
+    experiment notebook in a kernel of a fresh Python that sees only that target, the repo and a stand-in for the GPU
+    machine's site-packages;
+(c) tools/gpu_reproduction.sh end to end at tiny size through that stand-in (what the GPU run does).
+The wheels are downloaded once from the package registry into the ignored .whl/ and resolved from there afterwards.
+(b) and (c) take minutes on 2 cores: they run under `make gpu-check` (NTAYLOR_GPU_CHECK=1), (a) everywhere.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOL = ROOT / 'tools' / 'wheelhouse.py'
+GPU = ROOT / '.whl' / 'gpu-py312'
+LOCAL = ROOT / '.whl' / f'local-py{sys.version_info.major}{sys.version_info.minor}'
+SHARED = Path(os.environ.get('NTAYLOR_SHARED_DATA', ROOT.parent / 'shared' / 'data')).resolve()
+gpu_check = pytest.mark.skipif(not os.environ.get('NTAYLOR_GPU_CHECK'), reason='minutes on 2 cores: run with `make gpu-check`')
+STACK = {'papermill', 'ipykernel', 'nbformat', 'nbclient', 'fastcore', 'pyzmq', 'tornado', 'jupyter-client', 'ipython'}
+
+
+def tool(*args, env=None):
+    return subprocess.run([sys.executable, str(TOOL), *map(str, args)], capture_output=True, text=True, cwd=ROOT, env=env)
+
+
+def test_gpu_wheelhouse_resolves_offline(tmp_path):
+    r = tool('build', GPU, '--python-version', '3.12')
+    assert r.returncode == 0, r.stderr[-3000:]
+    resolved = set(r.stdout.split('packages resolve: ')[1].split())
+    assert 'offline dry run for Python 3.12' in r.stdout and STACK <= resolved
+    names = {w.name.split('-')[0].lower().replace('_', '-') for w in GPU.glob('*.whl')}
+    assert not names & {'numpy', 'pandas', 'matplotlib', 'torch', 'scipy', 'tqdm'}, 'what the GPU machine holds stays out'
+    assert all(w.name.split('-')[2] in ('py3', 'py2.py3', 'cp312') or 'abi3' in w.name for w in GPU.glob('*.whl'))
+    assert all('x86_64' in w.name or w.name.endswith('-any.whl') for w in GPU.glob('*.whl'))
+    assert sum(w.stat().st_size for w in GPU.glob('*.whl')) < 20 * 2**20
+    # the same dry run fails on a wheelhouse missing one wheel (pyzmq: ipykernel and jupyter_client need it)
+    broken = tmp_path / 'broken'; broken.mkdir()
+    for w in GPU.glob('*.whl'):
+        if not w.name.startswith('pyzmq-'): shutil.copy(w, broken)
+    shutil.copytree(f'{GPU}.present', f'{broken}.present')
+    r = tool('check', broken, '--python-version', '3.12')
+    assert r.returncode != 0 and 'does NOT resolve offline' in r.stderr and 'pyzmq' in r.stderr
+    # and without the stand-ins for what the GPU machine holds (tqdm, pyyaml, ...), too
+    shutil.rmtree(f'{broken}.present'); shutil.copy(next(GPU.glob('pyzmq-*.whl')), broken)
+    assert tool('check', broken, '--python-version', '3.12').returncode != 0
+
+
+@pytest.fixture(scope='module')
+def gpu_like(tmp_path_factory):
+    "A fresh Python whose only packages are links to this venv's copies of what the GPU machine holds, and the local wheelhouse."
+    tmp = tmp_path_factory.mktemp('gpu_like')
+    r = tool('base', tmp / 'base'); assert r.returncode == 0, r.stderr
+    r = tool('build', LOCAL, '--present', tmp / 'base' / 'present.txt'); assert r.returncode == 0, r.stderr[-3000:]
+    subprocess.run([sys._base_executable, '-m', 'venv', str(tmp / 'venv')], check=True)  # with pip, as the GPU's python3
+    py = tmp / 'venv' / 'bin' / 'python'
+    env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'JUPYTER_PATH', 'VIRTUAL_ENV')}
+    env['PYTHONPATH'] = f'{ROOT}:{tmp / "base"}'
+    probe = 'import torch, pandas, seaborn, sklearn, scipy, tqdm\nfor m in ("papermill", "ipykernel", "nbclient", "fastcore"):\n    try: __import__(m); print(m)\n    except ImportError: pass'
+    probe = subprocess.run([py, '-c', probe], capture_output=True, text=True, env=env)
+    assert probe.returncode == 0 and probe.stdout == '', f'the stand-in must hold the science stack and no Jupyter stack: {probe}'
+    return dict(tmp=tmp, py=py, env=env)
+
+
+@gpu_check
+def test_local_recipe_installs_offline_and_runs_papermill(gpu_like, tmp_path):
+    py, env = gpu_like['py'], dict(gpu_like['env'])
+    site = tmp_path / 'site'
+    subprocess.run([py, '-m', 'pip', 'install', '-q', '--no-index', '--no-deps', '--target', site, *LOCAL.glob('*.whl')], check=True, env=env)
+    env.update(PYTHONPATH=f'{site}:{env["PYTHONPATH"]}', JUPYTER_PATH=str(site / 'jupyter' / 'share' / 'jupyter'))
+    r = subprocess.run([py, str(TOOL), 'verify', LOCAL], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert r.returncode == 0 and f'papermill' in r.stdout and str(site) in r.stdout, r.stdout + r.stderr
+    assert 'ntaylor_nb: ' in r.stdout, 'every module of the package imports with only the target, the repo and the stand-in'
+    subprocess.run([py, '-m', 'ipykernel', 'install', '--prefix', site / 'jupyter', '--name', 'gpu-like'], check=True, env=env, capture_output=True)
+    out = tmp_path / 'out'
+    params = dict(dataset='digits', epochs=2, rounds=30, lr=0.01, neurons_per_layer=2, probe_size=30, prefixes=4, seed=5, out_dir=str(out))
+    r = subprocess.run([py, '-m', 'papermill', '--log-level', 'WARNING', '-k', 'gpu-like', 'nbs/experiments/autoencoder.ipynb', tmp_path / 'ae.ipynb',
+                        '-y', json.dumps(params)], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    # the kernel papermill found by that name (no other exists) is the registered one, of the fresh Python
+    assert json.loads((site / 'jupyter/share/jupyter/kernels/gpu-like/kernel.json').read_text())['argv'][0] == str(py)
+    cfg = json.loads((out / 'params.json').read_text())['config']
+    assert (cfg['seed'], cfg['rounds'], cfg['lr']) == (5, 30, 0.01)
+    for f in ('done.json', 'figures/figure3.png', 'figures/figure5.png', 'analysis/regret.csv'): assert (out / f).stat().st_size > 0, f
+
+
+@gpu_check
+@pytest.mark.skipif(not (SHARED / 'mnist').exists(), reason='needs ../shared/data (real MNIST and CIFAR-10 files)')
+def test_gpu_script_end_to_end_at_tiny_size(gpu_like, tmp_path):
+    devdata = tmp_path / 'devdata'; (devdata / 'MNIST' / 'raw').mkdir(parents=True)
+    for f in (SHARED / 'mnist' / 'MNIST' / 'raw').glob('*.gz'): (devdata / 'MNIST' / 'raw' / f.name).symlink_to(f)
+    (devdata / 'cifar10-jpeg75.tar.gz').symlink_to(SHARED / 'cifar10' / 'cifar10-jpeg75.tar.gz')
+    out = tmp_path / 'p4'
+    env = dict(gpu_like['env'], PYTHON=str(gpu_like['py']), BASE_PATH=str(gpu_like['tmp'] / 'base'), WHEELS=str(LOCAL), DEVDATA=str(devdata),
+               SITE=str(tmp_path / 'site'), DATA_ROOT=str(tmp_path / 'data'), OUT_DIR=str(out), SIZE='tiny', PACK=str(tmp_path / 'pack'))
+    env['PYTHONPATH'] = ''
+    r = subprocess.run(['bash', 'tools/gpu_reproduction.sh'], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    timing = json.loads((out / 'timing.json').read_text())
+    assert list(timing['steps']) == ['install', 'kernel', 'data', 'autoencoder', 'convnet', 'report']
+    assert all(s['status'] == 'ok' for s in timing['steps'].values()) and timing['size'] == 'tiny'
+    for task, dataset in (('autoencoder', 'mnist'), ('convnet', 'cifar10')):
+        rows = (out / task / 'results.csv').read_text().splitlines()
+        assert len(rows) == 4 and all(',complete,' in l for l in rows[1:]), rows
+        cfg = json.loads((out / task / 'optimizer=adam' / 'params.json').read_text())['config']
+        assert cfg['dataset'] == dataset and cfg['data_root'] == str(tmp_path / 'data')
+        assert (out / task / 'optimizer=adam' / 'notebook.ipynb').stat().st_size > 0
+    assert json.loads((tmp_path / 'site/jupyter/share/jupyter/kernels/ntaylor-p4/kernel.json').read_text())['argv'][0] == str(gpu_like['py'])
+    assert (tmp_path / 'data' / 'cifar10' / 'train' / 'airplane').is_dir()
+    for f in ('claims.md', 'claims.csv', 'figure6.png', 'figure3_autoencoder.png', 'figure5_convnet.png'):
+        assert (out / 'report' / f).stat().st_size > 0, f
+    with tarfile.open(tmp_path / 'pack' / 'p4_results.tar.gz') as t: names = t.getnames()
+    assert './timing.json' in names and './report/figure6.png' in names and not any('recordings' in n for n in names)
