@@ -18,7 +18,7 @@ from .devices import resolve_device
 from .gauss_newton import LinearGNRecord, replay
 from .growth import log_prefixes
 from .regret import ConvRecord, LinearJacobianRecord, OutputRecord, RegretRecording, WeightsRecord
-from .solvers import MAX_DIRECT, ConvSamples, LinearSamples, Problems, _tri, lbfgs, loss_terms, newton, quad_min, quad_min_shared
+from .solvers import MAX_DIRECT, ConvSamples, LinearSamples, Problems, _tri, kfac_precond, lbfgs, loss_terms, newton, newton_cg, quad_cg, quad_min, quad_min_shared
 from .taylor import Scope
 
 # %% auto #0
@@ -30,8 +30,9 @@ def _xt(x): return np.concatenate([x.astype(np.float64), np.ones((len(x), 1))], 
 # %% ../nbs/07_hindsight.ipynb #401b755a
 class _GNAcc:
     "Quadratic statistics of one layer's scopes (mean-squared error, Gauss-Newton format), accumulated in float64."
-    def __init__(self, layer, units, cols, layer_scope, identity):
+    def __init__(self, layer, units, cols, layer_scope, identity, free=False, device='cpu'):
         self.layer, self.units, self.cols, self.layer_scope, self.identity, self.st = layer, np.asarray(units), torch.as_tensor(np.asarray(cols, dtype=np.int64)), layer_scope, identity, None
+        self.force, self.free, self.device = free, False, torch.device(device)  # free: the layer scope matrix-free, whatever its size
 
 # %% ../nbs/07_hindsight.ipynb #161d41a9
 @patch
@@ -44,15 +45,14 @@ def add(self: _GNAcc, d, sl, s):
     S = t(f'{l}/S') if f'{l}/S' in d else None
     Sd = torch.ones(n, C, dtype=X.dtype) if self.identity else (S.diagonal(0, 1, 2) if S is not None else t(f'{l}/Sd'))
     if self.st is None:
-        if self.layer_scope and not self.identity and C * K1 > MAX_DIRECT:
-            raise ValueError(f'layer scope {self.layer} has {C * K1} variables: the direct solver stops at {MAX_DIRECT} '
-                             f'(its matrix alone would take {8 * (C * K1) ** 2 / 1e9:.1f} GB); use neuron scopes for this layer')
+        self.free = self.layer_scope and not self.identity and (self.force or C * K1 > MAX_DIRECT)
         U = len(self.units)
         z = lambda *sh: torch.zeros(*sh, dtype=torch.float64)
         self.st = dict(Qn=z(U, K1, K1), qn=z(U, K1), cn=z(U))
         if self.layer_scope:
             self.st.update(q=z(C, K1), c=z(()))
             if self.identity: self.st['Q'] = z(K1, K1)
+            elif self.free: self.st.update(A=z(C, C), B=z(K1, K1), ssum=z(())); self.kept, self.V = [], None
             else:
                 (self.iuS, self.idxS), (self.iuX, self.idxX) = _tri(C), _tri(K1)
                 self.st['Q'] = z(len(self.iuS[0]), len(self.iuX[0]))
@@ -70,26 +70,52 @@ def add(self: _GNAcc, d, sl, s):
             Sa = torch.einsum('nij,nj->ni', S, a)
             st['q'] += ((dl - Sa) * s[:, None]).T @ X
             st['c'] += (s * (e2 - 2 * (dl * a).sum(1) + (a * Sa).sum(1))).sum()
-            # Q = sum_b S_b (x) x_b x_b^T, both factors symmetric: accumulate upper triangles only
-            Sp = S[:, self.iuS[0], self.iuS[1]] * s[:, None]
-            Xp = X[:, self.iuX[0]] * X[:, self.iuX[1]]
-            st['Q'] += Sp.T @ Xp
+            if self.free: self._keep(X, S, s)
+            else:  # Q = sum_b S_b (x) x_b x_b^T, both factors symmetric: accumulate upper triangles only
+                Sp = S[:, self.iuS[0], self.iuS[1]] * s[:, None]
+                Xp = X[:, self.iuX[0]] * X[:, self.iuX[1]]
+                st['Q'] += Sp.T @ Xp
 
 # %% ../nbs/07_hindsight.ipynb #6e316d68
 @patch
 def solve(self: _GNAcc):
-    "{scope: (minimum of the summed Taylor losses, certificate, distance to the infimum: 0, solved exactly)}."
+    "{scope: (minimum of the summed Taylor losses, certificate, distance to the infimum: 0 where solved exactly)}."
     st, out = {k: v.numpy() for k, v in self.st.items()}, {}
     vals = quad_min(st['Qn'], st['qn'], st['cn'])
     for u, v in zip(self.units, vals): out[Scope('neuron', self.layer, int(u))] = (float(v), np.nan, 0.0)
     if self.layer_scope:
         C, K1 = st['q'].shape
+        if self.free:
+            out[Scope('layer', self.layer)] = self._solve_free()
+            return out
         if self.identity: v = quad_min_shared(st['Q'], st['q'], float(st['c']))
         else:
             Q4 = st['Q'][self.idxS[:, :, None, None], self.idxX[None, None, :, :]]  # (C, C, K1, K1)
             v = float(quad_min(Q4.transpose(0, 2, 1, 3).reshape(C * K1, C * K1), st['q'].reshape(-1), float(st['c'])))
         out[Scope('layer', self.layer)] = (v, np.nan, 0.0)
     return out
+
+# %% ../nbs/07_hindsight.ipynb #a81d3c0c
+@patch
+def _keep(self: _GNAcc, X, S, s):
+    "Keep the per-sample factors (x_b, s_b S_b) of a matrix-free layer scope on its device, and add to the K-FAC sums."
+    sS = S * s[:, None, None]
+    self.kept.append((X.to(self.device), sS.to(self.device)))
+    self.st['A'] += sS.sum(0); self.st['B'] += (X * s[:, None]).T @ X; self.st['ssum'] += s.sum()
+
+# %% ../nbs/07_hindsight.ipynb #543c17c3
+@patch
+def _solve_free(self: _GNAcc):
+    "(minimum, gradient norm, estimated distance to the minimum) of the layer scope by K-FAC-preconditioned CG on Q V = -q."
+    X, sS = (torch.cat(z) for z in zip(*self.kept)); self.kept = [(X, sS)]
+    st, dev = self.st, X.device
+    q, ssum = st['q'].to(dev), float(st['ssum'])
+    hvp = lambda V: torch.einsum('ncd,nd->nc', sS, X @ V.T).T @ X  # sum_b s_b S_b V x_b x_b^T
+    M = kfac_precond(st['A'].to(dev) / ssum, st['B'].to(dev))
+    V0 = self.V if self.V is not None else torch.zeros_like(q)
+    ridge = 1e-12 * float((sS.diagonal(0, 1, 2).T @ (X * X)).max())  # the direct solve's pivot tolerance: below it, flat
+    self.V, v, gap, gn, _ = quad_cg(hvp, q, float(st['c']), V0, M, tol=1e-9 * ssum, ridge=ridge)
+    return v, gn, gap
 
 # %% ../nbs/07_hindsight.ipynb #e7eab570
 class _DenseAcc:
@@ -128,7 +154,7 @@ def _start(self: _DenseAcc, prob, keys, idx, P):
 @patch
 def solve(self: _DenseAcc):
     """{scope: (minimum of the summed Taylor losses, gradient norm there, estimated distance to the infimum)}:
-    batched damped Newton (L-BFGS beyond MAX_DIRECT variables, with no estimate of the distance)."""
+    batched damped Newton (matrix-free Newton-CG for a layer scope beyond MAX_DIRECT variables, or with solver="newton-cg")."""
     D = (LinearSamples if self.fmt == 'linear' else ConvSamples)(*(torch.cat(z).to(self.device) for z in zip(*self.parts)))
     self.parts = [D]
     if self.solver == 'lbfgs': return self._solve_lbfgs(D)
@@ -147,14 +173,12 @@ def solve(self: _DenseAcc):
     if self.layer_scope:
         prob = Problems(D, self.loss)
         P, one = prob.size(), torch.zeros(1, dtype=torch.long, device=self.device)
-        if P <= MAX_DIRECT:
+        if P <= MAX_DIRECT and self.solver != 'newton-cg':
             V, f, gn, lam, _ = newton(prob, one, self._start(prob, ['layer'], one, P), tol)
             self.V['layer'], v, g, gap = V[0], float(f[0]), float(gn[0]), float(lam[0]) / 2
-        else:  # too many variables for a Hessian: L-BFGS on the summed loss
-            Z = lambda W: prob._z(W.reshape(1, -1), *prob._design(slice(None), one))
-            L = lambda W: loss_terms(Z(W), D[1], D[2], self.loss)[0][0]
-            W, v, gr = lbfgs(L, self.V.get('layer', torch.zeros(P, dtype=torch.float64, device=self.device)), tol)
-            self.V['layer'], g, gap = W, float(gr.norm()), np.nan
+        else:  # too many variables for a Hessian: matrix-free Newton-CG (Hessian-vector products, preconditioned)
+            V, v, g, lam, _ = newton_cg(prob, self._start(prob, ['layer'], one, P)[0], tol)
+            self.V['layer'], gap = V, lam / 2
         out[Scope('layer', self.layer)] = (v, g, gap)
     return out
 
@@ -215,7 +239,7 @@ def _select(rec, scopes):
     return out
 
 # %% ../nbs/07_hindsight.ipynb #9a781dac
-SOLVERS = ('newton', 'lbfgs')
+SOLVERS = ('newton', 'newton-cg', 'lbfgs')
 
 def _accumulators(mf, scopes, device, solver):
     "One accumulator per recorded layer with scopes to solve: quadratic statistics (MSE, Linear) or stored samples."
@@ -227,7 +251,7 @@ def _accumulators(mf, scopes, device, solver):
         if lay and not e['layer_scope']: raise ValueError(f'layer scope {l} was not recorded')
         if mf['loss'] == 'mse' and e['kind'] == 'linear':
             ident = mf['fast'] and l == mf['gauss_newton']['chain'][-1]
-            accs.append(_GNAcc(l, units, [e['units'].index(u) for u in units] if ident else units, lay, ident))
+            accs.append(_GNAcc(l, units, [e['units'].index(u) for u in units] if ident else units, lay, ident, solver == 'newton-cg', device))
         else:
             accs.append(_DenseAcc(l, units, [e['units'].index(u) for u in units], lay, 'linear' if e['kind'] == 'linear' else 'conv', mf['loss'], device, solver))
     return accs
@@ -259,8 +283,8 @@ def hindsight(rec: RegretRecording | str | Path, # a recording (or its folder)
               prefixes: np.ndarray | None = None, # prefix lengths in recorded rounds (default: 64 log-spaced)
               scopes: list | None = None, # scopes to solve (default: every recorded layer and neuron scope)
               progress: bool = True, # show a progress bar
-              device: str = 'cpu', # where the convex (cross-entropy, convolution) solves run: "cpu", "cuda" or "auto"
-              solver: str = 'newton', # "newton" (batched damped Newton) or "lbfgs" (L-BFGS per problem, the baseline)
+              device: str = 'cpu', # where the convex (cross-entropy, convolution) and matrix-free solves run: "cpu", "cuda" or "auto"
+              solver: str = 'newton', # "newton" (Hessians up to MAX_DIRECT variables, matrix-free above), "newton-cg" (every layer scope matrix-free) or "lbfgs" (L-BFGS per problem, the baseline)
              ) -> pd.DataFrame:
     "Taylor optimum and regret of every scope at every prefix, from the stored factors (the fast path)."
     device = resolve_device(device)

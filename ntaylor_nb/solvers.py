@@ -13,7 +13,7 @@ from torch import Tensor
 
 # %% auto #0
 __all__ = ['MAX_DIRECT', 'quad_min', 'quad_min_shared', 'LinearSamples', 'ConvSamples', 'loss_terms', 'Problems', 'newton',
-           'lbfgs']
+           'lbfgs', 'quad_cg', 'kfac_precond', 'newton_cg']
 
 # %% ../nbs/04_solvers.ipynb #73c211e1
 def _pinv_quad(Q, q):
@@ -263,7 +263,7 @@ def newton(prob: Problems, # the batch of problems
     return V, f, g.norm(dim=-1), lam, iters
 
 # %% ../nbs/04_solvers.ipynb #532056cb
-MAX_DIRECT = 8000  # largest layer scope (variables) the direct quadratic solve takes on
+MAX_DIRECT = 8000  # largest layer scope (variables) solved with its Hessian formed; above it, the matrix-free solvers below
 
 # %% ../nbs/04_solvers.ipynb #f312ec41
 def lbfgs(fun, # V -> a float64 torch scalar
@@ -283,3 +283,142 @@ def lbfgs(fun, # V -> a float64 torch scalar
     V = V.detach().requires_grad_()
     f = fun(V); g, = torch.autograd.grad(f, V)
     return V.detach(), float(f.detach()), g
+
+# %% ../nbs/04_solvers.ipynb #2371de0a
+def quad_cg(hvp, # V -> QV, the quadratic's matrix applied without forming it
+            q: Tensor, # the linear term (any shape: the shape of V)
+            c: float, # the constant term
+            V0: Tensor, # starting point (a warm start)
+            precond=None, # R -> an approximation of Q^-1 R (None: the identity)
+            tol: float = 0.0, # stop once the estimated distance to the minimum is at most this ...
+            rtol: float = 0.0, # ... or at most this fraction of |value - c|
+            ridge: float = 0.0, # CG runs on Q + ridge I (flat directions below it stay put); the value is the unridged one
+            delay: int = 10, # iterations over which the distance is estimated (Hestenes-Stiefel)
+            max_iter: int = 5000, # iteration cap
+           ) -> tuple:
+    """min_V <V, QV> + 2<q, V> + c by preconditioned conjugate gradients; returns V, the value, the estimated
+    distance to the minimum (the decrease over the last `delay` iterations), the gradient norm and the iterations."""
+    M, Qr = precond or (lambda R: R), (lambda V: hvp(V) + ridge * V) if ridge else hvp
+    V = V0.clone(); r = -(Qr(V) + q); z = M(r); p = z.clone(); rz = (r * z).sum()
+    dec, it = [], 0
+    f = lambda V, g: float(c + (V * q).sum() + (V * g).sum())  # g = QV + q
+    for it in range(1, max_iter + 1):
+        if rz <= 0: break  # exactly at the minimum (within the preconditioner's range)
+        Qp = Qr(p); pQp = (p * Qp).sum()
+        if pQp <= 0: break
+        a = rz / pQp
+        V += a * p; r -= a * Qp
+        if it % 50 == 0: r = -(Qr(V) + q)  # residual replacement against drift
+        dec.append(float(a * rz))
+        z = M(r); rz_new = (r * z).sum()
+        p = z + (rz_new / rz) * p; rz = rz_new
+        gap = sum(dec[-delay:])
+        if len(dec) >= delay and (gap <= tol or gap <= rtol * abs(f(V, -r) - c)): break
+    g = hvp(V) + q
+    return V, f(V, g), sum(dec[-delay:]) if dec else 0.0, float(2 * g.norm()), it
+
+
+# %% ../nbs/04_solvers.ipynb #23853bda
+def kfac_precond(A: Tensor, # (C, C) the output-side factor (symmetric, positive semi-definite)
+                 B: Tensor, # (K1, K1) the input-side factor
+                 damping: float = 1e-10, # added to the factored eigenvalues, relative to the largest
+                 rcond: float = 1e-12, # eigenvalues of a factor below this fraction of its largest are null
+                ):
+    """R (C, K1) -> (A (x) B + damping)^+ R through the eigendecompositions of both factors (a Kronecker-factored
+    preconditioner), restricted to the factors' ranges, which hold the range of every sum_b A_b (x) x_b x_b'."""
+    la, Ua = torch.linalg.eigh(A); lb, Ub = torch.linalg.eigh(B)
+    ka, kb = la > rcond * la.max().clamp_min(0), lb > rcond * lb.max().clamp_min(0)
+    la, Ua, lb, Ub = la[ka], Ua[:, ka], lb[kb], Ub[:, kb]
+    lab = la[:, None] * lb[None]
+    if not lab.numel(): return torch.zeros_like
+    lab = lab + damping * lab.max()
+    return lambda R: Ua @ ((Ua.T @ R @ Ub) / lab) @ Ub.T
+
+# %% ../nbs/04_solvers.ipynb #ecfaba4c
+@patch
+def hvp(self: Problems, V: Tensor, # (P,) the point, a layer scope's variables
+        W: Tensor, # (P,) the direction
+       ) -> Tensor:
+    "The layer scope's Hessian at V applied to W, never formed: per block of samples, the outputs' move D_b W, weighted by the loss's Hessian and mapped back."
+    y, s, out = self.D[1], self.D[2], torch.zeros_like(W)
+    zero = torch.zeros(1, dtype=torch.long, device=W.device)
+    p, C = self.D[0].shape[1], self.D[4].shape[-1]
+    step = max(1, self.chunk_bytes // (8 * (8 * p + 2 * C)))  # small temporaries per sample: the design is a view
+    for i in range(0, self.n, step):
+        sl = slice(i, i + step)
+        base, des = self._design(sl, zero)
+        h = loss_terms(self._z(V[None], base, des), y[sl], s[sl], self.loss)[2]
+        dz = self._z(W[None], torch.zeros_like(base), des)  # (1, m, p): the outputs' move along W
+        hz = h(dz[..., None])[..., 0][0]  # (m, p)
+        if des[0] == 'kron':
+            J, X = des[1:]
+            out += (torch.einsum('no,noc->nc', hz, J).T @ X).reshape(-1)
+        else: out += torch.einsum('mp,mpk->k', hz, des[1][0])
+    return out
+
+
+# %% ../nbs/04_solvers.ipynb #7ff2a088
+@patch
+def precond(self: Problems, V: Tensor, # (P,) the point, a layer scope's variables
+            damping: float = 1e-10, # relative to the preconditioner's largest entry
+           ):
+    """(preconditioner, the Hessian's largest diagonal entry) for the layer scope's Hessian at V: Kronecker-factored for a Linear layer (`kfac_precond` of
+    sum_b J_b' H_b J_b and the s-weighted mean of x_b x_b'), the Hessian's diagonal for a convolution (Jacobi; zero where the diagonal is 0)."""
+    y, s = self.D[1], self.D[2]
+    zero = torch.zeros(1, dtype=torch.long, device=V.device)
+    p, C = self.D[0].shape[1], self.D[4].shape[-1]
+    if self.fmt == 'linear':
+        A, dg = V.new_zeros(C, C), V.new_zeros(C, self.D[3].shape[1]); B = V.new_zeros(self.D[3].shape[1], self.D[3].shape[1])
+        step = max(1, self.chunk_bytes // (8 * 3 * p * C))
+        for i in range(0, self.n, step):
+            sl = slice(i, i + step)
+            base, des = self._design(sl, zero)
+            h = loss_terms(self._z(V[None], base, des), y[sl], s[sl], self.loss)[2]
+            J, X = des[1:]
+            hJ = h(J[None])[0]
+            A += torch.einsum('npc,npd->cd', J, hJ); dg += (J * hJ).sum(1).T @ (X * X)
+            B += (X * s[sl, None]).T @ X
+        M = kfac_precond(A, B / s.sum(), damping)
+        return (lambda R: M(R.reshape(C, -1)).reshape(-1)), float(dg.max())
+    d, P = torch.zeros_like(V), len(V)
+    step = max(1, self.chunk_bytes // (8 * 3 * p * P))
+    for i in range(0, self.n, step):
+        sl = slice(i, i + step)
+        base, des = self._design(sl, zero)
+        h = loss_terms(self._z(V[None], base, des), y[sl], s[sl], self.loss)[2]
+        Phi = des[1]
+        d += (Phi * h(Phi)).sum((0, 1, 2))
+    dmax = float(d.max())
+    d = torch.where(d > 0, d + damping * max(dmax, 1e-300), torch.inf)  # a zero diagonal is a flat direction: left alone
+    return (lambda R: R / d), dmax
+
+
+# %% ../nbs/04_solvers.ipynb #9189ca46
+def newton_cg(prob: Problems, # the problems; only its layer scope (cols None) is solved
+              V0: Tensor, # (P,) starting point
+              tol: float, # stop once half the Newton decrement is at most this
+              max_iter: int = 100, # Newton iterations
+              rtol: float = 1e-4, # relative accuracy of each Newton system's CG solve
+             ) -> tuple:
+    """Matrix-free damped Newton on a layer scope: each direction H^-1 g by preconditioned conjugate gradients on
+    Hessian-vector products (`Problems.hvp`, `Problems.precond`), whose value -g'H^-1 g gives the Newton decrement;
+    the line search and the stop rule of `newton`. Returns V, value, gradient norm, Newton decrement, iterations."""
+    V, zero = V0.clone(), torch.zeros(1, dtype=torch.long, device=V0.device)
+    ev = lambda V: [t[0] for t in prob.evaluate(V[None], zero, hess=False)[:2]]
+    f, g = ev(V)
+    lam2, it = float('inf'), 0
+    for it in range(max_iter + 1):
+        M, dmax = prob.precond(V)
+        d, val, gap, _, _ = quad_cg(lambda W: prob.hvp(V, W), -g, 0.0, torch.zeros_like(V), M, tol=tol / 10, rtol=rtol, ridge=1e-13 * dmax)
+        lam2 = -val + gap  # the decrement g'H^-1 g, from above (CG's value approaches -g'H^-1 g from above)
+        if lam2 / 2 <= tol or it == max_iter: break
+        t = 1.0
+        for _ in range(60):
+            ft = ev(V - t * d)[0]
+            if ft <= f - 1e-4 * t * (-val): break
+            t /= 2
+        else: break  # no decrease: rounding has the last word
+        V = V - t * d
+        f, g = ev(V)
+    return V, float(f), float(g.norm()), lam2, it
+

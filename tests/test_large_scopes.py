@@ -1,0 +1,114 @@
+"""The matrix-free solvers for large layer scopes (issue 12, item 2): `solver="newton-cg"` forces them on problems small
+enough for the dense solvers, which they must match; a layer scope above MAX_DIRECT, once refused, now solves."""
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import ntaylor_nb.hindsight as hs
+from ntaylor_nb.hindsight import hindsight, hindsight_generic
+from ntaylor_nb.regret import RegretRecorder
+from ntaylor_nb.solvers import MAX_DIRECT
+
+
+def autoencoder(K=6): return nn.Sequential(nn.Linear(K, 5), nn.ReLU(), nn.Linear(5, 3), nn.ReLU(), nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, K))
+def convnet(): return nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(12, 4), nn.ReLU(), nn.Linear(4, 3))
+
+
+def record(make, loss, scopes, path, rounds=12, B=10, K=6, seed=0, **kw):
+    "Train `make()` by Adam on Gaussian inputs (random labels for cross-entropy, the inputs for MSE), recording `scopes`."
+    torch.manual_seed(seed); model = make().double()
+    g = torch.Generator().manual_seed(seed + 1)
+    conv = isinstance(model[0], nn.Conv2d)
+    X = torch.randn(200, 1, 4, 4, generator=g, dtype=torch.float64) if conv else torch.randn(200, K, generator=g, dtype=torch.float64)
+    Y = torch.randint(0, 3, (200,), generator=g) if loss == 'cross_entropy' else X * 0.5
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    with RegretRecorder(model, loss, scopes, path, X[:B], rounds, chunk_size=5, neurons_per_layer=2, **kw) as rec:
+        for step in range(rounds):
+            i = torch.randint(0, 200, (B,), generator=g)
+            out = model(X[i])
+            l = F.mse_loss(out, Y[i]) if loss == 'mse' else F.cross_entropy(out, Y[i])
+            opt.zero_grad(); l.backward(); rec.maybe(step, X[i], Y[i]); opt.step()
+    return model
+
+
+def rel(a, b): return np.abs(a - b) / np.abs(b)
+
+
+@pytest.fixture(scope='module')
+def mse_rec(tmp_path_factory):
+    p = tmp_path_factory.mktemp('mse') / 'rec'
+    return record(autoencoder, 'mse', ['layer:0', 'layer:2', 'layer:4', 'layer:6', 'neuron:2:1'], p, store_weights=True), p
+
+
+@pytest.fixture(scope='module')
+def ce_rec(tmp_path_factory):
+    p = tmp_path_factory.mktemp('ce') / 'rec'
+    return record(convnet, 'cross_entropy', ['layer:0', 'layer:4', 'layer:6', 'neuron:0:1'], p, rounds=16, store_weights=True), p
+
+
+def test_mse_matrix_free_equals_dense(mse_rec):
+    """The quadratic's CG solve (K-FAC preconditioned) against the direct solve, every Linear layer scope of a chain.
+    From 7 rounds on (70 samples, 35 variables at most): with fewer samples than variables the quadratic is so
+    ill-conditioned that neither solve is reliable to better than about 1e-5 (directions of curvature 1e-12 of the largest)."""
+    _, p = mse_rec
+    dense, free = (hindsight(p, prefixes=[7, 9, 12], progress=False, solver=s) for s in ('newton', 'newton-cg'))
+    assert (dense.scope == free.scope).all() and (dense.N == free.N).all()
+    assert rel(free.taylor_optimum.values, dense.taylor_optimum.values).max() < 1e-9
+    lay = free.kind == 'layer'
+    hidden = lay & (free.layer != '6')  # the output layer (S = I) keeps its exact per-unit solve
+    assert (free[hidden].optimum_gap > 0).all() and (free[hidden].optimum_gap <= 1e-9 / 6).all()  # tol: 1e-9 of the summed sample weights (N / p_L)
+    assert (free[~hidden].optimum_gap == 0).all()
+
+
+def test_ce_matrix_free_equals_dense(ce_rec):
+    "Newton-CG (Conv2d: Jacobi-preconditioned; Linear: K-FAC) against batched Newton with formed Hessians."
+    _, p = ce_rec
+    dense, free = (hindsight(p, prefixes=[4, 16], progress=False, solver=s) for s in ('newton', 'newton-cg'))
+    lay = (free.kind == 'layer').values
+    assert set(free[lay].layer) == {'0', '4', '6'}
+    assert (free.optimum_gap <= 1e-9).all() and (dense.optimum_gap <= 1e-9).all()
+    ok = lay & (dense.taylor_optimum.values > 1e-3)  # not separable: a finite minimum that both reach
+    assert ok.sum() >= 4
+    assert rel(free.taylor_optimum.values[ok], dense.taylor_optimum.values[ok]).max() < 1e-8
+    assert (free.taylor_optimum.values[~lay] == dense.taylor_optimum.values[~lay]).all()  # neuron scopes: the same dense path
+
+
+@pytest.mark.parametrize('which', ['mse', 'ce'])
+def test_matrix_free_against_generic(which, mse_rec, ce_rec):
+    "Against hindsight_generic (torch.func Jacobians of the model from stored weights; L-BFGS for cross-entropy)."
+    model, p = mse_rec if which == 'mse' else ce_rec
+    scopes = ['layer:0', 'layer:2', 'layer:4'] if which == 'mse' else ['layer:0', 'layer:4']
+    pre = [3, 12] if which == 'mse' else [4, 16]
+    free = hindsight(p, prefixes=pre, scopes=scopes, progress=False, solver='newton-cg')
+    gen = hindsight_generic(model, p, prefixes=pre, scopes=scopes, progress=False)
+    free, gen = free.set_index(['scope', 'N']).sort_index(), gen.set_index(['scope', 'N']).sort_index()
+    assert rel(free.taylor_optimum.values, gen.taylor_optimum.values).max() < 1e-6
+
+
+@pytest.mark.parametrize('which', ['mse', 'ce'])
+def test_warm_start_equals_cold(which, mse_rec, ce_rec):
+    "Nested prefixes warm-start CG from the previous minimiser: the last prefix's value equals a cold solve of it alone."
+    _, p = mse_rec if which == 'mse' else ce_rec
+    R = 12 if which == 'mse' else 16
+    warm = hindsight(p, prefixes=[1, 2, 5, R], progress=False, solver='newton-cg')
+    cold = hindsight(p, prefixes=[R], progress=False, solver='newton-cg')
+    w, c = warm[warm.N == R], cold
+    assert (w.scope.values == c.scope.values).all()
+    assert rel(w.taylor_optimum.values, c.taylor_optimum.values).max() < (1e-9 if which == "mse" else 1e-8)  # CE: Newton stops within 1e-9 per round
+
+
+def test_large_layer_scope_solves(tmp_path, monkeypatch):
+    "A layer scope above MAX_DIRECT (161 x 50 = 8,050 variables), refused before, is solved matrix-free by the default solver;"
+    "the same recording with the limit raised takes the direct solve (a 8,050^2 pivoted Cholesky): the two agree."
+    K = 160
+    make = lambda: nn.Sequential(nn.Linear(K, 50), nn.ReLU(), nn.Linear(50, 3), nn.ReLU(), nn.Linear(3, K))
+    record(make, 'mse', ['layer:0'], tmp_path / 'rec', rounds=6, B=8, K=K)
+    assert 50 * (K + 1) > MAX_DIRECT
+    free = hindsight(tmp_path / 'rec', prefixes=[2, 6], progress=False)  # the default solver: matrix-free above MAX_DIRECT
+    assert (free.optimum_gap > 0).all()
+    monkeypatch.setattr(hs, 'MAX_DIRECT', 10 ** 5)
+    dense = hindsight(tmp_path / 'rec', prefixes=[2, 6], progress=False)
+    assert (dense.optimum_gap == 0).all()
+    assert rel(free.taylor_optimum.values, dense.taylor_optimum.values).max() < 1e-9
