@@ -56,10 +56,10 @@ def test_compact_equals_format2_values(recs):
     assert (a.grad_norm < 1e-6).all()
     gen = hindsight_generic(model, r['auto'], [8], progress=False).set_index('scope')
     for s in SCOPES:
-        # the generic path (torch.func Jacobians, L-BFGS) stops earlier on the near-separable layer scope (2e-6 above here):
-        # Newton's value is never above it, and the two agree to 1e-5
+        # the generic path (torch.func Jacobians, L-BFGS) stops earlier on the near-separable layer scope (2e-6 above here);
+        # elsewhere the two are within their tolerances (1e-9 relative): Newton is never above by more, and they agree to 1e-5
         f, g = a.loc[(s, 8)].taylor_optimum, gen.loc[s].taylor_optimum
-        assert f <= g * (1 + 1e-12) and f == pytest.approx(g, rel=1e-5), s
+        assert f <= g * (1 + 1e-8) and f == pytest.approx(g, rel=1e-5), s
 
 
 def test_compact_size_estimate_is_what_is_written(recs):
