@@ -3,10 +3,10 @@ import json
 import sys
 from pathlib import Path
 
-from . import p12_regret, p2b_large_scope, p3_exploration, p4_ce_hindsight
+from . import p12_regret, p2b_large_scope, p3_exploration, p4_ce_hindsight, p5_conv_records
 from .common import machine
 
-MEASURES = {'P12': p12_regret, 'P2b': p2b_large_scope, 'P3': p3_exploration, 'P4-CE': p4_ce_hindsight}
+MEASURES = {'P12': p12_regret, 'P2b': p2b_large_scope, 'P3': p3_exploration, 'P4-CE': p4_ce_hindsight, 'P5': p5_conv_records}
 
 
 def main(argv):

@@ -17,7 +17,7 @@ from torch.func import functional_call
 from .devices import resolve_device
 from .gauss_newton import LinearGNRecord, replay
 from .growth import log_prefixes
-from .regret import ConvRecord, LinearJacobianRecord, OutputRecord, RegretRecording, WeightsRecord
+from .regret import ConvCompactRecord, ConvRecord, LinearJacobianRecord, OutputRecord, RegretRecording, WeightsRecord
 from .solvers import MAX_DIRECT, ConvSamples, LinearSamples, Problems, _tri, kfac_precond, lbfgs, loss_terms, newton, newton_cg, quad_cg, quad_min, quad_min_shared
 from .taylor import Scope
 
@@ -124,6 +124,19 @@ class _DenseAcc:
         self.layer, self.units, self.cols, self.layer_scope, self.fmt, self.loss = layer, list(units), list(cols), layer_scope, fmt, loss
         self.parts, self.V, self.device, self.solver = [], {}, torch.device(device), solver
 
+# %% ../nbs/07_hindsight.ipynb #e60d8ece
+def _compact_M(x, J, geom, block_bytes=2 ** 28):
+    "ConvRecord's M (n, p, U, K+1) in float64 from a compact record's input x (n, C_in, H, W) and J (n, p, U, P)."
+    x, J = torch.as_tensor(np.array(x), dtype=torch.float64), torch.as_tensor(np.array(J), dtype=torch.float64)
+    unfold = lambda z: F.unfold(z, geom['kernel_size'], geom['dilation'], geom['padding'], geom['stride'])
+    step = max(1, block_bytes // (8 * (unfold(x[:1]).numel() + J[:1].numel() // J.shape[-1] * (unfold(x[:1]).shape[1] + 1))))
+    out = []
+    for i in range(0, len(x), step):
+        Xp = unfold(x[i:i + step])
+        Xt = torch.cat([Xp, torch.ones_like(Xp[:, :1])], 1)  # (m, K+1, P): bias row
+        out.append(torch.einsum('boup,bkp->bouk', J[i:i + step], Xt))
+    return torch.cat(out)
+
 # %% ../nbs/07_hindsight.ipynb #7da4f736
 @patch
 def add(self: _DenseAcc, d, sl, s):
@@ -135,6 +148,9 @@ def add(self: _DenseAcc, d, sl, s):
     if self.fmt == 'linear':
         r = LinearJacobianRecord.from_arrays(d, f'{self.layer}/')
         parts = (torch.from_numpy(_xt(r.x[sl])), t(r.J), t(r.a))
+    elif getattr(self, 'geom', None) is not None:  # conv_compact: M made again from the stored input
+        r = ConvCompactRecord.from_arrays(d, f'{self.layer}/')
+        parts = (_compact_M(r.x[sl], r.J[sl], self.geom), t(r.m0))
     else:
         r = ConvRecord.from_arrays(d, f'{self.layer}/')
         parts = (t(r.M), t(r.m0))
@@ -254,6 +270,7 @@ def _accumulators(mf, scopes, device, solver):
             accs.append(_GNAcc(l, units, [e['units'].index(u) for u in units] if ident else units, lay, ident, solver == 'newton-cg', device))
         else:
             accs.append(_DenseAcc(l, units, [e['units'].index(u) for u in units], lay, 'linear' if e['kind'] == 'linear' else 'conv', mf['loss'], device, solver))
+            accs[-1].geom = e.get('conv') if e['record'] == 'conv_compact' else None
     return accs
 
 # %% ../nbs/07_hindsight.ipynb #af741002

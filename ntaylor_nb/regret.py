@@ -19,8 +19,9 @@ from .storage import ArrayRecord, Recorder, Recording, stored_array
 from .taylor import Scope, layer_jacobian, loss_fn, resolve_scope, weight_layers
 
 # %% auto #0
-__all__ = ['PRESETS', 'LOSS_NAMES', 'LAYER_KINDS', 'RECORDS', 'regret_scopes', 'layer_kind', 'record_kind', 'RoundRecord',
-           'OutputRecord', 'LinearJacobianRecord', 'ConvRecord', 'WeightsRecord', 'RegretRecorder', 'RegretRecording']
+__all__ = ['PRESETS', 'LOSS_NAMES', 'LAYER_KINDS', 'RECORDS', 'regret_scopes', 'layer_kind', 'record_kind', 'conv_numbers',
+           'RoundRecord', 'OutputRecord', 'LinearJacobianRecord', 'ConvRecord', 'ConvCompactRecord', 'WeightsRecord',
+           'RegretRecorder', 'RegretRecording']
 
 # %% ../nbs/06_regret.ipynb #810e5ec6
 PRESETS = ('layers', 'neurons', 'paper', 'full')
@@ -62,10 +63,23 @@ def layer_kind(module: nn.Module, # a layer of the network
 def record_kind(kind: str, # `layer_kind` of the layer
                 loss: str, # the training loss
                 fast: bool, # the model is a Linear/ReLU chain trained with MSE (the Gauss-Newton codec)
+                sizes: tuple | None = None, # Conv2d: numbers per sample of ('conv', 'conv_compact'); None: 'conv'
                ) -> str:
-    "What the layer stores each round: 'gauss_newton', 'linear_gn', 'linear_jacobian' or 'conv' (table above)."
-    if kind == 'conv2d': return 'conv'
+    "What the layer stores each round: 'gauss_newton', 'linear_gn', 'linear_jacobian', 'conv' or 'conv_compact' (table above)."
+    if kind == 'conv2d': return 'conv_compact' if sizes is not None and sizes[1] < sizes[0] else 'conv'
     return 'gauss_newton' if fast else 'linear_gn' if loss == 'mse' else "linear_jacobian"
+
+# %% ../nbs/06_regret.ipynb #18b3ac2b
+def conv_numbers(conv: nn.Conv2d, # the layer
+                 in_shape: tuple, # its input's shape (B, C_in, H, W)
+                 out_shape: tuple, # its output's shape (B, C, H', W')
+                 U: int, # recorded neurons
+                 p: int, # network outputs
+                ) -> tuple:
+    "Numbers per sample of ('conv', 'conv_compact'): p U (K+1) + p U against C_in H W + p U P + p U."
+    K1 = conv.weight[0].numel() + 1
+    P = int(np.prod(out_shape[2:]))
+    return p * U * K1 + p * U, int(np.prod(in_shape[1:])) + p * U * P + p * U
 
 # %% ../nbs/06_regret.ipynb #f75cb48f
 @dataclass
@@ -94,7 +108,14 @@ class ConvRecord(ArrayRecord):
     M: np.ndarray  # (B, p, U, K+1)
     m0: np.ndarray  # (B, p, U)
 
-RECORDS = {'linear_gn': LinearGNRecord, 'linear_jacobian': LinearJacobianRecord, 'conv': ConvRecord}
+@dataclass
+class ConvCompactRecord(ArrayRecord):
+    "A Conv2d layer's shared input and per-unit Jacobian slices, under the prefix 'LAYER/'."
+    x: np.ndarray  # (B, C_in, H, W) the layer's input
+    J: np.ndarray  # (B, p, U, P) output Jacobian with respect to the units' pre-activations
+    m0: np.ndarray  # (B, p, U)
+
+RECORDS = {'linear_gn': LinearGNRecord, 'linear_jacobian': LinearJacobianRecord, 'conv': ConvRecord, 'conv_compact': ConvCompactRecord}
 
 # %% ../nbs/06_regret.ipynb #7d5820d8
 @dataclass
@@ -133,7 +154,7 @@ def _plan(model, scopes):
 # %% ../nbs/06_regret.ipynb #a0c382ae
 class RegretRecorder(Recorder):
     "Records, round by round, what each scope's Taylor loss needs; chunks stream to disk with a JSON manifest."
-    format, what = 'ntaylor_nb.regret/2', 'regret recording'
+    format, what = 'ntaylor_nb.regret/3', 'regret recording'
     def __init__(self, model: nn.Module, # the network being trained
                  loss: str, # "mse" or "cross_entropy" (mean over the batch, as training uses)
                  scopes: str | list, # a preset of `regret_scopes` or a list of scopes
@@ -150,7 +171,10 @@ class RegretRecorder(Recorder):
                  optimizer: torch.optim.Optimizer | None = None, # recorded in the manifest (its class and hyper-parameters)
                  meta: dict | None = None, # stored with the recording: data, seed, anything
                  resume_chunks: int | None = None, # continue the recording in `path`, keeping its first resume_chunks chunks
+                 conv_record: str = 'auto', # a Conv2d layer's record: "auto" (the smaller), "conv" or "conv_compact"
                 ):
+        if conv_record not in ('auto', 'conv', 'conv_compact'): raise ValueError(f'conv_record={conv_record!r}; allowed: auto, conv, conv_compact')
+        self.conv_record = conv_record
         if loss not in LOSS_NAMES: loss_fn(loss)  # raises the clear error for unsupported losses
         super().__init__(path, schedule, chunk_size, meta, resume_chunks)
         self.model, self.loss, self.store_weights, self.disk_budget, self.memory_budget = model, loss, store_weights, disk_budget, memory_budget
@@ -181,8 +205,11 @@ def _fields(self: RegretRecorder, x, rounds, optimizer):
                          f'budget {self.disk_budget / 1e9:.2f} GB) and {mem / 1e9:.2f} GB of memory per chunk (budget {self.memory_budget / 1e9:.2f} GB): '
                          'record fewer scopes, fewer rounds (a schedule) or smaller chunks (chunk_size), or raise the budgets')
     numbers = {n: i for i, n in weight_layers(self.model).items()}
-    layers = {l: dict(number=numbers[l], kind=layer_kind(self.mods[l]), record=record_kind(layer_kind(self.mods[l]), self.loss, self.fast),
-                      units=p['units'], layer_scope=p['layer_scope']) for l, p in self.plan.items()}
+    layers = {l: dict(number=numbers[l], kind=layer_kind(self.mods[l]), record=self.records[l], units=p['units'], layer_scope=p['layer_scope'])
+              for l, p in self.plan.items()}
+    for l, e in layers.items():
+        m = self.mods[l]
+        if e['record'] == 'conv_compact': e['conv'] = dict(kernel_size=list(m.kernel_size), stride=list(m.stride), padding=list(m.padding), dilation=list(m.dilation))
     gn = dict(chain=self.chain, lowest=self.hooked[0], weight_layout=weight_layout(self.mods, self.chain, self.hooked[0], self.plan)) if self.fast and self.plan else None
     opt = None if optimizer is None else dict(name=type(optimizer).__name__, **{
         k: v for k, v in optimizer.defaults.items() if isinstance(v, (int, float, str, bool, tuple, type(None)))})
@@ -201,6 +228,12 @@ def _probe(self: RegretRecorder, x):
         for h in hs: h.remove()
     missing = [l for l in self.plan if l not in seen]
     if missing: raise ValueError(f'layer(s) {missing} are never called in the forward pass')
+    def rk(l):
+        k, m = layer_kind(self.mods[l]), self.mods[l]
+        if k != 'conv2d' or self.conv_record == 'conv' or m.groups != 1 or isinstance(m.padding, str) or m.padding_mode != 'zeros': return record_kind(k, self.loss, self.fast)
+        if self.conv_record == 'conv_compact': return 'conv_compact'
+        return record_kind(k, self.loss, self.fast, conv_numbers(m, *seen[l], len(self.plan[l]['units']), int(out[0].numel())))
+    self.records = {l: rk(l) for l in self.plan}
     return dict(layers=seen, n_out=int(out[0].numel()), B=len(x))
 
 @patch
@@ -271,7 +304,7 @@ def _layer_arrays(self: RegretRecorder, x, seen, out, y):
         lj, u = layer_jacobian(self.model, x, l, W), torch.as_tensor(p['units'], device=f0.device)
         mod = self.mods[l]
         a = seen[l][1].reshape(B, mod.weight.shape[0], -1)  # (B, C, P) pre-activations
-        kind = record_kind(layer_kind(mod), self.loss, self.fast)
+        kind = self.records[l]
         if kind == 'linear_gn':
             J = lj.J[..., 0]  # (B, p_L, C)
             e = f0 - y.reshape(B, -1)
@@ -281,6 +314,8 @@ def _layer_arrays(self: RegretRecorder, x, seen, out, y):
                                       *((S, None) if p['layer_scope'] else (None, S))).to_arrays(f'{l}/'))
         elif kind == 'linear_jacobian':
             rec.update(LinearJacobianRecord(stored_array(lj.X[..., 0]), stored_array(a[:, u, 0]), stored_array(lj.J[:, :, u, 0])).to_arrays(f'{l}/'))
+        elif kind == 'conv_compact':
+            rec.update(ConvCompactRecord(stored_array(seen[l][0]), stored_array(lj.J[:, :, u]), stored_array(torch.einsum('boup,bup->bou', lj.J[:, :, u], a[:, u]))).to_arrays(f'{l}/'))
         else:
             Xt = torch.cat([lj.X, torch.ones_like(lj.X[:, :1])], 1)  # (B, K+1, P): bias column
             Ju = lj.J[:, :, u]  # (B, p_L, U, P)
@@ -290,7 +325,7 @@ def _layer_arrays(self: RegretRecorder, x, seen, out, y):
 # %% ../nbs/06_regret.ipynb #f6cd341f
 class RegretRecording(Recording):
     "A recording on disk, read lazily chunk by chunk."
-    formats, what = ('ntaylor_nb.regret/2',), 'regret recording'
+    formats, what = ('ntaylor_nb.regret/2', 'ntaylor_nb.regret/3'), 'regret recording'
     hint = 'format 1 (ntaylor_nb 0.1.0) is not read: record the run again (train_run into a new folder)'
     def __init__(self, path: str | Path, # folder written by RegretRecorder
                 ):

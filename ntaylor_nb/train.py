@@ -30,8 +30,8 @@ from .taylor import weight_layers
 from .schedules import every
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'TASKS', 'LR_GRID', 'RunConfig', 'build_model', 'run_scopes', 'train_run', 'half_decade', 'LRSearch',
-           'search_lr', 'tune_lr']
+__all__ = ['OPTIMIZERS', 'TASKS', 'FIGURES', 'LR_GRID', 'RunConfig', 'figure_config', 'build_model', 'run_scopes', 'train_run',
+           'half_decade', 'LRSearch', 'search_lr', 'tune_lr']
 
 # %% ../nbs/12_train.ipynb #4881dc9e
 OPTIMIZERS = {'sgd': torch.optim.SGD, 'rmsprop': torch.optim.RMSprop, 'adam': torch.optim.Adam, 'rmsprop_tf': RMSpropTF, 'adam_tf': AdamTF}
@@ -55,6 +55,7 @@ class RunConfig:
     neuron_layers: list | None = None  # with "auto": weight layers whose neurons are recorded (neurons_per_layer each)
     neurons_per_layer: int = 50  # neurons per layer for the neuron scopes (a seeded draw)
     regret_every: int = 1  # record the Taylor data every k rounds
+    regret_chunk: int = 64  # rounds per chunk file of the regret recording (fewer: less memory while recording)
     probe_size: int = 1000  # datapoints in the exploration probe set (0: no exploration recording)
     exploration_units: int | None = None  # record a seeded subset of this many units per ReLU module (None: all)
     checkpoint_every: int = 500  # rounds between checkpoints
@@ -77,7 +78,7 @@ class RunConfig:
         resolve_device(self.device)  # the device's own clear errors
         need(self.scopes is None or isinstance(self.scopes, list) or self.scopes in ('auto', *PRESETS),
              f'scopes={self.scopes!r}; allowed: None, "auto", a list of scopes, or one of {", ".join(PRESETS)}')
-        for k in ('neurons_per_layer', 'regret_every', 'checkpoint_every'):
+        for k in ('neurons_per_layer', 'regret_every', 'regret_chunk', 'checkpoint_every'):
             need(isinstance(getattr(self, k), int) and getattr(self, k) >= 1, f'{k}={getattr(self, k)!r} must be a positive integer')
         need(isinstance(self.probe_size, int) and self.probe_size >= 0, f'probe_size={self.probe_size!r} must be an integer >= 0')
         return self
@@ -86,6 +87,19 @@ class RunConfig:
     def loss(self) -> str:
         "The task's loss."
         return TASKS[self.task]['loss']
+
+# %% ../nbs/12_train.ipynb #44a7db2d
+FIGURES = {'figure3': dict(task='convnet', dataset='cifar10', optimizer='rmsprop', epochs=2, layers=[], neuron_layers=[1, 2, 3],
+                           neurons_per_layer=50, regret_every=20, regret_chunk=8, disk_budget=5e9),
+           'figure4a': dict(task='convnet', dataset='cifar10', epochs=2, layers=[1, 2, 3, 4], neuron_layers=[],
+                            regret_every=25, regret_chunk=8, disk_budget=5e9)}
+
+def figure_config(name: str, # "figure3" or "figure4a"
+                  **kw, # any other RunConfig field (figure 4(a): the optimizer; lr, epochs, data_root, ...)
+                 ) -> RunConfig:
+    "The RunConfig of a figure's runs, validated."
+    if name not in FIGURES: raise ValueError(f'figure={name!r}; allowed: {", ".join(FIGURES)}')
+    return RunConfig(**{**FIGURES[name], **kw}).validate()
 
 # %% ../nbs/12_train.ipynb #a716ce78
 def build_model(cfg: RunConfig, # the run's configuration
@@ -148,7 +162,7 @@ def _recorders(cfg, run, model, opt, X, B, total, state):
     meta = dict(task=cfg.task, dataset=cfg.dataset, seed=cfg.seed, lr=cfg.lr)
     scopes = run_scopes(cfg, model)
     reg = (RegretRecorder(model, cfg.loss, scopes, run.file('regret'), X[:B], math.ceil(total / cfg.regret_every), cfg.neurons_per_layer,
-                          cfg.seed, every(cfg.regret_every), chunk_size=64, disk_budget=cfg.disk_budget, optimizer=opt, meta=meta,
+                          cfg.seed, every(cfg.regret_every), chunk_size=cfg.regret_chunk, disk_budget=cfg.disk_budget, optimizer=opt, meta=meta,
                           resume_chunks=state['regret_chunks'] if state else None) if scopes else None)
     probe = X[torch.as_tensor(probe_indices(len(X), cfg.probe_size, cfg.seed), device=X.device)] if cfg.probe_size else None
     exp = (ExplorationRecorder(model, probe, run.file('exploration'), units_per_layer=cfg.exploration_units, seed=cfg.seed, chunk_size=8,
