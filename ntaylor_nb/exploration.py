@@ -4,7 +4,6 @@
 
 # %% ../nbs/09_exploration.ipynb #9dd428f1
 from __future__ import annotations
-import json
 from pathlib import Path
 
 import numpy as np
