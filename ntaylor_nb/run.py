@@ -152,7 +152,7 @@ def _analyze_regret(run: Run, prefixes: int, progress: bool, device: str) -> dic
     if rec is None: return {}
     df = hindsight(rec, log_prefixes(len(rec), prefixes), progress=progress, device=device)
     df.to_csv(run.file('regret_table'), index=False)
-    s = dict(max_optimum_gap=float(df.optimum_gap.max()))  # 0 for exact (quadratic) solves; see ntaylor_nb.regret
+    s = dict(max_optimum_gap=float(df.optimum_gap.max()))  # 0 for exact (quadratic) solves; see ntaylor_nb.hindsight
     ex = regret_exponents(df, lo=max(2, len(rec) // 50), n_boot=300)
     ex.to_csv(run.file('exponents'), index=False)
     for r in ex.itertuples(): s[f'exponent_{r.kind}_{r.layer}'] = r.exponent
