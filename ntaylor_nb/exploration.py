@@ -184,7 +184,7 @@ def exploration_measures(A: np.ndarray | ExplorationRecording, # (N, D, M) confi
                          which: tuple = ('novelty', 'switches', 'log_volume'), # measures to compute
                          block_bytes: int = 2 ** 28, # memory for one block of units in float32
                         ) -> dict[str, np.ndarray]:
-    "The three measures of figure 5 in one pass over blocks of units, unsorted: novelty (N,), switches (D,), log_volume (M,)."
+    "The three measures of figure 5 in one pass over blocks of units, unsorted: novelty (N,), switches (D,), log_volume and sv_above_floor (M,)."
     P, D, M = _packed_units(A)
     N = len(P)
     if 'switches' in which and N < 2: raise ValueError(f'switches need at least 2 snapshots, got {N}')
@@ -192,7 +192,7 @@ def exploration_measures(A: np.ndarray | ExplorationRecording, # (N, D, M) confi
     Un = U.numpy()
     gram, sw = np.zeros((N, N)), np.zeros(D, np.int64)
     H = np.eye(N) - 1.0 / N
-    lv = np.empty(M)
+    lv, above = np.empty(M), np.empty(M, np.int64)
     mb = max(1, min(M, block_bytes // max(1, 4 * N * D)))
     ftype = torch.float32 if D < 2 ** 24 else torch.float64  # K's entries are counts <= D: exact in float32 below 2^24
     for m0 in range(0, M, mb):
@@ -206,13 +206,14 @@ def exploration_measures(A: np.ndarray | ExplorationRecording, # (N, D, M) confi
             sv = np.sqrt(np.clip(ev, 0, None))
             if sv.shape[1] < k: sv = np.concatenate([sv, np.zeros((len(sv), k - sv.shape[1]))], 1)
             lv[m0:m0 + mb] = np.log(np.maximum(sv, floor)).sum(1)
+            above[m0:m0 + mb] = (sv > floor).sum(1)
     out = {}
     if 'novelty' in which:
         sq = np.diag(gram)
         ham = sq[:, None] + sq[None, :] - 2 * gram  # |A_n - A_k|^2 for 0/1 entries
         out['novelty'] = np.array([np.nan] + [ham[n, :n].min() for n in range(1, N)])
     if 'switches' in which: out['switches'] = sw / ((N - 1) * M)
-    if 'log_volume' in which: out['log_volume'] = lv
+    if 'log_volume' in which: out['log_volume'], out['sv_above_floor'] = lv, above
     return out
 
 # %% ../nbs/09_exploration.ipynb #f1e9d236
@@ -242,14 +243,14 @@ def layer_summary(rec: ExplorationRecording, # a recording
                   k: int = 50, # singular values for the log-volume
                   floor: float = 1e-3, # singular-value floor
                  ) -> pd.DataFrame:
-    "One row per recorded module: units, mean novelty (per unit), mean switch proportion, mean and median log-volume."
+    "One row per recorded module: units, mean novelty (per unit), mean switch proportion, mean and median log-volume, mean count of singular values above the floor."
     A, um, rows = rec.dense(), rec.unit_module(), []
     for i, m in enumerate(rec.modules):
         a = A[:, :, um == i]
         ms = exploration_measures(a, k, floor, which=('novelty', 'switches', 'log_volume') if len(a) > 1 else ('novelty', 'log_volume'))
         rows.append(dict(module=m['name'], units=a.shape[2], novelty_per_unit=np.nanmean(ms['novelty']) / a.shape[2] if len(a) > 1 else np.nan,
                          switches=ms['switches'].mean() if len(a) > 1 else np.nan, log_volume_mean=ms['log_volume'].mean(),
-                         log_volume_median=np.median(ms['log_volume'])))
+                         log_volume_median=np.median(ms['log_volume']), sv_above_floor_mean=ms['sv_above_floor'].mean()))
     return pd.DataFrame(rows)
 
 # %% ../nbs/09_exploration.ipynb #ccc2baee

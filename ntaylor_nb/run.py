@@ -136,13 +136,23 @@ def _table(self: Run, name):
     self.analyze(); f = self.file(name)
     return pd.read_csv(f) if f.is_file() else None
 
+# %% ../nbs/13_run.ipynb #e348a47d
+def _lr_origin(run: Run, lr: float) -> dict:
+    "lr_tuned (the search's choice, or None) and lr_label ('tuned', 'tuned x F' or 'fixed') of a run whose rate is `lr`."
+    f = run.file('lr_tuning')
+    if not f.is_file(): return dict(lr_tuned=None, lr_label='fixed')
+    t = pd.read_csv(f)
+    tuned = float(t.lr[t.chosen].iloc[0])
+    factor = lr / tuned
+    return dict(lr_tuned=tuned, lr_label='tuned' if np.isclose(factor, 1, rtol=1e-9) else f'tuned x {factor:.3g}')
+
 # %% ../nbs/13_run.ipynb #19b86649
 def _training_summary(run: Run) -> dict:
     "What a complete run's params.json and done.json say about it, flat."
     p, done = run.params, run.result
     c = p['config']
     acc = done['last_epoch_accuracy']
-    return dict(task=c['task'], dataset=c['dataset'], optimizer=c['optimizer'], lr=c['lr'], seed=c['seed'], rounds=done['rounds'],
+    return dict(task=c['task'], dataset=c['dataset'], optimizer=c['optimizer'], lr=c['lr'], **_lr_origin(run, c['lr']), seed=c['seed'], rounds=done['rounds'],
                 last_epoch_loss=done['last_epoch_loss'], device=p['device'], last_epoch_accuracy=acc if np.isfinite(acc or np.nan) else None)
 
 # %% ../nbs/13_run.ipynb #ddb1a7aa
@@ -168,7 +178,8 @@ def _analyze_exploration(run: Run) -> dict:
     ms = exploration_measures(er)
     np.savez(run.file('exploration_measures'), **ms)
     layer_summary(er).to_csv(run.file('exploration_layers'), index=False)
-    return dict(novelty=float(np.nanmean(ms['novelty'])), switches=float(ms['switches'].mean()), log_volume=float(ms['log_volume'].mean()))
+    return dict(novelty=float(np.nanmean(ms['novelty'])), switches=float(ms['switches'].mean()), log_volume=float(ms['log_volume'].mean()),
+                snapshots=len(er), sv_above_floor=float(ms['sv_above_floor'].mean()))
 
 # %% ../nbs/13_run.ipynb #858793eb
 def _analyze(run: Run, prefixes: int, progress: bool, device: str) -> dict:

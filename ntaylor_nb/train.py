@@ -29,8 +29,8 @@ from .taylor import weight_layers
 from .schedules import every
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'TASKS', 'FIGURES', 'LR_GRID', 'RunConfig', 'figure_config', 'build_model', 'run_scopes', 'train_run',
-           'half_decade', 'LRSearch', 'search_lr', 'tune_lr']
+__all__ = ['OPTIMIZERS', 'TASKS', 'FIGURES', 'LR_GRID', 'RunConfig', 'figure_config', 'build_model', 'run_scopes',
+           'snapshot_rounds', 'train_run', 'half_decade', 'LRSearch', 'search_lr', 'tune_lr']
 
 # %% ../nbs/12_train.ipynb #4881dc9e
 OPTIMIZERS = {'sgd': torch.optim.SGD, 'rmsprop': torch.optim.RMSprop, 'adam': torch.optim.Adam, 'rmsprop_tf': RMSpropTF, 'adam_tf': AdamTF}
@@ -57,6 +57,7 @@ class RunConfig:
     regret_chunk: int = 64  # rounds per chunk file of the regret recording (fewer: less memory while recording)
     probe_size: int = 1000  # datapoints in the exploration probe set (0: no exploration recording)
     exploration_units: int | None = None  # record a seeded subset of this many units per ReLU module (None: all)
+    snapshots: int | None = None  # exploration snapshots, evenly spaced from round 0 to the last (None: at the start and after every epoch)
     checkpoint_every: int = 500  # rounds between checkpoints
     data_root: str | None = None  # data root for mnist / cifar10 (default: $NTAYLOR_DATA or ./data)
     disk_budget: float = 8e9  # largest regret recording allowed, in bytes
@@ -80,6 +81,8 @@ class RunConfig:
         for k in ('neurons_per_layer', 'regret_every', 'regret_chunk', 'checkpoint_every'):
             need(isinstance(getattr(self, k), int) and getattr(self, k) >= 1, f'{k}={getattr(self, k)!r} must be a positive integer')
         need(isinstance(self.probe_size, int) and self.probe_size >= 0, f'probe_size={self.probe_size!r} must be an integer >= 0')
+        need(self.snapshots is None or (isinstance(self.snapshots, int) and self.snapshots >= 2),
+             f'snapshots={self.snapshots!r} must be None (once per epoch) or an integer >= 2')
         return self
 
     @property
@@ -142,6 +145,17 @@ class _Training:
     model: nn.Module; opt: torch.optim.Optimizer; start: int  # the round it (re)starts at
     reg: RegretRecorder | None; exp: ExplorationRecorder | None
     metrics: list; epochs: list; written: dict  # rows so far, and how many of each are on disk
+    snap: frozenset = frozenset()  # rounds after which the probe set is snapshot (0: before the first)
+
+# %% ../nbs/12_train.ipynb #5a2d64c9
+def snapshot_rounds(snapshots: int | None, # RunConfig.snapshots: how many, evenly spaced (None: at the start and after every epoch)
+                    total: int, # rounds of the run
+                    per_epoch: int, # rounds per epoch
+                   ) -> list[int]:
+    "The rounds after which the probe set's activations are recorded (0: before training), ascending, the last round included."
+    if snapshots is None: return sorted({*range(0, total + 1, per_epoch), total})
+    if snapshots > total + 1: raise ValueError(f'snapshots={snapshots} exceeds the {total} rounds of the run plus the start ({total + 1})')
+    return sorted({round(i * total / (snapshots - 1)) for i in range(snapshots)})
 
 # %% ../nbs/12_train.ipynb #566ece0d
 def _start_or_resume(run, cfg, model, opt, dev, **facts):
@@ -186,7 +200,8 @@ def _prepare(cfg: RunConfig, run: Run) -> _Training:
     metrics, epochs = _rows(run.file('metrics'), start), _rows(run.file('epochs'), start // per_epoch)
     _write_rows(run.file('metrics'), metrics, 'round,epoch,loss,accuracy'); _write_rows(run.file('epochs'), epochs, 'epoch,loss,accuracy')
     return _Training(cfg, run, X, Y, B, per_epoch, total, model, opt, start, reg, exp, metrics, epochs,
-                     written=dict(metrics=len(metrics), epochs=len(epochs)))
+                     written=dict(metrics=len(metrics), epochs=len(epochs)),
+                     snap=frozenset(snapshot_rounds(cfg.snapshots, total, per_epoch)) if exp else frozenset())
 
 # %% ../nbs/12_train.ipynb #37e68e6c
 def _checkpoint(t: _Training, r: int):
@@ -233,9 +248,8 @@ def _train_rounds(t: _Training, progress: bool):
             if order[0] != epoch: order = (epoch, _epoch_order(t.cfg, len(t.X), epoch).to(t.X.device))  # one permutation per epoch
             _round(t, r, epoch, order[1][pos * t.B:(pos + 1) * t.B])
             r += 1; bar.update()
-            if r % t.per_epoch == 0:
-                t.epochs.append(_epoch_row(t.metrics, epoch))
-                if t.exp: t.exp.record(r)
+            if r % t.per_epoch == 0: t.epochs.append(_epoch_row(t.metrics, epoch))
+            if r in t.snap: t.exp.record(r)
             if r % t.cfg.checkpoint_every == 0 or r % t.per_epoch == 0 or r == t.total: _checkpoint(t, r)
     bar.close()
 
@@ -339,6 +353,24 @@ def _total_rounds(cfg: RunConfig) -> int:
     per_epoch = len(X) // (cfg.batch_size or TASKS[cfg.task]['batch_size'])
     return min(cfg.rounds or per_epoch * cfg.epochs, per_epoch * cfg.epochs)
 
+# %% ../nbs/12_train.ipynb #d4c25b54
+def _search_file(cache, key):
+    import hashlib
+    h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Path(cache) / f"{key['base']['task']}-{key['base']['dataset']}-{key['base']['optimizer']}-{h}.csv"
+
+def _cached_search(cache, key) -> LRSearch | None:
+    "The search saved in `cache` for `key`, or None."
+    import pandas as pd
+    f = _search_file(cache, key)
+    if not f.is_file(): return None
+    t = pd.read_csv(f)
+    return LRSearch(float(t.lr[t.chosen].iloc[0]), bool(t.at_edge.iloc[0]), t)
+
+def _save_search(cache, key, s: LRSearch):
+    f = _search_file(cache, key); f.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f.with_name(f'{f.name}.{os.getpid()}.tmp'); s.trials.to_csv(tmp, index=False); os.replace(tmp, f)
+
 # %% ../nbs/12_train.ipynb #6133a97c
 def tune_lr(cfg: RunConfig, # the run to tune (its lr and seed are ignored)
             lrs: list | None = None, # the first grid (default: LR_GRID[cfg.optimizer]), extended while the best is at an end
@@ -347,6 +379,7 @@ def tune_lr(cfg: RunConfig, # the run to tune (its lr and seed are ignored)
             seeds: Sequence[int] = (0, 1), # seeds of the trials: the same for every run of an optimizer, whatever its seed
             fraction: float = 1.0, # each trial trains this fraction of the run's rounds (1: the run's whole horizon)
             max_extend: int = 4, # the cap: rates tried beyond each end of the grid at most
+            cache: str | Path | None = None, # a folder: a search already saved there for the same setting is read, not repeated
            ) -> LRSearch:
     "The learning rate that minimises the mean final training loss (last epoch's mean) over `seeds`, found by `search_lr`."
     import tempfile
@@ -356,6 +389,8 @@ def tune_lr(cfg: RunConfig, # the run to tune (its lr and seed are ignored)
     base = replace(cfg, epochs=epochs or cfg.epochs, scopes=None, probe_size=0).validate()
     rounds = _total_rounds(base)
     if fraction < 1: base = replace(base, rounds=(rounds := max(1, math.ceil(fraction * rounds))))
+    key = dict(base=asdict(replace(base, lr=0.0, seed=0, device='')), grid=sorted(lrs or LR_GRID[cfg.optimizer]), seeds=list(seeds), max_extend=max_extend)
+    if cache is not None and (saved := _cached_search(cache, key)) is not None: return saved
     bar = tqdm(desc=f'tuning {cfg.optimizer}', unit='trial', disable=not progress)
     def trial(lr, seed):
         with tempfile.TemporaryDirectory() as d:
@@ -365,4 +400,6 @@ def tune_lr(cfg: RunConfig, # the run to tune (its lr and seed are ignored)
         return done['last_epoch_loss'] if done['last_epoch_loss'] is not None else done['final_loss']
     s = search_lr(trial, lrs or LR_GRID[cfg.optimizer], seeds, max_extend=max_extend)
     bar.close()
-    return s._replace(trials=s.trials.assign(optimizer=cfg.optimizer, rounds=rounds)[['optimizer', 'rounds', *s.trials]])
+    s = s._replace(trials=s.trials.assign(optimizer=cfg.optimizer, rounds=rounds)[['optimizer', 'rounds', *s.trials]])
+    if cache is not None: _save_search(cache, key, s)
+    return s

@@ -17,7 +17,7 @@ PY=${PYTHON:-python3}; SIZE=${SIZE:-full}; TASKS=${TASKS:-autoencoder,convnet}
 OUT_DIR=${OUT_DIR:-runs/p4}; WHEELS=${WHEELS:-.whl/gpu-py312}; DEVDATA=${DEVDATA:-.devdata}
 SITE=${SITE:-/tmp/ntaylor-site}; DATA_ROOT=${DATA_ROOT:-/tmp/ntaylor-data}; KERNEL=ntaylor-p4
 case $SIZE in
-  full) AE_DEFAULT="dataset=mnist epochs=5 lr=tune tune_epochs=1 probe_size=1000 neurons_per_layer=50 prefixes=64"
+  full) AE_DEFAULT="dataset=mnist epochs=5 lr=tune tune_fraction=0.2 snapshots=101 probe_size=1000 neurons_per_layer=50 prefixes=64"
         CONV_DEFAULT="dataset=cifar10 epochs=2 lr=tune tune_epochs=1 layers=[5] neuron_layers=[1,4] neurons_per_layer=10 regret_every=10 probe_size=1000 exploration_units=500 prefixes=16" ;;
   tiny) AE_DEFAULT="dataset=mnist rounds=12 lr=0.01 neurons_per_layer=2 probe_size=30 prefixes=4"
         CONV_DEFAULT="dataset=cifar10 rounds=4 batch_size=16 lr=0.001 neurons_per_layer=2 probe_size=10 exploration_units=10 prefixes=2" ;;

@@ -1,6 +1,7 @@
 """Put an executed report notebook on the docs site, saying what it was run on, when, and by which version.
 
-Usage: python tools/publish_report.py EXECUTED.ipynb DEST.ipynb "WHAT IT RAN ON" (run by `make results`).
+Usage: python tools/publish_report.py EXECUTED.ipynb DEST.ipynb "WHAT IT RAN ON" [MAKE TARGET] (run by `make results`
+and `make reproduce`).
 The code cells are kept exactly as executed (tests/test_docs.py checks they are the report notebook's)."""
 import datetime
 import subprocess
@@ -11,7 +12,7 @@ import nbformat
 import ntaylor_nb
 
 
-def main(src, dest, what):
+def main(src, dest, what, target='results'):
     from pathlib import Path
     if not Path(src).is_file(): sys.exit(f'{src} does not exist: run the report first (make demo writes it)')
     nb = nbformat.read(src, 4)
@@ -22,7 +23,7 @@ def main(src, dest, what):
         sys.exit(f'{src} is not an executed report: its first cell should be the markdown title "# Report: ..."')
     head = nbformat.v4.new_markdown_cell(
         f'# The report on {what}\n\n'
-        f'> `nbs/experiments/report.ipynb` executed by `make results` on {datetime.date.today().isoformat()} with ntaylor_nb '
+        f'> `nbs/experiments/report.ipynb` executed by `make {target}` on {datetime.date.today().isoformat()} with ntaylor_nb '
         f'{ntaylor_nb.__version__} at commit {commit}{" (with uncommitted changes)" if dirty else ""}: every output below is '
         'what the code printed and drew from the saved runs; nothing was edited by hand. The runs\' parameters are in the '
         'first table and in each run folder\'s `params.json`.')
@@ -31,5 +32,5 @@ def main(src, dest, what):
 
 
 if __name__ == '__main__':
-    if len(sys.argv) != 4: sys.exit(__doc__)
-    main(*sys.argv[1:4])
+    if len(sys.argv) not in (4, 5): sys.exit(__doc__)
+    main(*sys.argv[1:])
