@@ -174,7 +174,7 @@ def growth_rows(df: pd.DataFrame, # one configuration's regret tables, with task
                ) -> list[dict]:
     "The C1 rows of one configuration: per (kind, layer_number), the exponent's interval over seeds and the directional verdict."
     r0 = df.iloc[0]; key, rows = (r0.task, r0.dataset), []
-    for (kind, num), d in df.groupby(['kind', 'layer_number'], sort=True):
+    for (kind, num), d in df[df.kind.isin(['neuron', 'layer'])].groupby(['kind', 'layer_number'], sort=True):  # a network scope has no layer
         s = _c1_seeds(d, lo, band); iv = seed_interval(s.exponent, level)
         verdict, why = c1_verdict(iv, len(s), bool((s['last'] <= 0).all()), band)
         noexp = list(s.index[s.exponent.isna()])
