@@ -88,33 +88,3 @@ def test_batch_runner_reports_failures(tmp_path):
     t = run_grid(ROOT / 'nbs/experiments/autoencoder.ipynb', {'optimizer': ['nope']}, tmp_path / 'f', params=AE_TINY, cwd=ROOT, progress=False)
     assert t.status.tolist() == ['failed'] and 'allowed' in t.error[0]
     with pytest.raises(ValueError, match='must be lists'): run_grid(ROOT / 'nbs/experiments/autoencoder.ipynb', {'seed': 1}, tmp_path / 'g')
-
-
-def test_claim_verdicts_on_constructed_runs(tmp_path):
-    "The verdict logic on summaries whose answers are known (no regret tables: only the loss, gap and exploration claims)."
-    from ntaylor_nb.report import claims_table
-    def runs(gaps, novelty):
-        return pd.DataFrame([dict(task='autoencoder', optimizer=o, seed=0, path=str(tmp_path / o), last_epoch_loss=l,
-                                  gap_layer_5=g, novelty=n, switches=n / 10, log_volume=-n)
-                             for o, l, g, n in zip(['sgd', 'rmsprop', 'adam'], [0.07, 0.04, 0.03], gaps, novelty)])
-    verdict = lambda t, claim: t.set_index('claim').verdict[claim]
-    gap = 'autoencoder: gap between loss and Taylor optimum is smaller for adaptive optimizers'
-    t = claims_table(runs([0.01, 0.004, 0.002], [1, 3, 2]))
-    assert verdict(t, gap) == 'holds' and verdict(t, 'autoencoder: adaptive optimizers reach a lower loss than SGD') == 'holds'
-    assert verdict(t, 'autoencoder: RMSProp explores more than SGD (novelty)') == 'holds'
-    assert verdict(t, 'autoencoder: Adam explores less than RMSProp and more than SGD (novelty)') == 'holds'
-    assert verdict(t, 'autoencoder: Adam explores less than RMSProp and more than SGD (log_volume)') == 'does not hold'  # -1 > -2 > -3
-    # negative gaps are not small ones: the H100 MNIST case (sgd 0.000548, rmsprop -0.000139, adam -0.00167)
-    t = claims_table(runs([0.000548, -0.000139, -0.00167], [1, 3, 2]))
-    assert verdict(t, gap) == 'does not hold' and 'negative for rmsprop, adam' in t.set_index('claim').measured[gap]
-    # regret tables: regret = c sqrt(N) is consistent with the claim; a solver gap that is a large share of the regret is said
-    N = np.arange(1, 65)
-    for o, share in [('sgd', 0.0), ('rmsprop', 0.005), ('adam', 0.2)]:
-        (tmp_path / o / 'analysis').mkdir(parents=True)
-        pd.DataFrame([dict(scope=f'neuron:2:{k}', kind='neuron', layer='2', N=n, regret=(1 + k) * np.sqrt(n), optimum_gap=share * (1 + k) * np.sqrt(n) / n)
-                      for k in range(3) for n in N]).to_csv(tmp_path / o / 'analysis' / 'regret.csv', index=False)
-    t = claims_table(runs([0.01, 0.004, 0.002], [1, 3, 2])).set_index('claim')
-    for o in ('sgd', 'rmsprop', 'adam'):
-        row = t.loc[f'autoencoder: neuron-wise regret grows like sqrt(N) ({o})']
-        assert row.verdict == 'consistent' and row.measured.startswith('exponent 0.50 [0.50, 0.50] over 3 neuron runs')
-        assert ("optimum_gap is up to 20.0% of a regret" in row.measured) == (o == 'adam')

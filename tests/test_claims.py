@@ -1,0 +1,281 @@
+"""The claims protocol (ntaylor_nb.claims) on constructed runs and regret tables whose answers are known: every verdict,
+the intervals against scipy's t tests, the counts of non-positive prefixes, the neuron share by brute force, and the
+refusals to pool."""
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from ntaylor_nb.claims import (CONSISTENT, FAILS, FASTER, HOLDS, INCONCLUSIVE, NEGATIVE_REGRET, NOT_MEASURED, SHOWN, SLOWER,
+                               claims_table, lr_table, variant_agreement)
+
+N = np.unique(np.geomspace(1, 400, 40).round())  # log-spaced prefixes, as hindsight's
+LO = np.sqrt(N.max())  # the default window: N >= max(2, sqrt(N_max))
+
+
+def runs_table(cols, task='autoencoder', dataset='digits', lr=None):
+    "cols: {(optimizer, lr_label): {column: one value per seed}}; seeds 0.. unless a 'seed' list is given."
+    rows = []
+    for (o, l), d in cols.items():
+        d = dict(d); seeds = d.pop('seed', list(range(len(next(iter(d.values()))))))
+        for i, s in enumerate(seeds):
+            rows.append(dict(task=task, dataset=dataset, optimizer=o, lr_label=l, lr=(lr or {}).get((o, l), 0.1), seed=s,
+                             path=f'{task}/{dataset}/{o}/{l}/{s}', **{c: v[i] for c, v in d.items()}))
+    return pd.DataFrame(rows)
+
+
+def hindsight_table(curves, kind='neuron', layer_number=2):
+    "A hindsight-like table from {neuron: regret array over N} (a layer scope: one curve, neuron -1)."
+    rows = []
+    for k, R in curves.items():
+        for n, r in zip(N, R):
+            rows.append(dict(scope=f'{kind}:{layer_number}:{k}', kind=kind, layer=str(layer_number), layer_number=layer_number,
+                             neuron=k if kind == 'neuron' else -1, N=int(n), step=int(n) - 1, cumulative_loss=n * 0.1 + r,
+                             taylor_optimum=0.1 - 0.0, regret=r, grad_norm=0.0, optimum_gap=0.0))
+    df = pd.DataFrame(rows)
+    return df.assign(regret_sqrtN=df.regret / np.sqrt(df.N), average_loss=df.cumulative_loss / df.N)
+
+
+def c1(exponents, neurons=3, noise=0.01, kind='neuron', layer_number=2, sign=1.0, task='autoencoder', seed=0):
+    "claims_table's C1 rows for one SGD configuration whose seed s has regret (1 + k) N^exponents[s] (1 + noise) per neuron k."
+    rng = np.random.default_rng(seed)
+    tabs = {f'{task}/digits/sgd/tuned/{s}': hindsight_table({k: sign * (1 + k) * N ** a * (1 + noise * rng.standard_normal(len(N)))
+                                                            for k in range(neurons if kind == 'neuron' else 1)}, kind, layer_number)
+            for s, a in enumerate(exponents)}
+    runs = runs_table({('sgd', 'tuned'): dict(x=[0] * len(exponents))}, task=task)
+    t = claims_table(runs, regret_table=tabs.get, measures=None)
+    return t[t.claim.str.startswith('C1')].set_index('claim'), tabs
+
+
+def seed_exponents(tabs):
+    "Independently: per seed, the slope of log(mean regret over neurons) on log N over N >= LO."
+    out = []
+    for t in tabs.values():
+        c = t.groupby('N').regret.mean(); c = c[(c.index >= LO) & (c > 0)]
+        out.append(np.polyfit(np.log(c.index), np.log(c.values), 1)[0])
+    return np.array(out)
+
+
+@pytest.mark.parametrize('a,verdict', [(0.5, CONSISTENT), (0.3, SLOWER), (0.8, FASTER)])
+def test_c1_directional_verdicts(a, verdict):
+    t, tabs = c1([a, a, a])
+    row = t.loc['C1: regret grows like sqrt(N)']
+    assert row.verdict == verdict and row.seeds == 3 and row.kind == 'neuron' and row.layer_number == 2
+    x = seed_exponents(tabs)
+    lo, hi = stats.ttest_1samp(x, 0).confidence_interval(0.95)
+    assert row.estimate == pytest.approx(x.mean()) and abs(row.estimate - a) < 0.01
+    assert (row.ci_low, row.ci_high) == pytest.approx((lo, hi))
+    assert row.note.startswith('0 of ') and 'fitted prefixes have regret <= 0' in row.note
+
+
+def test_c1_wide_spread_and_two_seeds_are_inconclusive():
+    t, _ = c1([0.2, 0.5, 0.8])
+    row = t.loc['C1: regret grows like sqrt(N)']
+    assert row.verdict == INCONCLUSIVE and row.ci_low < 0.4 and row.ci_high > 0.6
+    t, _ = c1([0.5, 0.5])
+    row = t.loc['C1: regret grows like sqrt(N)']
+    assert row.verdict == INCONCLUSIVE and row.note.startswith('2 seeds; at least 3 needed') and abs(row.estimate - 0.5) < 0.01
+
+
+def test_c1_negative_regret_is_counted_and_reported():
+    t, tabs = c1([0.5, 0.5, 0.5], sign=-1.0)
+    row = t.loc['C1: regret grows like sqrt(N)']
+    K = int((N >= LO).sum())
+    assert row.verdict == SLOWER and row.note.startswith(NEGATIVE_REGRET)
+    assert f'{3 * K} of {3 * K} fitted prefixes have regret <= 0' in row.note and 'seed(s) [0, 1, 2]: fewer than 3 positive prefixes' in row.note
+    # a few non-positive prefixes in the window: counted, and the fit uses the positive ones
+    for tab in tabs.values(): tab['regret'] = -tab.regret
+    bad = N[N >= LO][[1, 4]]
+    for tab in tabs.values(): tab.loc[tab.N == bad[0], 'regret'] = 0.0; tab.loc[tab.N == bad[1], 'regret'] = -1.0  # every neuron: the mean curve too
+    runs = runs_table({('sgd', 'tuned'): dict(x=[0, 0, 0])})
+    row = claims_table(runs, regret_table=tabs.get, measures=None).set_index('claim').loc['C1: regret grows like sqrt(N)']
+    assert row.verdict == CONSISTENT and f'6 of {3 * K} fitted prefixes have regret <= 0' in row.note
+    assert row.estimate == pytest.approx(seed_exponents(tabs).mean())
+
+
+def test_c1_neuron_share_by_brute_force():
+    rng = np.random.default_rng(3)
+    ex = [[0.5, 0.45, 0.9], [0.5, 0.2, 0.3], [0.55, 0.5, 0.58]]  # per seed, per neuron
+    tabs = {f'autoencoder/digits/sgd/tuned/{s}': hindsight_table({k: (1 + k) * N ** a * (1 + 0.01 * rng.standard_normal(len(N))) for k, a in enumerate(e)})
+            for s, e in enumerate(ex)}
+    t = claims_table(runs_table({('sgd', 'tuned'): dict(x=[0, 0, 0])}), regret_table=tabs.get, measures=None).set_index('claim')
+    share = t.loc['C1: regret grows like sqrt(N), individually']
+    per_seed = []
+    for tab in tabs.values():
+        ins = []
+        for _, g in tab.groupby('neuron'):
+            g = g[(g.N >= LO) & (g.regret > 0)]
+            ins.append(0.4 <= np.polyfit(np.log(g.N), np.log(g.regret), 1)[0] <= 0.6)
+        per_seed.append(np.mean(ins))
+    assert per_seed == pytest.approx([2 / 3, 1 / 3, 1.0])
+    assert share.estimate == pytest.approx(np.mean(per_seed)) and share.verdict == SHOWN
+    assert (share.ci_low, share.ci_high) == pytest.approx(tuple(stats.ttest_1samp(per_seed, 0).confidence_interval(0.95)))
+
+
+def test_c1_rows_per_layer_and_kind_and_output_layer_note():
+    tabs = {f'autoencoder/digits/sgd/tuned/{s}': pd.concat([hindsight_table({-1: 2 * N ** 0.5}, 'layer', 3), hindsight_table({-1: N ** 0.8}, 'layer', 6),
+                                                           hindsight_table({0: N ** 0.3, 1: N ** 0.3}, 'neuron', 3)]) for s in range(3)}
+    t = claims_table(runs_table({('sgd', 'tuned'): dict(x=[0, 0, 0])}), regret_table=tabs.get, measures=None)
+    t = t[t.claim == 'C1: regret grows like sqrt(N)'].set_index(['kind', 'layer_number'])
+    assert t.verdict.to_dict() == {('layer', 3): CONSISTENT, ('layer', 6): FASTER, ('neuron', 3): SLOWER}
+    assert 'output layer: its Taylor loss is the exact loss' in t.note['layer', 6] and 'output layer' not in t.note['layer', 3]
+    tabs = {f'convnet/digits/sgd/tuned/{s}': hindsight_table({-1: N ** 0.5}, 'layer', 5) for s in range(3)}
+    t = claims_table(runs_table({('sgd', 'tuned'): dict(x=[0, 0, 0])}, task='convnet'), regret_table=tabs.get, measures=None)
+    assert 'infimum at infinity' in t.set_index('claim').note['C1: regret grows like sqrt(N)']
+
+
+def test_c1_solver_share_is_shown():
+    tabs = {f'autoencoder/digits/sgd/tuned/{s}': hindsight_table({0: N ** 0.5}).assign(optimum_gap=lambda d: 0.2 * d.regret / d.N) for s in range(3)}
+    t = claims_table(runs_table({('sgd', 'tuned'): dict(x=[0, 0, 0])}), regret_table=tabs.get, measures=None).set_index('claim')
+    assert "the solver's optimum_gap is up to 20.0% of a fitted regret" in t.note['C1: regret grows like sqrt(N)']
+
+
+def c_row(t, claim, compared, measure=None):
+    t = t[(t.claim == claim) & (t.compared == compared)]
+    if measure is not None: t = t[t.measure == measure]
+    assert len(t) == 1, t
+    return t.iloc[0]
+
+
+def test_c2_outcomes_with_paired_and_welch_intervals():
+    sgd, adam, rms, adam_tf = [0.07, 0.08, 0.075], [0.03, 0.035, 0.031], [0.09, 0.1, 0.092], [0.06, 0.09, 0.07]
+    runs = runs_table({('sgd', 'tuned'): dict(last_epoch_loss=sgd), ('adam', 'tuned'): dict(last_epoch_loss=adam),
+                       ('rmsprop', 'tuned'): dict(last_epoch_loss=rms), ('adam_tf', 'tuned'): dict(last_epoch_loss=adam_tf),
+                       ('rmsprop_tf', 'tuned'): dict(last_epoch_loss=[0.03, 0.04, 0.05, 0.035], seed=[0, 1, 2, 3])})
+    t = claims_table(runs, regret_table=lambda p: None, measures=None)
+    claim = 'C2: adaptive optimizers reach a lower loss than SGD'
+    r = c_row(t, claim, 'sgd (tuned) vs adam (tuned)')
+    assert r.verdict == HOLDS and (r.ci_low, r.ci_high) == pytest.approx(tuple(stats.ttest_rel(sgd, adam).confidence_interval(0.95)))
+    assert c_row(t, claim, 'sgd (tuned) vs rmsprop (tuned)').verdict == FAILS
+    assert c_row(t, claim, 'sgd (tuned) vs adam_tf (tuned)').verdict == INCONCLUSIVE
+    w = c_row(t, claim, 'sgd (tuned) vs rmsprop_tf (tuned)')  # seeds differ: Welch
+    ci = stats.ttest_ind(sgd, [0.03, 0.04, 0.05, 0.035], equal_var=False).confidence_interval(0.95)
+    assert w.verdict == HOLDS and (w.ci_low, w.ci_high) == pytest.approx(tuple(ci)) and 'welch' in w.measured
+
+
+def test_c2_two_seeds_inconclusive_estimate_shown():
+    runs = runs_table({('sgd', 'tuned'): dict(last_epoch_loss=[0.07, 0.08]), ('adam', 'tuned'): dict(last_epoch_loss=[0.03, 0.035])})
+    r = claims_table(runs, regret_table=lambda p: None, measures=None).set_index('claim').loc['C2: adaptive optimizers reach a lower loss than SGD']
+    assert r.verdict == INCONCLUSIVE and r.note == '2 seeds; at least 3 needed' and r.estimate == pytest.approx(0.0425)
+
+
+def gap_tables(gaps, layer=3):
+    "path -> a layer-scope table whose gap (average loss - Taylor optimum) at the largest N is gaps[optimizer][seed]."
+    def load(p):
+        o, s = p.split('/')[2], int(p.split('/')[4])
+        t = hindsight_table({-1: np.sqrt(N)}, 'layer', layer)
+        return t.assign(taylor_optimum=t.average_loss - np.where(t.N == N.max(), gaps[o][s], 1.0))
+    return load
+
+
+def test_c3_outcomes_signed_on_layer_3():
+    gaps = dict(sgd=[0.1, 0.12, 0.11], adam=[0.02, 0.03, -0.01], rmsprop=[0.2, 0.25, 0.22], adam_tf=[0.0, 0.2, 0.1])
+    runs = runs_table({(o, 'tuned'): dict(x=[0, 0, 0]) for o in gaps})
+    t = claims_table(runs, regret_table=gap_tables(gaps), measures=None)
+    claim = 'C3: the gap to the Taylor optimum is smaller for adaptive optimizers'
+    r = c_row(t, claim, 'sgd (tuned) vs adam (tuned)')
+    d = np.subtract(gaps['sgd'], gaps['adam'])
+    assert r.verdict == HOLDS and r.layer_number == 3 and r.estimate == pytest.approx(d.mean())
+    assert (r.ci_low, r.ci_high) == pytest.approx(tuple(stats.ttest_1samp(d, 0).confidence_interval(0.95)))
+    assert c_row(t, claim, 'sgd (tuned) vs rmsprop (tuned)').verdict == FAILS
+    assert c_row(t, claim, 'sgd (tuned) vs adam_tf (tuned)').verdict == INCONCLUSIVE
+    g = c_row(t, 'C3: gap (average loss - Taylor optimum)', 'adam (tuned)')
+    assert g.verdict == SHOWN and g.estimate == pytest.approx(np.mean(gaps['adam']))
+    # layer 3 not recorded: a row that says so, and no other layer stands in
+    t = claims_table(runs, regret_table=gap_tables(gaps, layer=5), measures=None)
+    r = t[t.claim == claim]
+    assert len(r) == 1 and r.verdict.iloc[0] == NOT_MEASURED and 'layer 3 (figure 4(c)) was not recorded' in r.note.iloc[0]
+
+
+def test_c4_outcomes():
+    acc = {'sgd': [0.995, 0.996, 0.997], 'adam': [0.95, 0.96, 0.97], 'rmsprop': [0.95, 0.999, 0.999]}
+    runs = runs_table({(o, 'tuned'): dict(last_epoch_accuracy=v) for o, v in acc.items()}, task='convnet', dataset='cifar10')
+    t = claims_table(runs, regret_table=lambda p: None, measures=None)
+    t = t[t.claim == 'C4: reaches >= 99% training accuracy'].set_index('compared')
+    assert t.verdict.to_dict() == {'sgd (tuned)': HOLDS, 'adam (tuned)': FAILS, 'rmsprop (tuned)': INCONCLUSIVE}
+    assert (t.ci_low['sgd (tuned)'], t.ci_high['sgd (tuned)']) == pytest.approx(tuple(stats.ttest_1samp(acc['sgd'], 0).confidence_interval(0.95)))
+    assert set(t.dataset) == {'cifar10'}
+
+
+def exploration_runs(rms_tf_novelty=(25.0, 26, 27)):
+    s = dict(snapshots=[21] * 3)
+    return runs_table({('sgd', 'tuned'): dict(novelty=[10.0, 11, 12], switches=[0.10, 0.11, 0.12], log_volume=[-320.0, -321, -319], **s),
+                       ('sgd', 'tuned x 10'): dict(novelty=[30.0, 31, 32], switches=[0.3, 0.31, 0.29], log_volume=[-300.0, -301, -299], **s),
+                       ('rmsprop', 'tuned'): dict(novelty=[20.0, 22, 21], switches=[0.2, 0.22, 0.21], log_volume=[-310.0, -311, -309], **s),
+                       ('adam', 'tuned'): dict(novelty=[15.0, 16, 17], switches=[0.15, 0.1, 0.2], log_volume=[-315.0, -316, -314], **s),
+                       ('rmsprop_tf', 'tuned'): dict(novelty=list(rms_tf_novelty), switches=[0.2, 0.22, 0.21], log_volume=[-310.0, -311, -309], **s),
+                       ('adam_tf', 'tuned'): dict(novelty=[15.0, 16, 17], switches=[0.15, 0.16, 0.17], log_volume=[-315.0, -316, -314], **s)})
+
+
+def test_c5_outcomes_per_sgd_rate_and_variant():
+    t = claims_table(exploration_runs(), regret_table=lambda p: None, measures=None)
+    rms = 'C5: RMSProp explores more than SGD'
+    r = c_row(t[t.variant == 'torch'], rms, 'rmsprop (tuned) vs sgd (tuned)', 'novelty')
+    d = np.subtract([20.0, 22, 21], [10.0, 11, 12])
+    assert r.verdict == HOLDS and (r.ci_low, r.ci_high) == pytest.approx(tuple(stats.ttest_1samp(d, 0).confidence_interval(0.95)))
+    assert c_row(t[t.variant == 'torch'], rms, 'rmsprop (tuned) vs sgd (tuned x 10)', 'switches').verdict == FAILS
+    adam = 'C5: Adam explores less than RMSProp and more than SGD'
+    assert c_row(t[t.variant == 'torch'], adam, 'adam vs rmsprop (tuned) and sgd (tuned)', 'novelty').verdict == HOLDS
+    assert c_row(t[t.variant == 'torch'], adam, 'adam vs rmsprop (tuned) and sgd (tuned)', 'switches').verdict == INCONCLUSIVE
+    assert c_row(t[t.variant == 'torch'], adam, 'adam vs rmsprop (tuned) and sgd (tuned x 10)', 'novelty').verdict == FAILS
+    assert c_row(t[t.variant == 'tf'], rms, 'rmsprop_tf (tuned) vs sgd (tuned)', 'novelty').verdict == HOLDS
+    # log-volume is shown per configuration, never judged
+    lv = t[t.claim == 'C5: log-volume']
+    assert set(lv.verdict) == {SHOWN} and not t[t.measure == 'log_volume'].claim.str.contains('explores').any()
+    assert lv.set_index(['compared', 'measure']).estimate['adam (tuned)', 'log_volume'] == pytest.approx(-315)
+
+
+def test_c5_top40_log_volume_from_the_measures_loader():
+    runs = exploration_runs()
+    vol = {p: np.arange(100.0) * (i + 1) for i, p in enumerate(runs.path)}
+    t = claims_table(runs, regret_table=lambda p: None, measures=lambda p: dict(log_volume=vol[p]))
+    r = c_row(t, 'C5: log-volume', 'rmsprop (tuned)', 'top40_log_volume')
+    i = list(runs.path).index('autoencoder/digits/rmsprop/tuned/0')
+    assert r.estimate == pytest.approx(np.mean([np.arange(60, 100).mean() * (i + k + 1) for k in range(3)]))
+
+
+def test_variant_agreement():
+    t = claims_table(exploration_runs(rms_tf_novelty=(11.0, 10, 12)), regret_table=lambda p: None, measures=None)
+    a = variant_agreement(t).set_index(['claim', 'against', 'measure'])[['torch', 'tf', 'same']]
+    assert a.loc[('C5: RMSProp explores more than SGD', 'sgd (tuned)', 'novelty')].tolist() == [HOLDS, INCONCLUSIVE, False]
+    assert a.loc[('C5: RMSProp explores more than SGD', 'sgd (tuned)', 'switches')].tolist() == [HOLDS, HOLDS, True]
+    assert len(a) == 8  # 2 claims x 2 SGD rates x 2 measures
+
+
+def test_pooling_refused():
+    runs = exploration_runs()
+    with pytest.raises(ValueError, match=r"configuration \(autoencoder, digits, sgd, tuned\) pools runs with different lr values \[0.1, 0.3\]"):
+        claims_table(runs.assign(lr=np.where((runs.optimizer == 'sgd') & (runs.seed == 2), 0.3, 0.1)), measures=None)
+    with pytest.raises(ValueError, match='runs has no dataset column'):
+        claims_table(runs.drop(columns='dataset'), measures=None)
+    with pytest.raises(ValueError, match='runs has no lr_label column'):
+        claims_table(runs.drop(columns='lr_label'), measures=None)
+    with pytest.raises(ValueError, match=r'\(autoencoder, digits, rmsprop, tuned\) pools runs with different snapshot counts \[6, 21\]'):
+        claims_table(runs.assign(snapshots=np.where((runs.optimizer == 'rmsprop') & (runs.seed == 0), 6, 21)), measures=None)
+    with pytest.raises(ValueError, match=r'exploration compared over different snapshot counts \(rmsprop \(tuned\): 21, sgd \(tuned\): 6\)'):
+        claims_table(runs.assign(snapshots=np.where(runs.optimizer == 'sgd', 6, 21)), regret_table=lambda p: None, measures=None)
+    with pytest.raises(ValueError, match=r'holds seed\(s\) \[1\] more than once'):
+        claims_table(runs.assign(seed=np.where(runs.seed == 2, 1, runs.seed)), measures=None)
+
+
+def test_datasets_never_averaged():
+    cols = lambda k: {('sgd', 'tuned'): dict(last_epoch_loss=k * np.array([0.07, 0.08, 0.075])),
+                      ('adam', 'tuned'): dict(last_epoch_loss=k * np.array([0.03, 0.035, 0.031]))}
+    runs = pd.concat([runs_table(cols(1), dataset='digits'), runs_table(cols(3), dataset='mnist')])
+    t = claims_table(runs, regret_table=lambda p: None, measures=None)
+    assert not t.dataset.isna().any() and not t.task.isna().any()
+    c2 = t[t.claim.str.startswith('C2')].set_index('dataset').estimate
+    d = np.mean(np.subtract([0.07, 0.08, 0.075], [0.03, 0.035, 0.031]))
+    assert len(c2) == 2 and c2['digits'] == pytest.approx(d) and c2['mnist'] == pytest.approx(3 * d)
+    assert (t[t.claim.str.startswith('C5')].verdict == NOT_MEASURED).all() and len(t[t.claim.str.startswith('C5')]) == 2
+
+
+def test_lr_table_deduplicates():
+    tr = pd.DataFrame(dict(optimizer='sgd', rounds=100, lr=[0.1, 0.1, 0.3, 0.3, 1.0, 1.0], seed=[0, 1] * 3,
+                           final_loss=[0.2, 0.21, 0.1, 0.12, np.inf, np.inf], diverged=[False] * 4 + [True] * 2,
+                           mean_loss=[0.205, 0.205, 0.11, 0.11, np.inf, np.inf], extended=[False] * 4 + [True] * 2,
+                           chosen=[False, False, True, True, False, False], at_edge=False))
+    runs = pd.concat([runs_table({('sgd', 'tuned'): dict(x=[0, 0, 0])}), runs_table({('sgd', 'tuned'): dict(x=[0, 0, 0])}, dataset='mnist')])
+    t = lr_table(runs, trials=lambda p: tr)
+    assert len(t) == 2 and t.dataset.tolist() == ['digits', 'mnist']
+    assert t.iloc[0][['rates_tried', 'chosen', 'at_edge', 'rounds', 'trial_seeds']].tolist() == ['0.1, 0.3, 1', '0.3', False, '100', '0, 1']
