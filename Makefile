@@ -33,14 +33,16 @@ $(STAMP): settings.ini setup.py
 SEEDS ?= 0,1,2
 SGD_FACTORS ?= 0.3,3
 SNAPSHOTS ?= 101
+# notebooks executed at once; the grids go seed by seed, so concurrent runs tune different optimizers
+WORKERS ?= 2
 PAPERMILL := $(BIN)/papermill --log-level WARNING -k python3
 define protocol
-	nb=nbs/experiments/autoencoder.ipynb; common="--param snapshots=$(SNAPSHOTS) --param tune_cache=$(1)/tuning $(2)"
-	$(BIN)/ntaylor-batch $$nb --out $(1)/main --grid optimizer=sgd,rmsprop,adam --grid seed=$(SEEDS) $$common \
+	nb=nbs/experiments/autoencoder.ipynb; common="--workers $(WORKERS) --param snapshots=$(SNAPSHOTS) --param tune_cache=$(1)/tuning $(2)"
+	$(BIN)/ntaylor-batch $$nb --out $(1)/main --grid seed=$(SEEDS) --grid optimizer=sgd,rmsprop,adam $$common \
 	  || echo "WARNING: some runs of $(1)/main failed (see its results.csv); the report uses the others"
-	$(BIN)/ntaylor-batch $$nb --out $(1)/sgd_rates --grid lr_factor=$(SGD_FACTORS) --grid seed=$(SEEDS) --param optimizer=sgd \
+	$(BIN)/ntaylor-batch $$nb --out $(1)/sgd_rates --grid seed=$(SEEDS) --grid lr_factor=$(SGD_FACTORS) --param optimizer=sgd \
 	  --param 'layers=[]' --param 'neuron_layers=[]' $$common || echo "WARNING: some runs of $(1)/sgd_rates failed (see its results.csv)"
-	$(BIN)/ntaylor-batch $$nb --out $(1)/tf --grid optimizer=rmsprop_tf,adam_tf --grid seed=$(SEEDS) \
+	$(BIN)/ntaylor-batch $$nb --out $(1)/tf --grid seed=$(SEEDS) --grid optimizer=rmsprop_tf,adam_tf \
 	  --param 'layers=[]' --param 'neuron_layers=[]' $$common || echo "WARNING: some runs of $(1)/tf failed (see its results.csv)"
 	# (ipykernel warns at each start that its local sockets are unencrypted: that one line is dropped, all else kept)
 	$(PAPERMILL) nbs/experiments/report.ipynb $(1)/report.ipynb -p runs_dir $(1) -p interactive False \

@@ -236,16 +236,16 @@ def gap_rows(runs: pd.DataFrame, # one (task, dataset) of a checked runs table, 
              level: float = 0.95, # coverage of the intervals
              layer: int = 3, # the layer of figure 4(c)
             ) -> list[dict]:
-    "C3: the gap (average loss - Taylor optimum, layer scope, largest N) per configuration, and d = gap(SGD tuned) - gap(opt)."
+    "C3: the gap (average loss - Taylor optimum, layer scope, largest N) per configuration that recorded it, and d = gap(SGD tuned) - gap(opt)."
     key = tuple(runs[['task', 'dataset']].iloc[0]); claim, paper = 'C3: the gap to the Taylor optimum is smaller for adaptive optimizers', 'fig 4(c)'
     runs = runs.assign(gap=[_gap(tables(p), layer) for p in runs.path])
     if runs.gap.isna().all(): return [_row(key, claim, paper, '', seed_interval([]), NOT_MEASURED, '',
                                            f'layer {layer} (figure 4(c)) was not recorded; no other layer is substituted', layer_number=layer)]
     rows = [_row(key, 'C3: gap (average loss - Taylor optimum)', paper, f'{g.optimizer.iloc[0]} ({g.lr_label.iloc[0]})', iv, SHOWN,
                  f'gap {_fmt(iv)}', '', measure='gap', kind='layer', layer_number=layer)
-            for g in _configs(runs, ('sgd',) + ADAPTIVE) for iv in [seed_interval(_series(g, 'gap'), level)]]
+            for g in _configs(runs, ('sgd',) + ADAPTIVE) if g.gap.notna().any() for iv in [seed_interval(_series(g, 'gap'), level)]]
     base = _configs(runs, ['sgd'], 'tuned')
-    if base: rows += [dict(r, kind='layer', layer_number=layer) for r in _against(key, base[0], _configs(runs, ADAPTIVE), 'gap', level, claim, paper)]
+    if base: rows += [dict(r, kind='layer', layer_number=layer) for r in _against(key, base[0], [g for g in _configs(runs, ADAPTIVE) if g.gap.notna().any()], 'gap', level, claim, paper)]
     return rows
 
 # %% ../nbs/15_claims.ipynb #f44f697c

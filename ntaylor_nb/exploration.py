@@ -268,7 +268,7 @@ def plot_figure5(recordings: dict, # label -> ExplorationRecording, (N, D, M) ar
         axs[0].plot(np.arange(len(ms['novelty'])), ms['novelty'], color=c, label=label)
         axs[1].plot(np.sort(ms['switches'])[::-1], color=c, label=label)
         axs[2].plot(np.sort(ms['log_volume'])[::-1], color=c, label=label)
-    axs[0].set(xlabel='snapshot (epoch)', ylabel=r'$\min_{k<n} \|A_n - A_k\|^2$', title='(a) novelty')
+    axs[0].set(xlabel='snapshot', ylabel=r'$\min_{k<n} \|A_n - A_k\|^2$', title='(a) novelty')
     axs[1].set(xlabel='datapoint (sorted)', ylabel='switches / possible', title='(b) activation-state switches')
     axs[2].set(xlabel='unit (sorted)', ylabel='log-product of singular values', title='(c) log-volume')
     for ax in axs: ax.legend()

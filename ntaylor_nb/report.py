@@ -8,25 +8,55 @@ from pathlib import Path
 
 import pandas as pd
 
-from .run import Run
+from .run import LAYOUT, Run
 
 # %% auto #0
-__all__ = ['plot_figure6', 'markdown_table']
+__all__ = ['plot_figure6', 'plot_lr_searches', 'markdown_table']
 
 # %% ../nbs/15_report.ipynb #138afe34
+def _label(r) -> str:
+    "A configuration's name in figures: the optimizer, with its rate's origin unless it is the tuned rate."
+    lab = getattr(r, 'lr_label', 'tuned')
+    return r.optimizer if lab in ('tuned', None) or lab != lab else f'{r.optimizer} ({lab})'
+
 def plot_figure6(runs: pd.DataFrame, # ntaylor_nb.run.runs_table's table
                  save: str | Path | None = None, # also write the figure to this PNG file
                 ):
-    "Training loss by epoch per optimizer for each task, and training accuracy for the convnet (paper figure 6)."
+    "Training loss by epoch per configuration (mean and sd over seeds) for each task and dataset, and accuracy for the convnet (figure 6)."
     import matplotlib.pyplot as plt, seaborn as sns
-    tasks = list(dict.fromkeys(runs.task))
-    panels = [(t, 'loss') for t in tasks] + [(t, 'accuracy') for t in tasks if t == 'convnet']
+    runs = runs.assign(dataset=runs['dataset'] if 'dataset' in runs else '')
+    keys = list(dict.fromkeys(zip(runs.task, runs.dataset)))  # never pooled: one panel per task and dataset
+    panels = [(k, 'loss') for k in keys] + [(k, 'accuracy') for k in keys if k[0] == 'convnet']
     fig, axs = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    for ax, (t, col) in zip(axs[0], panels):
-        frames = [Run(r.path).epochs.assign(optimizer=r.optimizer, seed=r.seed) for r in runs[runs.task == t].itertuples()]
-        d = pd.concat(frames)
-        sns.lineplot(d, x='epoch', y=col, hue='optimizer', errorbar='sd', ax=ax)
-        ax.set(title=f'{t}: training {col}', yscale='log' if col == 'loss' else 'linear')
+    for ax, ((t, ds), col) in zip(axs[0], panels):
+        sel = runs[(runs.task == t) & (runs.dataset == ds)]
+        d = pd.concat([Run(r.path).epochs.assign(config=_label(r), seed=r.seed) for r in sel.itertuples()])
+        sns.lineplot(d, x='epoch', y=col, hue='config', errorbar='sd', ax=ax)
+        ax.set(title=f'{t} on {ds}: training {col}' if ds else f'{t}: training {col}', yscale='log' if col == 'loss' else 'linear')
+    fig.tight_layout()
+    if save is not None: fig.savefig(save, dpi=120)
+    return fig
+
+# %% ../nbs/15_report.ipynb #06eda5de
+def plot_lr_searches(runs: pd.DataFrame, # a runs table with task, dataset and path columns
+                     save: str | Path | None = None, # also write the figure to this PNG file
+                    ):
+    "Mean final trial loss against the learning rate per optimizer, one panel per task and dataset; chosen rates marked."
+    import matplotlib.pyplot as plt
+    fr = [pd.read_csv(f).assign(task=r.task, dataset=r.dataset) for r in runs.itertuples()
+          for f in [Path(r.path) / LAYOUT['lr_tuning']] if f.is_file()]
+    if not fr: return None
+    t = pd.concat(fr).drop_duplicates(['task', 'dataset', 'optimizer', 'rounds', 'lr', 'seed'])
+    keys = list(dict.fromkeys(zip(t.task, t.dataset)))
+    fig, axs = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
+    for ax, (task, ds) in zip(axs[0], keys):
+        for o, g in t[(t.task == task) & (t.dataset == ds)].groupby('optimizer', sort=False):
+            m = g.groupby('lr').final_loss.mean()  # inf where a trial diverged: not drawn
+            line, = ax.plot(m.index, m.values, 'o-', label=o + (' (best at an edge)' if g.at_edge.astype(bool).any() else ''))
+            best = g.lr[g.chosen.astype(bool)].iloc[0]
+            ax.plot([best], [m[best]], '*', ms=14, color=line.get_color())
+        ax.set(xscale='log', yscale='log', xlabel='learning rate', ylabel='mean final trial loss (seeds 0, 1)', title=f'{task} on {ds}: searches')
+        ax.legend()
     fig.tight_layout()
     if save is not None: fig.savefig(save, dpi=120)
     return fig

@@ -181,6 +181,11 @@ def test_c3_outcomes_signed_on_layer_3():
     assert c_row(t, claim, 'sgd (tuned) vs adam_tf (tuned)').verdict == INCONCLUSIVE
     g = c_row(t, 'C3: gap (average loss - Taylor optimum)', 'adam (tuned)')
     assert g.verdict == SHOWN and g.estimate == pytest.approx(np.mean(gaps['adam']))
+    # a configuration that recorded no Taylor losses (the protocol's exploration-only runs) has no C3 row at all
+    runs2 = runs_table({(o, 'tuned'): dict(x=[0, 0, 0]) for o in [*gaps, 'rmsprop_tf']})
+    t2 = claims_table(runs2, regret_table=lambda p: None if '/rmsprop_tf/' in p else gap_tables(gaps)(p), measures=None)
+    assert not t2[t2.claim.str.startswith('C3') & t2.compared.str.contains('rmsprop_tf')].size
+    assert len(t2[t2.claim.str.startswith('C3')]) == len(t[t.claim.str.startswith('C3')])
     # layer 3 not recorded: a row that says so, and no other layer stands in
     t = claims_table(runs, regret_table=gap_tables(gaps, layer=5), measures=None)
     r = t[t.claim == claim]

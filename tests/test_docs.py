@@ -78,8 +78,8 @@ def _sidebar_tool():
 READERS_ORDER = ['index.ipynb', '01_taylor.ipynb', '02_learners.ipynb', '02_oco.ipynb', '03_growth.ipynb', '03_regret.ipynb',
                  '04_solvers.ipynb', '05_gauss_newton.ipynb', '06_regret.ipynb', '07_hindsight.ipynb', '08_regret_figures.ipynb',
                  '09_exploration.ipynb', '10_data.ipynb', '11_models.ipynb', '12_train.ipynb', '13_run.ipynb', '14_batch.ipynb',
-                 '15_report.ipynb', 'experiments/taylor_tour.ipynb', 'experiments/autoencoder.ipynb', 'experiments/convnet.ipynb',
-                 'experiments/report.ipynb', '16_results.ipynb', 'results/demo_report.ipynb', '90_schedules.ipynb',
+                 '15_claims.ipynb', '15_report.ipynb', 'experiments/taylor_tour.ipynb', 'experiments/autoencoder.ipynb', 'experiments/convnet.ipynb',
+                 'experiments/report.ipynb', '16_results.ipynb', 'results/demo_report.ipynb', 'results/mnist_report.ipynb', '90_schedules.ipynb',
                  '91_storage.ipynb', '92_devices.ipynb']
 SECTIONS = ["The paper", "Running experiments", "Experiments", "Results", "Plumbing"]
 
@@ -170,23 +170,24 @@ def test_parameters_tags_survive_cleaning():
         assert 'parameters' in cells[0].metadata.get('tags', []), f'{nb.name}: first code cell lacks the parameters tag'
 
 
-def test_docs_show_the_report_executed_on_real_runs():
-    "nbs/results/demo_report.ipynb is the current report notebook executed on the demo runs (make results), outputs and all."
-    ex = nbformat.read(ROOT / 'nbs/results/demo_report.ipynb', 4)
+@pytest.mark.parametrize('page,target', [('demo_report', 'results'), ('mnist_report', 'reproduce')])
+def test_docs_show_the_report_executed_on_real_runs(page, target):
+    "nbs/results/PAGE.ipynb is the current report notebook executed on real runs (make results / make reproduce), outputs and all."
+    ex = nbformat.read(ROOT / f'nbs/results/{page}.ipynb', 4)
     src = nbformat.read(ROOT / 'nbs/experiments/report.ipynb', 4)
     code = lambda nb: [c.source for c in nb.cells if c.cell_type == 'code' and 'injected-parameters' not in c.metadata.get('tags', [])]
-    assert code(ex) == code(src), 'the report notebook changed since the results page was made: run `make results` and commit it'
+    assert code(ex) == code(src), f'the report notebook changed since the results page was made: run `make {target}` and commit it'
     injected = [c.source for c in ex.cells if 'injected-parameters' in c.metadata.get('tags', [])]
     assert injected and 'runs_dir' in injected[0] and 'interactive = False' in injected[0]
     outs = [o for c in ex.cells if c.cell_type == 'code' for o in c.get('outputs', [])]
     assert not [o for o in outs if o.output_type == 'error']
-    assert sum('image/png' in o.get('data', {}) for o in outs) >= 5, 'figures 3-6 and the explorer view'
+    assert sum('image/png' in o.get('data', {}) for o in outs) >= 6, 'the learning-rate searches, figures 3-6 and the explorer view'
     html = ''.join(o.get('data', {}).get('text/html', '') for o in outs)
-    assert 'optimizer' in html and 'last_epoch_loss' in html and 'verdict' in html  # the runs' parameters, the claims
-    assert 'executed by `make results`' in ex.cells[0].source
+    assert 'optimizer' in html and 'last_epoch_loss' in html and 'verdict' in html and 'at_edge' in html  # runs, searches, claims
+    assert f'executed by `make {target}`' in ex.cells[0].source
     assert (ROOT / 'nbs/results/.notest').exists(), 'nbdev_test must not re-run it (the runs are not in the repository)'
-    assert 'results/demo_report.ipynb' in (ROOT / 'nbs/sidebar.yml').read_text()
-    assert 'results/demo_report.ipynb' in ''.join(c.source for c in nbformat.read(ROOT / 'nbs/16_results.ipynb', 4).cells)
+    assert f'results/{page}.ipynb' in (ROOT / 'nbs/sidebar.yml').read_text()
+    assert f'results/{page}.ipynb' in ''.join(c.source for c in nbformat.read(ROOT / 'nbs/16_results.ipynb', 4).cells)
 
 
 def test_docs_index_lists_every_public_method():
