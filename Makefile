@@ -95,7 +95,8 @@ sync: $(STAMP)
 	echo "sync: notebooks clean and library in sync"
 
 nbtest: $(STAMP)
-	$(BIN)/nbdev_test --n_workers 2
+	# one thread per notebook: two processes of two threads each on 2 cores wait for each other (14_batch measures it)
+	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2
 
 pytest: $(STAMP)
 	$(PY) -m pytest tests

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -49,6 +50,12 @@ def _execute(notebook, folder, params, kernel, cwd):
     except Exception as e:  # the executed notebook keeps the traceback; the table says which point failed
         return str(folder), f'{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ""}'
 
+# %% ../nbs/14_batch.ipynb #a530e776
+def _share_cores(workers: int):
+    "Pool initializer: the kernels this worker starts use cores/workers threads (unless OMP_NUM_THREADS is set)."
+    n = str(max(1, (os.cpu_count() or 1) // workers))
+    for k in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS'): os.environ.setdefault(k, n)
+
 # %% ../nbs/14_batch.ipynb #0d28946e
 def _dispatch(notebook, todo, workers, scheduler, kernel, cwd, bar) -> dict:
     "Execute the (params, folder) points of `todo`; {folder: error or None}."
@@ -64,7 +71,7 @@ def _dispatch(notebook, todo, workers, scheduler, kernel, cwd, bar) -> dict:
             folder, err = _execute(notebook, f, p, kernel, cwd); errors[folder] = err; bar.update()
     else:
         from concurrent.futures import ProcessPoolExecutor, as_completed
-        with ProcessPoolExecutor(workers) as ex:
+        with ProcessPoolExecutor(workers, initializer=_share_cores, initargs=(workers,)) as ex:
             futs = [ex.submit(_execute, notebook, f, p, kernel, cwd) for p, f in todo]
             for fut in as_completed(futs):
                 folder, err = fut.result(); errors[folder] = err; bar.update()
