@@ -18,6 +18,7 @@ from .devices import resolve_device
 from .gauss_newton import LinearGNRecord, replay
 from .growth import log_prefixes
 from .regret import ConvCompactRecord, ConvRecord, LinearJacobianRecord, OutputRecord, RegretRecording, WeightsRecord
+from .conv_solvers import CompactConv, conv_newton
 from .solvers import MAX_DIRECT, ConvSamples, LinearSamples, Problems, _tri, kfac_precond, lbfgs, loss_terms, newton, newton_cg, quad_cg, quad_min, quad_min_shared
 from .taylor import Scope
 
@@ -122,7 +123,9 @@ class _DenseAcc:
     "One layer's scopes for a convex solve from stored samples (cross-entropy, or any loss on a convolution)."
     def __init__(self, layer, units, cols, layer_scope, fmt, loss, device='cpu', solver='newton'):
         self.layer, self.units, self.cols, self.layer_scope, self.fmt, self.loss = layer, list(units), list(cols), layer_scope, fmt, loss
-        self.parts, self.V, self.device, self.solver = [], {}, torch.device(device), solver
+        self.parts, self.V, self.device, self.solver, self.cc = [], {}, torch.device(device), solver, None
+
+_COMPACT_NEWTON = True  # neuron scopes of conv_compact records by conv_solvers.conv_newton; False: M formed again, dense Newton (the baseline)
 
 # %% ../nbs/07_hindsight.ipynb #e60d8ece
 def _compact_M(x, J, geom, block_bytes=2 ** 28):
@@ -150,6 +153,10 @@ def add(self: _DenseAcc, d, sl, s):
         parts = (torch.from_numpy(_xt(r.x[sl])), t(r.J), t(r.a))
     elif getattr(self, 'geom', None) is not None:  # conv_compact: M made again from the stored input
         r = ConvCompactRecord.from_arrays(d, f'{self.layer}/')
+        if _COMPACT_NEWTON and self.units and self.solver != 'lbfgs':  # the neurons from the compact samples, never forming M
+            if self.cc is None: self.cc = CompactConv(self.geom, self.loss, self.device)
+            self.cc.add(t(o.f0), y, s, r.x[sl], r.J[sl][:, :, self.cols], r.m0[sl][:, :, self.cols])
+            if not self.layer_scope: return
         parts = (_compact_M(r.x[sl], r.J[sl], self.geom), t(r.m0))
     else:
         r = ConvRecord.from_arrays(d, f'{self.layer}/')
@@ -166,16 +173,34 @@ def _start(self: _DenseAcc, prob, keys, idx, P):
     better = prob.evaluate(last, idx, hess=False)[0] <= prob.evaluate(zero, idx, hess=False)[0]
     return torch.where(better[:, None], last, zero)
 
+# %% ../nbs/07_hindsight.ipynb #81f34261
+@patch
+def _solve_compact(self: _DenseAcc):
+    "The neuron scopes of a conv_compact record by `conv_newton`, warm-started as `_start` does."
+    cc, U = self.cc, len(self.units)
+    idx = torch.arange(U, device=self.device)
+    zero = torch.zeros(U, cc.K1, dtype=torch.float64, device=self.device); V0 = zero
+    if all(u in self.V for u in self.units):
+        last = torch.stack([self.V[u] for u in self.units])
+        V0 = torch.where((cc.evaluate(last, idx, grad=False)[0] <= cc.evaluate(zero, idx, grad=False)[0])[:, None], last, zero)
+    V, f, gn, lam, _ = conv_newton(cc, idx, V0, 1e-9 * sum(float(b['s'].sum()) for b in cc.blocks))
+    out = {}
+    for k, u in enumerate(self.units):
+        self.V[u] = V[k]; out[Scope('neuron', self.layer, int(u))] = (float(f[k]), float(gn[k]), float(lam[k]) / 2)
+    return out
+
 # %% ../nbs/07_hindsight.ipynb #b9badff3
 @patch
 def solve(self: _DenseAcc):
     """{scope: (minimum of the summed Taylor losses, gradient norm there, estimated distance to the infimum)}:
-    batched damped Newton (matrix-free Newton-CG for a layer scope beyond MAX_DIRECT variables, or with solver="newton-cg")."""
+    batched damped Newton (conv_compact neurons by `conv_newton`; matrix-free Newton-CG for a layer scope beyond MAX_DIRECT variables, or with solver="newton-cg")."""
+    out = self._solve_compact() if self.cc is not None else {}
+    if self.cc is not None and not self.layer_scope: return out
     D = (LinearSamples if self.fmt == 'linear' else ConvSamples)(*(torch.cat(z).to(self.device) for z in zip(*self.parts)))
     self.parts = [D]
     if self.solver == 'lbfgs': return self._solve_lbfgs(D)
-    tol, out = 1e-9 * float(D[2].sum()), {}
-    if self.units:
+    tol = 1e-9 * float(D[2].sum())
+    if self.units and self.cc is None:
         prob = Problems(D, self.loss, torch.as_tensor(self.cols, device=self.device))
         P = prob.size()
         group = max(1, 2 ** 27 // P ** 2)  # neurons per Newton batch: their Hessians take at most 1 GB
