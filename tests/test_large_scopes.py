@@ -100,10 +100,10 @@ def test_mse_dual_equals_dense(mse_rec):
 
 
 def test_mse_dual_then_cg(mse_rec, monkeypatch):
-    "The Gram path for the first prefixes (at most 40 rows), then CG warm-started from its minimiser: equal to the direct solve and to a cold CG."
+    "The Gram path for the first prefix (at most 40 rows), then CG warm-started from its minimiser: equal to the direct solve and to a cold CG."
     _, p = mse_rec
     monkeypatch.setattr(hs, '_DUAL_ROWS', 40)
-    sc = ['layer:0', 'layer:2']
+    sc = ['layer:0']  # 35 variables: 1 round (10 samples, rank <= 3) gives at most 30 rows, fewer than the variables
     dense = hindsight(p, prefixes=[1, 5, 12], scopes=sc, progress=False, solver='newton')
     warm = hindsight(p, prefixes=[1, 5, 12], scopes=sc, progress=False, solver='newton-cg')
     assert (warm[warm.N == 1].optimum_gap == 0).all() and (warm[warm.N > 1].optimum_gap > 0).all()  # 1 round: <= 30 rows, Gram; then CG
