@@ -71,7 +71,7 @@ def add(self: _GNAcc, d, sl, s):
             Sa = torch.einsum('nij,nj->ni', S, a)
             st['q'] += ((dl - Sa) * s[:, None]).T @ X
             st['c'] += (s * (e2 - 2 * (dl * a).sum(1) + (a * Sa).sum(1))).sum()
-            if self.free: self._keep(X, S, s)
+            if self.free: self._keep(X, S, s, dl, a)
             else:  # Q = sum_b S_b (x) x_b x_b^T, both factors symmetric: accumulate upper triangles only
                 Sp = S[:, self.iuS[0], self.iuS[1]] * s[:, None]
                 Xp = X[:, self.iuX[0]] * X[:, self.iuX[1]]
@@ -96,26 +96,92 @@ def solve(self: _GNAcc):
         out[Scope('layer', self.layer)] = (v, np.nan, 0.0)
     return out
 
+# %% ../nbs/07_hindsight.ipynb #2f05a677
+def _rank_factor(S, dl, a, s, rcond=1e-12):
+    "(L (n, C, k), r (n, k)) with s_b S_b = L_b L_b^T and L_b r_b = s_b (delta_b - S_b a_b); k the largest rank in the block (zero-padded)."
+    lam, U = (torch.from_numpy(z) for z in np.linalg.eigh(S.numpy()))  # ascending
+    keep = lam > rcond * lam[:, -1:].clamp_min(1e-300)
+    k = max(int(keep.sum(1).max()), 1)
+    lam, U, keep = lam[:, -k:], U[:, :, -k:], keep[:, -k:]
+    sl, ss = torch.where(keep, lam, torch.ones_like(lam)).sqrt(), s[:, None].sqrt()
+    L = U * (sl * keep * ss)[:, None, :]
+    r = (torch.einsum('nck,nc->nk', U, dl) / sl - torch.einsum('nck,nc->nk', U, a) * sl) * ss * keep
+    return L, r
+
 # %% ../nbs/07_hindsight.ipynb #a81d3c0c
 @patch
-def _keep(self: _GNAcc, X, S, s):
-    "Keep the per-sample factors (x_b, s_b S_b) of a matrix-free layer scope on its device, and add to the K-FAC sums."
-    sS = S * s[:, None, None]
-    self.kept.append((X.to(self.device), sS.to(self.device)))
-    self.st['A'] += sS.sum(0); self.st['B'] += (X * s[:, None]).T @ X; self.st['ssum'] += s.sum()
+def _keep(self: _GNAcc, X, S, s, dl, a):
+    "Keep a matrix-free layer scope's per-sample factors (x_b, L_b, r_b) on its device, and add to the K-FAC sums."
+    L, r = _rank_factor(S, dl, a, s)
+    X32 = X.float()
+    if torch.equal(X32.double(), X): X = X32  # recorded inputs are float32: keep them so, exactly (half the memory)
+    self.kept.append(tuple(z.to(self.device) for z in (X, L, r)))
+    self.st['A'] += torch.einsum('nck,ndk->cd', L, L); self.st['B'] += (X.double() * s[:, None]).T @ X.double(); self.st['ssum'] += s.sum()
+
+# %% ../nbs/07_hindsight.ipynb #efacab51
+_DUAL_ROWS = 10000  # at most this many rows (samples x rank; a fifth of it where they outnumber the variables): the rows' Gram matrix, else CG
+
+def _blocks(kept, size=16384):
+    "Merge kept pieces (x, L, r) into blocks of at least `size` samples (ranks zero-padded to the block's largest)."
+    out, cur = [], []
+    def flush():
+        if not cur: return
+        k, f64 = max(p[1].shape[2] for p in cur), any(p[0].dtype == torch.float64 for p in cur)
+        out.append((torch.cat([p[0].double() if f64 else p[0] for p in cur]), torch.cat([F.pad(p[1], (0, k - p[1].shape[2])) for p in cur]),
+                    torch.cat([F.pad(p[2], (0, k - p[2].shape[1])) for p in cur])))
+        cur.clear()
+    for p in kept:
+        if len(p[0]) >= size: out.append(p); continue
+        cur.append(p)
+        if sum(len(q[0]) for q in cur) >= size: flush()
+    flush()
+    return out
+
+# %% ../nbs/07_hindsight.ipynb #ae1adc2c
+def _dual_min(blocks, c):
+    "(min_V <V, QV> + 2<q, V> + c, the least-norm minimiser V) through the Gram matrix of the rows (sample, rank) of blocks (x, L, r)."
+    k = max(b[1].shape[2] for b in blocks)
+    X = torch.cat([b[0].double() for b in blocks])
+    L, r = torch.cat([F.pad(b[1], (0, k - b[1].shape[2])) for b in blocks]), torch.cat([F.pad(b[2], (0, k - b[2].shape[1])) for b in blocks])
+    keep = (L != 0).any(1)
+    Lr, rr, idx = L.transpose(1, 2)[keep], r[keep], keep.nonzero()[:, 0]
+    if not len(idx): return float(c), torch.zeros(L.shape[1], X.shape[1], dtype=torch.float64, device=X.device)
+    G = (Lr @ Lr.T).mul_((X @ X.T)[idx][:, idx])  # m^2 numbers: 0.8 GB at 10,000 rows
+    R, info = torch.linalg.cholesky_ex(G)
+    if info == 0 and R.diagonal().min() ** 2 > 1e-12 * G.diagonal().max():  # full row rank: P r = r
+        y, v = torch.cholesky_solve(rr[:, None], R)[:, 0], float(c) - float(rr @ rr)
+    else:
+        w, W = torch.linalg.eigh(G); ok = w > 1e-12 * w.max()
+        z = W[:, ok].T @ rr; y, v = W[:, ok] @ (z / w[ok]), float(c) - float(z @ z)
+    return v, -(Lr * y[:, None]).T @ X[idx]
+
+# %% ../nbs/07_hindsight.ipynb #028cc1bf
+def _free_hvp(blocks):
+    "V (C, K1) -> QV = sum_b L_b L_b^T V x_b x_b^T over blocks (x, L, r), never forming Q."
+    def hvp(V):
+        out = torch.zeros_like(V)
+        for X, L, _ in blocks:
+            X = X.double()
+            T = (L * (X @ V.T)[:, :, None]).sum(1)  # L_b^T V x_b
+            out += (L * T[:, None, :]).sum(2).T @ X
+        return out
+    return hvp
 
 # %% ../nbs/07_hindsight.ipynb #543c17c3
 @patch
 def _solve_free(self: _GNAcc):
-    "(minimum, gradient norm, estimated distance to the minimum) of the layer scope by K-FAC-preconditioned CG on Q V = -q."
-    X, sS = (torch.cat(z) for z in zip(*self.kept)); self.kept = [(X, sS)]
-    st, dev = self.st, X.device
+    "(minimum, gradient norm, estimated distance to the minimum) of the layer scope: exact through the rows' Gram matrix, or K-FAC-preconditioned CG."
+    self.kept = _blocks(self.kept); st = self.st
+    m, P = sum(int((b[1] != 0).any(1).sum()) for b in self.kept), st['q'].numel()
+    if m <= (_DUAL_ROWS if m <= P else _DUAL_ROWS // 5):  # a singular Gram matrix costs an eigendecomposition
+        v, self.V = _dual_min(self.kept, float(st['c']))
+        return v, np.nan, 0.0
+    dev = self.kept[0][0].device
     q, ssum = st['q'].to(dev), float(st['ssum'])
-    hvp = lambda V: torch.einsum('ncd,nd->nc', sS, X @ V.T).T @ X  # sum_b s_b S_b V x_b x_b^T
     M = kfac_precond(st['A'].to(dev) / ssum, st['B'].to(dev))
     V0 = self.V if self.V is not None else torch.zeros_like(q)
-    ridge = 1e-12 * float((sS.diagonal(0, 1, 2).T @ (X * X)).max())  # the direct solve's pivot tolerance: below it, flat
-    self.V, v, gap, gn, _ = quad_cg(hvp, q, float(st['c']), V0, M, tol=1e-9 * ssum, ridge=ridge)
+    dmax = max(float(((b[1] * b[1]).sum(2).T @ b[0].double() ** 2).max()) for b in self.kept)  # Q's largest diagonal entry
+    self.V, v, gap, gn, self.iters = quad_cg(_free_hvp(self.kept), q, float(st['c']), V0, M, tol=1e-9 * ssum, ridge=1e-12 * dmax)
     return v, gn, gap
 
 # %% ../nbs/07_hindsight.ipynb #e7eab570
