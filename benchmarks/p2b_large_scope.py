@@ -1,13 +1,16 @@
 """P2b: the matrix-free hindsight of a large layer scope. The paper's MNIST autoencoder (784-50-30-20-30-50-784, batch
 64, Adam, real MNIST from ../shared/data copied to a temporary root) records only layer 1's layer scope (50 x 785 =
-39,250 variables, above MAX_DIRECT: solved by K-FAC-preconditioned CG on the kept per-sample factors), and
-`hindsight` runs at 64 log-spaced prefixes: its time. Agreement: the same autoencoder on a 10 x 10 centre crop of
-MNIST (layer 1: 50 x 101 = 5,050 variables, where the direct solve fits), solved both ways (`solver="newton"`,
-the direct solve, and `solver="newton-cg"`, the matrix-free one) on the same recording.
+39,250 variables, above MAX_DIRECT: solved matrix-free, through the rows' Gram matrix while samples x rank are at most
+`_DUAL_ROWS`, then by K-FAC-preconditioned CG on the kept rank factors), and `hindsight` runs at 64 log-spaced prefixes:
+its time. Agreement: the same autoencoder on a 10 x 10 centre crop of MNIST (layer 1: 50 x 101 = 5,050 variables, where
+the direct solve fits), solved both ways (`solver="newton"`, the direct solve, and `solver="newton-cg"`, the matrix-free
+one) on the same recording.
 
-The kept factors take (K + 1 + C^2) doubles a sample (26 KB here), 17 GB at the issue's 10,000 rounds: set
-P2B_ROUNDS (default 10,000) to what the machine holds; P2B_CHECK_ROUNDS (default 300) sizes the agreement check."""
+The kept factors take 4 (K + 1) + 8 (C + 1) k bytes a sample (x_b in float32, exact; L_b and r_b in float64; k the rank
+of S_b, at most 20, about 10 here): about 7 KB, 4.5 GB at the issue's 10,000 rounds. P2B_ROUNDS (default 10,000) and
+P2B_CHECK_ROUNDS (default 300) size the two parts; `peak_rss_gb` is the process's peak resident memory."""
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -70,13 +73,15 @@ def run(rounds=None, check_rounds=None):
     return dict(rounds=rounds, prefixes=len(pre), variables=50 * 785, seconds=t_big, seconds_record=t_rec,
                 max_gap=float(big.optimum_gap.max()), final_optimum=float(big.taylor_optimum.iloc[-1]),
                 check_rounds=check_rounds, check_variables=50 * 101, check_prefixes=len(cpre), check_seconds_cg=t_free,
-                max_rel_diff=float(rel.max()), max_rel_diff_late=float(rel[late].max()) if late.any() else None)
+                max_rel_diff=float(rel.max()), max_rel_diff_late=float(rel[late].max()) if late.any() else None,
+                peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20)
 
 
 def main():
     r = run()
     return r, line('P2b', seconds=r['seconds'], rounds=r['rounds'], prefixes=r['prefixes'], max_gap=r['max_gap'],
-                   max_rel_diff=r['max_rel_diff'], max_rel_diff_late=r['max_rel_diff_late'])
+                   max_rel_diff=r['max_rel_diff'], max_rel_diff_late=r['max_rel_diff_late'],
+                   check_rounds=r['check_rounds'], peak_rss_gb=r['peak_rss_gb'])
 
 
 if __name__ == '__main__': print(main()[1])

@@ -18,6 +18,7 @@ from .devices import resolve_device
 from .gauss_newton import LinearGNRecord, replay
 from .growth import log_prefixes
 from .regret import ConvCompactRecord, ConvRecord, LinearJacobianRecord, OutputRecord, RegretRecording, WeightsRecord
+from .conv_solvers import CompactConv, conv_newton
 from .solvers import MAX_DIRECT, ConvSamples, LinearSamples, Problems, _tri, kfac_precond, lbfgs, loss_terms, newton, newton_cg, quad_cg, quad_min, quad_min_shared
 from .taylor import Scope
 
@@ -70,7 +71,7 @@ def add(self: _GNAcc, d, sl, s):
             Sa = torch.einsum('nij,nj->ni', S, a)
             st['q'] += ((dl - Sa) * s[:, None]).T @ X
             st['c'] += (s * (e2 - 2 * (dl * a).sum(1) + (a * Sa).sum(1))).sum()
-            if self.free: self._keep(X, S, s)
+            if self.free: self._keep(X, S, s, dl, a)
             else:  # Q = sum_b S_b (x) x_b x_b^T, both factors symmetric: accumulate upper triangles only
                 Sp = S[:, self.iuS[0], self.iuS[1]] * s[:, None]
                 Xp = X[:, self.iuX[0]] * X[:, self.iuX[1]]
@@ -95,26 +96,92 @@ def solve(self: _GNAcc):
         out[Scope('layer', self.layer)] = (v, np.nan, 0.0)
     return out
 
+# %% ../nbs/07_hindsight.ipynb #2f05a677
+def _rank_factor(S, dl, a, s, rcond=1e-12):
+    "(L (n, C, k), r (n, k)) with s_b S_b = L_b L_b^T and L_b r_b = s_b (delta_b - S_b a_b); k the largest rank in the block (zero-padded)."
+    lam, U = (torch.from_numpy(z) for z in np.linalg.eigh(S.numpy()))  # ascending
+    keep = lam > rcond * lam[:, -1:].clamp_min(1e-300)
+    k = max(int(keep.sum(1).max()), 1)
+    lam, U, keep = lam[:, -k:], U[:, :, -k:], keep[:, -k:]
+    sl, ss = torch.where(keep, lam, torch.ones_like(lam)).sqrt(), s[:, None].sqrt()
+    L = U * (sl * keep * ss)[:, None, :]
+    r = (torch.einsum('nck,nc->nk', U, dl) / sl - torch.einsum('nck,nc->nk', U, a) * sl) * ss * keep
+    return L, r
+
 # %% ../nbs/07_hindsight.ipynb #a81d3c0c
 @patch
-def _keep(self: _GNAcc, X, S, s):
-    "Keep the per-sample factors (x_b, s_b S_b) of a matrix-free layer scope on its device, and add to the K-FAC sums."
-    sS = S * s[:, None, None]
-    self.kept.append((X.to(self.device), sS.to(self.device)))
-    self.st['A'] += sS.sum(0); self.st['B'] += (X * s[:, None]).T @ X; self.st['ssum'] += s.sum()
+def _keep(self: _GNAcc, X, S, s, dl, a):
+    "Keep a matrix-free layer scope's per-sample factors (x_b, L_b, r_b) on its device, and add to the K-FAC sums."
+    L, r = _rank_factor(S, dl, a, s)
+    X32 = X.float()
+    if torch.equal(X32.double(), X): X = X32  # recorded inputs are float32: keep them so, exactly (half the memory)
+    self.kept.append(tuple(z.to(self.device) for z in (X, L, r)))
+    self.st['A'] += torch.einsum('nck,ndk->cd', L, L); self.st['B'] += (X.double() * s[:, None]).T @ X.double(); self.st['ssum'] += s.sum()
+
+# %% ../nbs/07_hindsight.ipynb #efacab51
+_DUAL_ROWS = 10000  # at most this many rows (samples x rank; a fifth of it where they outnumber the variables): the rows' Gram matrix, else CG
+
+def _blocks(kept, size=16384):
+    "Merge kept pieces (x, L, r) into blocks of at least `size` samples (ranks zero-padded to the block's largest)."
+    out, cur = [], []
+    def flush():
+        if not cur: return
+        k, f64 = max(p[1].shape[2] for p in cur), any(p[0].dtype == torch.float64 for p in cur)
+        out.append((torch.cat([p[0].double() if f64 else p[0] for p in cur]), torch.cat([F.pad(p[1], (0, k - p[1].shape[2])) for p in cur]),
+                    torch.cat([F.pad(p[2], (0, k - p[2].shape[1])) for p in cur])))
+        cur.clear()
+    for p in kept:
+        if len(p[0]) >= size: out.append(p); continue
+        cur.append(p)
+        if sum(len(q[0]) for q in cur) >= size: flush()
+    flush()
+    return out
+
+# %% ../nbs/07_hindsight.ipynb #ae1adc2c
+def _dual_min(blocks, c):
+    "(min_V <V, QV> + 2<q, V> + c, the least-norm minimiser V) through the Gram matrix of the rows (sample, rank) of blocks (x, L, r)."
+    k = max(b[1].shape[2] for b in blocks)
+    X = torch.cat([b[0].double() for b in blocks])
+    L, r = torch.cat([F.pad(b[1], (0, k - b[1].shape[2])) for b in blocks]), torch.cat([F.pad(b[2], (0, k - b[2].shape[1])) for b in blocks])
+    keep = (L != 0).any(1)
+    Lr, rr, idx = L.transpose(1, 2)[keep], r[keep], keep.nonzero()[:, 0]
+    if not len(idx): return float(c), torch.zeros(L.shape[1], X.shape[1], dtype=torch.float64, device=X.device)
+    G = (Lr @ Lr.T).mul_((X @ X.T)[idx][:, idx])  # m^2 numbers: 0.8 GB at 10,000 rows
+    R, info = torch.linalg.cholesky_ex(G)
+    if info == 0 and R.diagonal().min() ** 2 > 1e-12 * G.diagonal().max():  # full row rank: P r = r
+        y, v = torch.cholesky_solve(rr[:, None], R)[:, 0], float(c) - float(rr @ rr)
+    else:
+        w, W = torch.linalg.eigh(G); ok = w > 1e-12 * w.max()
+        z = W[:, ok].T @ rr; y, v = W[:, ok] @ (z / w[ok]), float(c) - float(z @ z)
+    return v, -(Lr * y[:, None]).T @ X[idx]
+
+# %% ../nbs/07_hindsight.ipynb #028cc1bf
+def _free_hvp(blocks):
+    "V (C, K1) -> QV = sum_b L_b L_b^T V x_b x_b^T over blocks (x, L, r), never forming Q."
+    def hvp(V):
+        out = torch.zeros_like(V)
+        for X, L, _ in blocks:
+            X = X.double()
+            T = (L * (X @ V.T)[:, :, None]).sum(1)  # L_b^T V x_b
+            out += (L * T[:, None, :]).sum(2).T @ X
+        return out
+    return hvp
 
 # %% ../nbs/07_hindsight.ipynb #543c17c3
 @patch
 def _solve_free(self: _GNAcc):
-    "(minimum, gradient norm, estimated distance to the minimum) of the layer scope by K-FAC-preconditioned CG on Q V = -q."
-    X, sS = (torch.cat(z) for z in zip(*self.kept)); self.kept = [(X, sS)]
-    st, dev = self.st, X.device
+    "(minimum, gradient norm, estimated distance to the minimum) of the layer scope: exact through the rows' Gram matrix, or K-FAC-preconditioned CG."
+    self.kept = _blocks(self.kept); st = self.st
+    m, P = sum(int((b[1] != 0).any(1).sum()) for b in self.kept), st['q'].numel()
+    if m <= (_DUAL_ROWS if m <= P else _DUAL_ROWS // 5):  # a singular Gram matrix costs an eigendecomposition
+        v, self.V = _dual_min(self.kept, float(st['c']))
+        return v, np.nan, 0.0
+    dev = self.kept[0][0].device
     q, ssum = st['q'].to(dev), float(st['ssum'])
-    hvp = lambda V: torch.einsum('ncd,nd->nc', sS, X @ V.T).T @ X  # sum_b s_b S_b V x_b x_b^T
     M = kfac_precond(st['A'].to(dev) / ssum, st['B'].to(dev))
     V0 = self.V if self.V is not None else torch.zeros_like(q)
-    ridge = 1e-12 * float((sS.diagonal(0, 1, 2).T @ (X * X)).max())  # the direct solve's pivot tolerance: below it, flat
-    self.V, v, gap, gn, _ = quad_cg(hvp, q, float(st['c']), V0, M, tol=1e-9 * ssum, ridge=ridge)
+    dmax = max(float(((b[1] * b[1]).sum(2).T @ b[0].double() ** 2).max()) for b in self.kept)  # Q's largest diagonal entry
+    self.V, v, gap, gn, self.iters = quad_cg(_free_hvp(self.kept), q, float(st['c']), V0, M, tol=1e-9 * ssum, ridge=1e-12 * dmax)
     return v, gn, gap
 
 # %% ../nbs/07_hindsight.ipynb #e7eab570
@@ -122,7 +189,9 @@ class _DenseAcc:
     "One layer's scopes for a convex solve from stored samples (cross-entropy, or any loss on a convolution)."
     def __init__(self, layer, units, cols, layer_scope, fmt, loss, device='cpu', solver='newton'):
         self.layer, self.units, self.cols, self.layer_scope, self.fmt, self.loss = layer, list(units), list(cols), layer_scope, fmt, loss
-        self.parts, self.V, self.device, self.solver = [], {}, torch.device(device), solver
+        self.parts, self.V, self.device, self.solver, self.cc = [], {}, torch.device(device), solver, None
+
+_COMPACT_NEWTON = True  # neuron scopes of conv_compact records by conv_solvers.conv_newton; False: M formed again, dense Newton (the baseline)
 
 # %% ../nbs/07_hindsight.ipynb #e60d8ece
 def _compact_M(x, J, geom, block_bytes=2 ** 28):
@@ -150,6 +219,10 @@ def add(self: _DenseAcc, d, sl, s):
         parts = (torch.from_numpy(_xt(r.x[sl])), t(r.J), t(r.a))
     elif getattr(self, 'geom', None) is not None:  # conv_compact: M made again from the stored input
         r = ConvCompactRecord.from_arrays(d, f'{self.layer}/')
+        if _COMPACT_NEWTON and self.units and self.solver != 'lbfgs':  # the neurons from the compact samples, never forming M
+            if self.cc is None: self.cc = CompactConv(self.geom, self.loss, self.device)
+            self.cc.add(t(o.f0), y, s, r.x[sl], r.J[sl][:, :, self.cols], r.m0[sl][:, :, self.cols])
+            if not self.layer_scope: return
         parts = (_compact_M(r.x[sl], r.J[sl], self.geom), t(r.m0))
     else:
         r = ConvRecord.from_arrays(d, f'{self.layer}/')
@@ -166,16 +239,34 @@ def _start(self: _DenseAcc, prob, keys, idx, P):
     better = prob.evaluate(last, idx, hess=False)[0] <= prob.evaluate(zero, idx, hess=False)[0]
     return torch.where(better[:, None], last, zero)
 
+# %% ../nbs/07_hindsight.ipynb #81f34261
+@patch
+def _solve_compact(self: _DenseAcc):
+    "The neuron scopes of a conv_compact record by `conv_newton`, warm-started as `_start` does."
+    cc, U = self.cc, len(self.units)
+    idx = torch.arange(U, device=self.device)
+    zero = torch.zeros(U, cc.K1, dtype=torch.float64, device=self.device); V0 = zero
+    if all(u in self.V for u in self.units):
+        last = torch.stack([self.V[u] for u in self.units])
+        V0 = torch.where((cc.evaluate(last, idx, grad=False)[0] <= cc.evaluate(zero, idx, grad=False)[0])[:, None], last, zero)
+    V, f, gn, lam, _ = conv_newton(cc, idx, V0, 1e-9 * sum(float(b['s'].sum()) for b in cc.blocks))
+    out = {}
+    for k, u in enumerate(self.units):
+        self.V[u] = V[k]; out[Scope('neuron', self.layer, int(u))] = (float(f[k]), float(gn[k]), float(lam[k]) / 2)
+    return out
+
 # %% ../nbs/07_hindsight.ipynb #b9badff3
 @patch
 def solve(self: _DenseAcc):
     """{scope: (minimum of the summed Taylor losses, gradient norm there, estimated distance to the infimum)}:
-    batched damped Newton (matrix-free Newton-CG for a layer scope beyond MAX_DIRECT variables, or with solver="newton-cg")."""
+    batched damped Newton (conv_compact neurons by `conv_newton`; matrix-free Newton-CG for a layer scope beyond MAX_DIRECT variables, or with solver="newton-cg")."""
+    out = self._solve_compact() if self.cc is not None else {}
+    if self.cc is not None and not self.layer_scope: return out
     D = (LinearSamples if self.fmt == 'linear' else ConvSamples)(*(torch.cat(z).to(self.device) for z in zip(*self.parts)))
     self.parts = [D]
     if self.solver == 'lbfgs': return self._solve_lbfgs(D)
-    tol, out = 1e-9 * float(D[2].sum()), {}
-    if self.units:
+    tol = 1e-9 * float(D[2].sum())
+    if self.units and self.cc is None:
         prob = Problems(D, self.loss, torch.as_tensor(self.cols, device=self.device))
         P = prob.size()
         group = max(1, 2 ** 27 // P ** 2)  # neurons per Newton batch: their Hessians take at most 1 GB

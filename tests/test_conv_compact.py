@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import ntaylor_nb.hindsight as hs
 from ntaylor_nb.hindsight import hindsight, hindsight_generic
 from ntaylor_nb.regret import RegretRecorder, RegretRecording, conv_numbers
 
@@ -46,13 +47,18 @@ def test_auto_picks_the_smaller_record(recs):
     assert per(a) / per(c) == pytest.approx(new / old)
 
 
-def test_compact_equals_format2_values(recs):
+def test_compact_equals_format2_values(recs, monkeypatch):
     model, r, _ = recs
-    a = hindsight(r['auto'], [3, 8], progress=False).set_index(['scope', 'N'])
     c = hindsight(r['conv'], [3, 8], progress=False).set_index(['scope', 'N'])
+    monkeypatch.setattr(hs, '_COMPACT_NEWTON', False)  # the baseline: M formed again from the compact record, dense Newton
+    d = hindsight(r['auto'], [3, 8], progress=False).set_index(['scope', 'N'])
+    monkeypatch.setattr(hs, '_COMPACT_NEWTON', True)
+    a = hindsight(r['auto'], [3, 8], progress=False).set_index(['scope', 'N'])
     assert len(a) == 2 * len(SCOPES)
     for col in ('taylor_optimum', 'regret', 'cumulative_loss'):
-        np.testing.assert_allclose(a[col], c.loc[a.index][col], rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(d[col], c.loc[d.index][col], rtol=1e-10, atol=1e-13)  # same solver, same numbers
+        # conv_newton (the default for compact neurons) against the dense Newton: both stop within 1e-9 of the sum of weights (3e-9 apart at N = 3)
+        np.testing.assert_allclose(a[col], c.loc[a.index][col], rtol=1e-8, atol=1e-13)
     assert (a.grad_norm < 1e-6).all()
     gen = hindsight_generic(model, r['auto'], [8], progress=False).set_index('scope')
     for s in SCOPES:
@@ -90,3 +96,33 @@ def test_format2_recordings_still_read(recs, tmp_path):
 def test_bad_conv_record(tmp_path):
     with pytest.raises(ValueError, match='allowed: auto, conv, conv_compact'):
         train(two_convs, 'cross_entropy', SCOPES, tmp_path / 'b', rounds=2, conv_record='small')
+
+
+NEURONS = ['neuron:2:0', 'neuron:2:2']  # the compact layer's neuron scopes (conv_newton's)
+
+
+def test_conv_newton_is_the_default_for_compact_neurons(recs, monkeypatch):
+    "hindsight solves compact neurons by conv_newton and never forms M for them; the dense path only with the private switch."
+    _, r, _ = recs
+    calls, formed = [], []
+    real_cn, real_M = hs.conv_newton, hs._compact_M
+    monkeypatch.setattr(hs, 'conv_newton', lambda *a, **k: calls.append(len(a[2])) or real_cn(*a, **k))
+    monkeypatch.setattr(hs, '_compact_M', lambda *a, **k: formed.append(1) or real_M(*a, **k))
+    hindsight(r['auto'], [3, 8], NEURONS, progress=False)
+    assert calls == [2, 2] and not formed
+    monkeypatch.setattr(hs, '_COMPACT_NEWTON', False)
+    calls.clear(); hindsight(r['auto'], [8], NEURONS, progress=False)
+    assert not calls and formed
+
+
+def test_conv_newton_warm_equals_cold_and_generic(recs):
+    "Warm starts across prefixes give the cold solve's minima (1e-8), and the generic path's (torch.func, L-BFGS) to 1e-6."
+    model, r, _ = recs
+    warm = hindsight(r['auto'], [2, 5, 8], NEURONS, progress=False).set_index(['scope', 'N'])
+    for N in (5, 8):
+        cold = hindsight(r['auto'], [N], NEURONS, progress=False).set_index(['scope', 'N'])
+        np.testing.assert_allclose(warm.loc[cold.index].taylor_optimum, cold.taylor_optimum, rtol=1e-8)
+    assert (warm.optimum_gap <= 1e-9).all()  # half the Newton decrement per round: the stop rule's certificate
+    gen = hindsight_generic(model, r['auto'], [8], NEURONS, progress=False).set_index('scope')
+    for s in NEURONS:
+        assert warm.loc[(s, 8)].taylor_optimum == pytest.approx(gen.loc[s].taylor_optimum, rel=1e-6), s

@@ -48,11 +48,11 @@ def ce_rec(tmp_path_factory):
     return record(convnet, 'cross_entropy', ['layer:0', 'layer:4', 'layer:6', 'neuron:0:1'], p, rounds=16, store_weights=True), p
 
 
-def test_mse_matrix_free_equals_dense(mse_rec):
-    """The quadratic's CG solve (K-FAC preconditioned) against the direct solve, every Linear layer scope of a chain.
-    From 7 rounds on (70 samples, 35 variables at most): with fewer samples than variables the quadratic is so
-    ill-conditioned that neither solve is reliable to better than about 1e-5 (directions of curvature 1e-12 of the largest)."""
+def test_mse_matrix_free_equals_dense(mse_rec, monkeypatch):
+    """The quadratic's CG solve (K-FAC preconditioned; the rows' Gram matrix switched off) against the direct solve, every
+    Linear layer scope of a chain, from 7 rounds on (70 samples, 35 variables at most)."""
     _, p = mse_rec
+    monkeypatch.setattr(hs, '_DUAL_ROWS', 0)
     dense, free = (hindsight(p, prefixes=[7, 9, 12], progress=False, solver=s) for s in ('newton', 'newton-cg'))
     assert (dense.scope == free.scope).all() and (dense.N == free.N).all()
     assert rel(free.taylor_optimum.values, dense.taylor_optimum.values).max() < 1e-9
@@ -87,6 +87,46 @@ def test_matrix_free_against_generic(which, mse_rec, ce_rec):
     assert rel(free.taylor_optimum.values, gen.taylor_optimum.values).max() < 1e-6
 
 
+def test_mse_dual_equals_dense(mse_rec):
+    """The rows' Gram matrix (the default while rows, samples x rank, are at most _DUAL_ROWS) against the direct solve, also
+    with fewer samples than variables (1 and 2 rounds: 10 and 20 samples against 35 variables, rank 3 a sample at most:
+    the quadratic is singular) and with more rows than variables (the Gram matrix singular): exact, gap 0."""
+    _, p = mse_rec
+    pre = [1, 2, 3, 7, 12]
+    dense, free = (hindsight(p, prefixes=pre, progress=False, solver=s) for s in ('newton', 'newton-cg'))
+    assert (dense.scope == free.scope).all() and (dense.N == free.N).all()
+    assert rel(free.taylor_optimum.values, dense.taylor_optimum.values).max() < 1e-9
+    assert (free.optimum_gap == 0).all()
+
+
+def test_mse_dual_then_cg(mse_rec, monkeypatch):
+    "The Gram path for the first prefix (at most 40 rows), then CG warm-started from its minimiser: equal to the direct solve and to a cold CG."
+    _, p = mse_rec
+    monkeypatch.setattr(hs, '_DUAL_ROWS', 40)
+    sc = ['layer:0']  # 35 variables: 1 round (10 samples, rank <= 3) gives at most 30 rows, fewer than the variables
+    dense = hindsight(p, prefixes=[1, 5, 12], scopes=sc, progress=False, solver='newton')
+    warm = hindsight(p, prefixes=[1, 5, 12], scopes=sc, progress=False, solver='newton-cg')
+    assert (warm[warm.N == 1].optimum_gap == 0).all() and (warm[warm.N > 1].optimum_gap > 0).all()  # 1 round: <= 30 rows, Gram; then CG
+    assert rel(warm.taylor_optimum.values, dense.taylor_optimum.values).max() < 1e-9
+    monkeypatch.setattr(hs, '_DUAL_ROWS', 0)
+    cold = hindsight(p, prefixes=[12], scopes=sc, progress=False, solver='newton-cg')
+    assert rel(warm[warm.N == 12].taylor_optimum.values, cold.taylor_optimum.values).max() < 1e-9
+
+
+def test_rank_factors_kept_compact(mse_rec):
+    "A matrix-free layer scope keeps x_b (float32 when exact) and rank factors L_b of at most the bottleneck's width (3), not S_b (5 x 5)."
+    _, p = mse_rec
+    rec = hs.RegretRecording(p)
+    acc = hs._accumulators(rec.manifest, [hs.Scope.parse('layer:0')], 'cpu', 'newton-cg')[0]
+    for d in rec.chunks():
+        d, s = hs._with_weights(d, rec.manifest)
+        hs._accumulate([acc], rec.manifest, d, 0, len(d['B']), np.concatenate([[0], np.cumsum(d['B'])]), s)
+    X, L, r = hs._blocks(acc.kept)[0]
+    assert L.shape[1:] == (5, 3) and r.shape[1] == 3 and X.dtype == torch.float64  # this recording is float64: kept so
+    Q = torch.einsum('nck,nk,nj->cj', L, r, X)
+    assert torch.allclose(Q, acc.st['q'], rtol=1e-10, atol=1e-12)  # q = sum_b L_b r_b x_b^T
+
+
 @pytest.mark.parametrize('which', ['mse', 'ce'])
 def test_warm_start_equals_cold(which, mse_rec, ce_rec):
     "Nested prefixes warm-start CG from the previous minimiser: the last prefix's value equals a cold solve of it alone."
@@ -107,7 +147,7 @@ def test_large_layer_scope_solves(tmp_path, monkeypatch):
     record(make, 'mse', ['layer:0'], tmp_path / 'rec', rounds=6, B=8, K=K)
     assert 50 * (K + 1) > MAX_DIRECT
     free = hindsight(tmp_path / 'rec', prefixes=[2, 6], progress=False)  # the default solver: matrix-free above MAX_DIRECT
-    assert (free.optimum_gap > 0).all()
+    assert (free.optimum_gap == 0).all()  # 48 samples, rank <= 3: at most 144 rows, through their Gram matrix
     monkeypatch.setattr(hs, 'MAX_DIRECT', 10 ** 5)
     dense = hindsight(tmp_path / 'rec', prefixes=[2, 6], progress=False)
     assert (dense.optimum_gap == 0).all()
