@@ -55,7 +55,7 @@ def plot_lr_searches(runs: pd.DataFrame, # a runs table with task, dataset and p
             line, = ax.plot(m.index, m.values, 'o-', label=o + (' (best at an edge)' if g.at_edge.astype(bool).any() else ''))
             best = g.lr[g.chosen.astype(bool)].iloc[0]
             ax.plot([best], [m[best]], '*', ms=14, color=line.get_color())
-        ax.set(xscale='log', yscale='log', xlabel='learning rate', ylabel='mean final trial loss (seeds 0, 1)', title=f'{task} on {ds}: searches')
+        ax.set(xscale='log', yscale='log', xlabel='learning rate', ylabel=f"mean final trial loss (seeds {', '.join(map(str, sorted(set(t.seed))))})", title=f'{task} on {ds}: searches')
         ax.legend()
     fig.tight_layout()
     if save is not None: fig.savefig(save, dpi=120)

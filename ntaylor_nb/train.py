@@ -29,7 +29,7 @@ from .taylor import weight_layers
 from .schedules import every
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'TASKS', 'FIGURES', 'LR_GRID', 'RunConfig', 'figure_config', 'build_model', 'run_scopes',
+__all__ = ['OPTIMIZERS', 'TASKS', 'FIGURES', 'LR_GRID', 'TUNE_SEEDS', 'RunConfig', 'figure_config', 'build_model', 'run_scopes',
            'snapshot_rounds', 'train_run', 'half_decade', 'LRSearch', 'search_lr', 'tune_lr']
 
 # %% ../nbs/12_train.ipynb #4881dc9e
@@ -354,6 +354,9 @@ def _total_rounds(cfg: RunConfig) -> int:
     return min(cfg.rounds or per_epoch * cfg.epochs, per_epoch * cfg.epochs)
 
 # %% ../nbs/12_train.ipynb #d4c25b54
+TUNE_SEEDS = (1000, 1001)  # the trials' seeds: disjoint from the seeds of the runs they tune
+_TRAINING = ('task', 'dataset', 'optimizer', 'epochs', 'rounds', 'batch_size')  # the fields a trial's loss depends on
+
 def _search_file(cache, key):
     import hashlib
     h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -376,7 +379,7 @@ def tune_lr(cfg: RunConfig, # the run to tune (its lr and seed are ignored)
             lrs: list | None = None, # the first grid (default: LR_GRID[cfg.optimizer]), extended while the best is at an end
             epochs: int | None = None, # epochs of each trial (default: the run's own, cfg.epochs; cfg.rounds applies too)
             progress: bool = True, # show a progress bar
-            seeds: Sequence[int] = (0, 1), # seeds of the trials: the same for every run of an optimizer, whatever its seed
+            seeds: Sequence[int] = TUNE_SEEDS, # seeds of the trials: the same for every run of an optimizer, none of the runs' own
             fraction: float = 1.0, # each trial trains this fraction of the run's rounds (1: the run's whole horizon)
             max_extend: int = 4, # the cap: rates tried beyond each end of the grid at most
             cache: str | Path | None = None, # a folder: a search already saved there for the same setting is read, not repeated
@@ -389,7 +392,8 @@ def tune_lr(cfg: RunConfig, # the run to tune (its lr and seed are ignored)
     base = replace(cfg, epochs=epochs or cfg.epochs, scopes=None, probe_size=0).validate()
     rounds = _total_rounds(base)
     if fraction < 1: base = replace(base, rounds=(rounds := max(1, math.ceil(fraction * rounds))))
-    key = dict(base=asdict(replace(base, lr=0.0, seed=0, device='')), grid=sorted(lrs or LR_GRID[cfg.optimizer]), seeds=list(seeds), max_extend=max_extend)
+    key = dict(base={f: getattr(base, f) for f in _TRAINING}, grid=sorted(lrs or LR_GRID[cfg.optimizer]), seeds=list(seeds),
+               max_extend=max_extend, version=ntaylor_nb.__version__)  # what the trials' losses depend on (not what a run records)
     if cache is not None and (saved := _cached_search(cache, key)) is not None: return saved
     bar = tqdm(desc=f'tuning {cfg.optimizer}', unit='trial', disable=not progress)
     def trial(lr, seed):

@@ -220,9 +220,9 @@ def test_c5_outcomes_per_sgd_rate_and_variant():
     assert r.verdict == HOLDS and (r.ci_low, r.ci_high) == pytest.approx(tuple(stats.ttest_1samp(d, 0).confidence_interval(0.95)))
     assert c_row(t[t.variant == 'torch'], rms, 'rmsprop (tuned) vs sgd (tuned x 10)', 'switches').verdict == FAILS
     adam = 'C5: Adam explores less than RMSProp and more than SGD'
-    assert c_row(t[t.variant == 'torch'], adam, 'adam vs rmsprop (tuned) and sgd (tuned)', 'novelty').verdict == HOLDS
-    assert c_row(t[t.variant == 'torch'], adam, 'adam vs rmsprop (tuned) and sgd (tuned)', 'switches').verdict == INCONCLUSIVE
-    assert c_row(t[t.variant == 'torch'], adam, 'adam vs rmsprop (tuned) and sgd (tuned x 10)', 'novelty').verdict == FAILS
+    assert c_row(t[t.variant == 'torch'], adam, 'adam (tuned) vs rmsprop (tuned) and sgd (tuned)', 'novelty').verdict == HOLDS
+    assert c_row(t[t.variant == 'torch'], adam, 'adam (tuned) vs rmsprop (tuned) and sgd (tuned)', 'switches').verdict == INCONCLUSIVE
+    assert c_row(t[t.variant == 'torch'], adam, 'adam (tuned) vs rmsprop (tuned) and sgd (tuned x 10)', 'novelty').verdict == FAILS
     assert c_row(t[t.variant == 'tf'], rms, 'rmsprop_tf (tuned) vs sgd (tuned)', 'novelty').verdict == HOLDS
     # log-volume is shown per configuration, never judged
     lv = t[t.claim == 'C5: log-volume']
@@ -284,3 +284,13 @@ def test_lr_table_deduplicates():
     t = lr_table(runs, trials=lambda p: tr)
     assert len(t) == 2 and t.dataset.tolist() == ['digits', 'mnist']
     assert t.iloc[0][['rates_tried', 'chosen', 'at_edge', 'rounds', 'trial_seeds']].tolist() == ['0.1, 0.3, 1', '0.3', False, '100', '0, 1']
+
+
+def test_paired_difference_uses_the_seeds_both_sides_have():
+    "Same seeds with a value missing on one side: paired on the other seeds (not Welch over unequal sets)."
+    from ntaylor_nb.claims import seed_difference
+    a = pd.Series([1.0, 2.0, np.nan, 4.0], index=[0, 1, 2, 3]); b = pd.Series([0.5, 1.0, 1.0, 2.0], index=[0, 1, 2, 3])
+    r, d = seed_difference(a, b), np.array([0.5, 1.0, 2.0])
+    assert (r['method'], r['n']) == ('paired', 3) and r['estimate'] == pytest.approx(d.mean())
+    assert (r['ci_low'], r['ci_high']) == pytest.approx(tuple(stats.ttest_1samp(d, 0).confidence_interval(0.95)))
+    assert seed_difference(a, b.drop(3))['method'] == 'welch'  # other seeds: unpaired
