@@ -13,7 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, jacrev, vmap
 
-from ntaylor_nb.hindsight import hindsight, hindsight_generic
+from ntaylor_nb.hindsight import hindsight
+from ntaylor_nb.hindsight_generic import hindsight_generic
 from ntaylor_nb.regret import RegretRecorder, RegretRecording
 
 from .common import line

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .run import LAYOUT, Run
+from .run import Run
 
 # %% auto #0
 __all__ = ['HOLDS', 'FAILS', 'INCONCLUSIVE', 'SHOWN', 'NOT_MEASURED', 'CONSISTENT', 'SLOWER', 'FASTER', 'NEGATIVE_REGRET',
@@ -369,12 +369,8 @@ def claims_table(runs: pd.DataFrame, # ntaylor_nb.run.runs_table's table (one ro
     return pd.DataFrame(rows).reindex(columns=COLUMNS).astype(dict(layer_number='Int64', seeds=int))
 
 # %% ../nbs/15_claims.ipynb #b9d85c78
-def _read_trials(path):
-    f = Path(path) / LAYOUT['lr_tuning']
-    return pd.read_csv(f) if f.is_file() else None
-
 def lr_table(runs: pd.DataFrame, # a runs table with task, dataset and path columns
-             trials: callable = _read_trials, # path -> the run's trial table (lr_tuning.csv), or None
+             trials: callable = lambda path: Run(path).lr_trials(), # path -> the run's trial table (lr_tuning.csv), or None
             ) -> pd.DataFrame:
     "Per (task, dataset, optimizer): the rates tried, the chosen rate, the at-edge flag, the trial horizon and seeds."
     fr = [t.assign(task=r.task, dataset=r.dataset) for r in runs.itertuples() for t in [trials(r.path)] if t is not None and len(t)]

@@ -9,10 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from fastcore.basics import patch
-from torch.func import functional_call
 
 from .devices import resolve_device
 from .gauss_newton import LinearGNRecord, replay
@@ -23,7 +21,7 @@ from .solvers import MAX_DIRECT, ConvSamples, LinearSamples, Problems, _tri, kfa
 from .taylor import Scope
 
 # %% auto #0
-__all__ = ['SOLVERS', 'hindsight', 'hindsight_generic']
+__all__ = ['SOLVERS', 'hindsight']
 
 # %% ../nbs/07_hindsight.ipynb #c292e4a8
 def _xt(x): return np.concatenate([x.astype(np.float64), np.ones((len(x), 1))], 1)
@@ -419,83 +417,5 @@ def hindsight(rec: RegretRecording | str | Path, # a recording (or its folder)
                 for a in accs:
                     rows += [_row(sc, nums, N, steps, cum, *res) for sc, res in a.solve().items()]
                 pi += 1; bar.update()
-    bar.close()
-    return _table(rows)
-
-# %% ../nbs/07_hindsight.ipynb #1fd8a296
-def _taylor_affine(m64, sc, W, x, n_outputs):
-    "The scope's Taylor outputs on batch x at weights W as an affine map v -> off_b + M_b v: (M (B, p_L, P), off (B, p_L))."
-    from torch.func import jacfwd, jacrev, vmap
-    from ntaylor_nb.taylor import scope_weights, substitute
-    B, Ws = len(x), scope_weights(m64, sc, W)
-    f = lambda p: functional_call(m64, substitute(m64, sc, p, W), (x,)).reshape(B, -1)
-    P = sum(v.numel() for v in Ws.values())
-    if P <= n_outputs: jac = jacfwd(f)(Ws)  # forward mode: one pass per variable
-    else:  # reverse mode, one sample at a time (a batch-wide basis would be (B p_L)^2)
-        g1 = lambda p, xb: functional_call(m64, substitute(m64, sc, p, W), (xb[None],)).reshape(-1)
-        jac = vmap(jacrev(g1), in_dims=(None, 0))(Ws, x)
-    M = torch.cat([jac[k].reshape(B, jac[k].shape[1], -1) for k in Ws], 2)  # (B, p_L, P)
-    w = torch.cat([Ws[k].reshape(-1) for k in Ws])
-    return M, f(Ws) - M @ w
-
-# %% ../nbs/07_hindsight.ipynb #f322b954
-def _generic_add(z, M, off, y, mse):
-    "Add one round of a scope (Taylor outputs off_b + M_b v, targets y) to its state z: quadratic statistics (MSE) or the samples."
-    B = len(M)
-    if mse:
-        r_ = off - y.double().reshape(B, -1)
-        s = 1.0 / (B * M.shape[1])
-        z['Q'] = z['Q'] + s * torch.einsum('bop,boq->pq', M, M).numpy()
-        z['q'] = z['q'] + s * torch.einsum('bop,bo->p', M, r_).numpy()
-        z['c'] += s * float((r_ ** 2).sum())
-    else: z['parts'].append((M, off, y.long(), torch.full((B,), 1.0 / B, dtype=torch.float64)))
-
-def _generic_solve(z, mse):
-    "(minimum, gradient norm, gap estimate) of a scope's summed Taylor losses so far: the direct solve (MSE) or L-BFGS."
-    if mse: return float(quad_min(z['Q'], z['q'], z['c'])), np.nan, 0.0
-    M, off, yy, s = (torch.cat(t) for t in zip(*z['parts'])); z['parts'] = [(M, off, yy, s)]
-    fun = lambda v: (F.cross_entropy(off + M @ v, yy, reduction='none') * s).sum()
-    V, v, g = lbfgs(fun, z['V'] if z['V'] is not None else torch.zeros(M.shape[2], dtype=torch.float64), 1e-9 * float(s.sum()))
-    z['V'] = V
-    return v, float(g.norm()), np.nan
-
-# %% ../nbs/07_hindsight.ipynb #ed569465
-def hindsight_generic(model: nn.Module, # the network that was recorded (its architecture; weights come from the recording)
-                      rec: RegretRecording | str | Path, # a recording made with store_weights=True
-                      prefixes: np.ndarray | None = None, # prefix lengths in recorded rounds (default: 64 log-spaced)
-                      scopes: list | None = None, # scopes to solve (default: every recorded scope)
-                      progress: bool = True, # show a progress bar
-                     ) -> pd.DataFrame:
-    "Taylor optimum and regret recomputed from stored weights with torch.func Jacobians: any scope, any model; slow."
-    import copy
-    from tqdm.auto import tqdm
-    rec = rec if isinstance(rec, RegretRecording) else RegretRecording(rec)
-    mf, R = rec.manifest, len(rec)
-    if not any(k.startswith('w/') for k in rec.chunk(0)): raise ValueError('this recording has no weight snapshots: record with store_weights=True')
-    prefixes, nums = _check_prefixes(prefixes, R), mf['layer_numbers']
-    scopes = rec.scopes if scopes is None else [s if isinstance(s, Scope) else Scope.parse(s) for s in scopes]
-    m64 = copy.deepcopy(model).double()
-    names = [k for k, _ in m64.named_parameters()]
-    mse = mf['loss'] == 'mse'
-    losses, steps = rec.column('loss'), rec.column('step')
-    st = {s: dict(Q=0, q=0, c=0.0, parts=[], V=None) for s in scopes}
-    rows, done, pi = [], 0, 0
-    bar = tqdm(total=R, desc='generic hindsight', disable=not progress)
-    for d in rec.chunks():
-        offs = np.concatenate([[0], np.cumsum(d['B'])])
-        for r in range(len(d['B'])):
-            if pi >= len(prefixes): break
-            wr = WeightsRecord.from_arrays(d)
-            W = {k: torch.from_numpy(np.array(wr.params[k][r], dtype=np.float64)) for k in names}
-            x = torch.from_numpy(np.array(wr.batch_x[offs[r]:offs[r + 1]], dtype=np.float64))
-            y = torch.from_numpy(np.array(wr.batch_y[offs[r]:offs[r + 1]]))
-            for sc in scopes:
-                M, off = _taylor_affine(m64, sc, W, x, mf['n_outputs'])  # T_b(v) = off_b + M_b v
-                _generic_add(st[sc], M, off, y, mse)
-            done += 1; bar.update()
-            if done == prefixes[pi]:
-                cum = float(losses[:done].sum())
-                rows += [_row(sc, nums, done, steps, cum, *_generic_solve(st[sc], mse)) for sc in scopes]
-                pi += 1
     bar.close()
     return _table(rows)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .run import LAYOUT, Run
+from .run import Run
 
 # %% auto #0
 __all__ = ['plot_figure6', 'plot_lr_searches', 'markdown_table']
@@ -43,8 +43,7 @@ def plot_lr_searches(runs: pd.DataFrame, # a runs table with task, dataset and p
                     ):
     "Mean final trial loss against the learning rate per optimizer, one panel per task and dataset; chosen rates marked."
     import matplotlib.pyplot as plt
-    fr = [pd.read_csv(f).assign(task=r.task, dataset=r.dataset) for r in runs.itertuples()
-          for f in [Path(r.path) / LAYOUT['lr_tuning']] if f.is_file()]
+    fr = [t.assign(task=r.task, dataset=r.dataset) for r in runs.itertuples() for t in [Run(r.path).lr_trials()] if t is not None]
     if not fr: return None
     t = pd.concat(fr).drop_duplicates(['task', 'dataset', 'optimizer', 'rounds', 'lr', 'seed'])
     keys = list(dict.fromkeys(zip(t.task, t.dataset)))

@@ -126,6 +126,10 @@ def exponents(self: Run) -> pd.DataFrame | None: "Growth exponents of the regret
 @patch
 def exploration_layers(self: Run) -> pd.DataFrame | None: "Exploration measures per ReLU module."; return self._table('exploration_layers')
 @patch
+def lr_trials(self: Run) -> pd.DataFrame | None:
+    "The learning-rate search that chose the run's rate (lr_tuning.csv: every trial, the chosen rate, the at-edge flag), or None."
+    f = self.file('lr_tuning'); return pd.read_csv(f) if f.is_file() else None
+@patch
 def exploration_measures(self: Run) -> dict | None:
     "Novelty, switches and log-volume of the whole network (unsorted), as figure 5 draws them."
     self.analyze(); f = self.file('exploration_measures')
@@ -139,9 +143,8 @@ def _table(self: Run, name):
 # %% ../nbs/13_run.ipynb #e348a47d
 def _lr_origin(run: Run, lr: float) -> dict:
     "lr_tuned (the search's choice, or None) and lr_label ('tuned', 'tuned x F' or 'fixed') of a run whose rate is `lr`."
-    f = run.file('lr_tuning')
-    if not f.is_file(): return dict(lr_tuned=None, lr_label='fixed')
-    t = pd.read_csv(f)
+    t = run.lr_trials()
+    if t is None: return dict(lr_tuned=None, lr_label='fixed')
     tuned = float(t.lr[t.chosen].iloc[0])
     factor = lr / tuned
     return dict(lr_tuned=tuned, lr_label='tuned' if np.isclose(factor, 1, rtol=1e-9) else f'tuned x {factor:.3g}')

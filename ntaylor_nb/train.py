@@ -192,6 +192,7 @@ def _prepare(cfg: RunConfig, run: Run) -> _Training:
     per_epoch = len(X) // B  # the last partial batch is dropped: every round has B datapoints
     if per_epoch < 1: raise ValueError(f'batch_size={B} is larger than the dataset ({len(X)} datapoints)')
     total = min(cfg.rounds or per_epoch * cfg.epochs, per_epoch * cfg.epochs)
+    snap = snapshot_rounds(cfg.snapshots, total, per_epoch)  # before anything is written: a bad count leaves no folder behind
     model = build_model(cfg, tuple(X.shape[1:]), int(Y.max()) + 1).to(dev)
     opt = OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.lr)
     state = _start_or_resume(run, cfg, model, opt, dev, rounds=total, rounds_per_epoch=per_epoch, batch_size=B)
@@ -201,7 +202,7 @@ def _prepare(cfg: RunConfig, run: Run) -> _Training:
     _write_rows(run.file('metrics'), metrics, 'round,epoch,loss,accuracy'); _write_rows(run.file('epochs'), epochs, 'epoch,loss,accuracy')
     return _Training(cfg, run, X, Y, B, per_epoch, total, model, opt, start, reg, exp, metrics, epochs,
                      written=dict(metrics=len(metrics), epochs=len(epochs)),
-                     snap=frozenset(snapshot_rounds(cfg.snapshots, total, per_epoch)) if exp else frozenset())
+                     snap=frozenset(snap) if exp else frozenset())
 
 # %% ../nbs/12_train.ipynb #37e68e6c
 def _checkpoint(t: _Training, r: int):

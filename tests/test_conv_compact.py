@@ -9,7 +9,8 @@ import torch
 import torch.nn as nn
 
 import ntaylor_nb.hindsight as hs
-from ntaylor_nb.hindsight import hindsight, hindsight_generic
+from ntaylor_nb.hindsight import hindsight
+from ntaylor_nb.hindsight_generic import hindsight_generic
 from ntaylor_nb.regret import RegretRecorder, RegretRecording, conv_numbers
 
 from test_regret import train

@@ -7,7 +7,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import ntaylor_nb.hindsight as hs
-from ntaylor_nb.hindsight import hindsight, hindsight_generic
+from ntaylor_nb.hindsight import hindsight
+from ntaylor_nb.hindsight_generic import hindsight_generic
 from ntaylor_nb.regret import RegretRecorder
 from ntaylor_nb.solvers import MAX_DIRECT
 

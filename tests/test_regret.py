@@ -8,7 +8,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ntaylor_nb.growth import regret_exponents
-from ntaylor_nb.hindsight import hindsight, hindsight_generic
+from ntaylor_nb.hindsight import hindsight
+from ntaylor_nb.hindsight_generic import hindsight_generic
 from ntaylor_nb.regret import RegretRecorder, RegretRecording, regret_scopes
 from ntaylor_nb.schedules import every
 from ntaylor_nb.taylor import Scope, scope_weights, taylor_output

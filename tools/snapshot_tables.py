@@ -14,7 +14,8 @@ try:  # the module layout before and after the regret chapter was split
     from ntaylor_nb.regret import RegretRecorder, RegretRecording, hindsight, hindsight_generic
 except ImportError:
     from ntaylor_nb.regret import RegretRecorder, RegretRecording
-    from ntaylor_nb.hindsight import hindsight, hindsight_generic
+    from ntaylor_nb.hindsight import hindsight
+from ntaylor_nb.hindsight_generic import hindsight_generic
 from ntaylor_nb.exploration import ExplorationRecorder, ExplorationRecording, exploration_measures, layer_summary
 import inspect
 if sys.argv[1:2] == ['--compare']:
