@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from fastcore.basics import patch
 from torch import Tensor
-from .solvers import loss_terms
+from .solvers import line_search, loss_terms
 
 
 # %% auto #0
@@ -218,6 +218,7 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
                 m_max: int = 512, # samples of the preconditioner's Hessian
                 rtol: float = 1e-4, # relative accuracy of each Newton system's CG solve
                 max_cg: int = 50, # CG iterations before the preconditioner is made again at the current point, from all samples
+                expand: bool = False, # let the line search go past the full step (`solvers.line_search`); off: see below
                ) -> tuple:
     """Batched damped Newton on conv neurons from compact samples: each direction (H + mu I)^-1 g by conjugate gradients on
     Hessian-vector products, preconditioned by a Hessian on at most m_max samples (its diagonal completed from all; from all
@@ -243,18 +244,7 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
         if not len(act): break
         pre = (pre[0][keep], pre[1][keep])
         iters[act.cpu()] += 1
-        t = torch.ones(len(act), dtype=V.dtype, device=V.device)
-        acc = torch.zeros(len(act), dtype=torch.bool, device=V.device)
-        Vn = V[act].clone()
-        for _ in range(60):
-            todo = ~acc
-            trial = V[act][todo] - t[todo, None] * d[todo]
-            ft = prob.evaluate(trial, idx[act[todo]], grad=False)[0]
-            ok = ft <= f[act][todo] - 1e-4 * t[todo] * lam2[todo]
-            w = todo.nonzero()[:, 0]
-            Vn[w[ok]] = trial[ok]; acc[w[ok]] = True
-            t[w[~ok]] /= 2
-            if bool(acc.all()): break
+        Vn, _, acc = line_search(lambda W, k: prob.evaluate(W, idx[act[k]], grad=False)[0], V[act], d, f[act], lam2, expand)  # lam2 from CG: from above
         moved = act[acc]
         if not len(moved): break
         V[moved] = Vn[acc]

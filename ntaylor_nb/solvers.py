@@ -12,8 +12,8 @@ from fastcore.basics import patch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['MAX_DIRECT', 'quad_min', 'quad_min_shared', 'LinearSamples', 'ConvSamples', 'loss_terms', 'Problems', 'newton',
-           'lbfgs', 'quad_cg', 'kfac_precond', 'newton_cg']
+__all__ = ['MAX_DIRECT', 'quad_min', 'quad_min_shared', 'LinearSamples', 'ConvSamples', 'loss_terms', 'Problems', 'line_search',
+           'newton', 'lbfgs', 'quad_cg', 'kfac_precond', 'newton_cg']
 
 # %% ../nbs/04_solvers.ipynb #73c211e1
 def _pinv_quad(Q, q):
@@ -216,12 +216,50 @@ def _direction(H, g):
     d = torch.cholesky_solve(g[..., None], L)[..., 0]
     return d, (g * d).sum(-1).clamp_min(0)
 
+# %% ../nbs/04_solvers.ipynb #0edb6c9a
+def line_search(value, # (points (m, P), positions (m,) in the batch) -> values (m,)
+                V: Tensor, # (U, P) current points
+                d: Tensor, # (U, P) directions: the step is V - t d
+                f: Tensor, # (U,) values at V
+                slope: Tensor, # (U,) g'd > 0, the decrease a full step promises to first order (or an estimate of it from above)
+                expand: bool = True, # after an accepted full step, double it while the value keeps falling
+                max_halvings: int = 60, # backtracking cap
+                max_doublings: int = 40, # expansion cap (steps up to 2^40)
+               ) -> tuple:
+    """Armijo backtracking (sufficient decrease 1e-4 t slope) for a batch of problems at once, from the full step t = 1;
+    with `expand`, a full step that was accepted is doubled while the doubled step still meets the same sufficient
+    decrease and lowers the value further (separable directions; rounding noise near a minimum cannot pass the test).
+    Returns the new points, their values and which problems moved (those that found no decrease keep V and f)."""
+    U = len(V)
+    t = torch.ones(U, dtype=V.dtype, device=V.device)
+    acc = torch.zeros(U, dtype=torch.bool, device=V.device)
+    Vn, fn = V.clone(), f.clone()
+    for _ in range(max_halvings):
+        w = (~acc).nonzero()[:, 0]
+        trial = V[w] - t[w, None] * d[w]
+        ft = value(trial, w)
+        ok = ft <= f[w] - 1e-4 * t[w] * slope[w]
+        Vn[w[ok]], fn[w[ok]] = trial[ok], ft[ok]; acc[w[ok]] = True
+        t[w[~ok]] /= 2
+        if bool(acc.all()): break
+    grow = acc & (t == 1) if expand else torch.zeros_like(acc)
+    for _ in range(max_doublings):
+        w = grow.nonzero()[:, 0]
+        if not len(w): break
+        trial = V[w] - 2 * t[w, None] * d[w]
+        ft = value(trial, w)
+        better = (ft < fn[w]) & (ft <= f[w] - 2e-4 * t[w] * slope[w])
+        Vn[w[better]], fn[w[better]] = trial[better], ft[better]; t[w[better]] *= 2
+        grow[w[~better]] = False
+    return Vn, fn, acc
+
 # %% ../nbs/04_solvers.ipynb #682d3f1c
 def newton(prob: Problems, # the batch of problems
            idx: Tensor, # (U,) the problems to solve (positions in prob's columns; 0 for a layer scope)
            V0: Tensor, # (U, P) starting points
            tol: float, # stop once half the Newton decrement is at most this
            max_iter: int = 100, # iteration cap
+           expand: bool = True, # let the line search go past the full step while the value falls (`line_search`)
           ) -> tuple:
     """Damped Newton on a batch of convex problems, each stopped once half its Newton decrement is at most `tol`
     (an estimate of its distance to the infimum, also where the infimum is only approached at infinity).
@@ -240,19 +278,7 @@ def newton(prob: Problems, # the batch of problems
         act, d, lam2 = act[keep], d[keep], lam2[keep]
         if not len(act): break
         iters[act.cpu()] += 1
-        # backtracking (Armijo) line search, every active problem at once
-        t = torch.ones(len(act), dtype=V.dtype, device=V.device)
-        fa, acc = f[act], torch.zeros(len(act), dtype=torch.bool, device=V.device)
-        Vn = V[act].clone()
-        for _ in range(60):
-            todo = ~acc
-            trial = V[act][todo] - t[todo, None] * d[todo]
-            ft = prob.evaluate(trial, idx[act[todo]], hess=False)[0]
-            ok = ft <= fa[todo] - 1e-4 * t[todo] * lam2[todo]
-            w = todo.nonzero()[:, 0]
-            Vn[w[ok]] = trial[ok]; acc[w[ok]] = True
-            t[w[~ok]] /= 2
-            if bool(acc.all()): break
+        Vn, _, acc = line_search(lambda W, k: prob.evaluate(W, idx[act[k]], hess=False)[0], V[act], d, f[act], lam2, expand)
         moved = act[acc]
         if not len(moved): break  # no problem can decrease any further: rounding has the last word
         V[moved] = Vn[acc]
@@ -399,6 +425,7 @@ def newton_cg(prob: Problems, # the problems; only its layer scope (cols None) i
               tol: float, # stop once half the Newton decrement is at most this
               max_iter: int = 100, # Newton iterations
               rtol: float = 1e-4, # relative accuracy of each Newton system's CG solve
+              expand: bool = False, # let the line search go past the full step (`line_search`); off by default, as in `conv_newton`
              ) -> tuple:
     """Matrix-free damped Newton on a layer scope: each direction H^-1 g by preconditioned conjugate gradients on
     Hessian-vector products (`Problems.hvp`, `Problems.precond`), whose value -g'H^-1 g gives the Newton decrement;
@@ -412,13 +439,10 @@ def newton_cg(prob: Problems, # the problems; only its layer scope (cols None) i
         d, val, gap, _, _ = quad_cg(lambda W: prob.hvp(V, W), -g, 0.0, torch.zeros_like(V), M, tol=tol / 10, rtol=rtol, ridge=1e-13 * dmax)
         lam2 = -val + gap  # the decrement g'H^-1 g, from above (CG's value approaches -g'H^-1 g from above)
         if lam2 / 2 <= tol or it == max_iter: break
-        t = 1.0
-        for _ in range(60):
-            ft = ev(V - t * d)[0]
-            if ft <= f - 1e-4 * t * (-val): break
-            t /= 2
-        else: break  # no decrease: rounding has the last word
-        V = V - t * d
+        slope = torch.as_tensor(-val, dtype=V.dtype, device=V.device).reshape(1)
+        Vn, _, acc = line_search(lambda W, k: prob.evaluate(W, zero, hess=False)[0], V[None], d[None], f.reshape(1), slope, expand)
+        if not bool(acc[0]): break  # no decrease: rounding has the last word
+        V = Vn[0]
         f, g = ev(V)
     return V, float(f), float(g.norm()), lam2, it
 

@@ -58,8 +58,17 @@ def test_compact_equals_format2_values(recs, monkeypatch):
     assert len(a) == 2 * len(SCOPES)
     for col in ('taylor_optimum', 'regret', 'cumulative_loss'):
         np.testing.assert_allclose(d[col], c.loc[d.index][col], rtol=1e-10, atol=1e-13)  # same solver, same numbers
-        # conv_newton (the default for compact neurons) against the dense Newton: both stop within 1e-9 of the sum of weights (3e-9 apart at N = 3)
-        np.testing.assert_allclose(a[col], c.loc[a.index][col], rtol=1e-8, atol=1e-13)
+    # conv_newton (the default for compact neurons) against the dense Newton: each value lies within about its
+    # optimum_gap (a round; half the Newton decrement, an estimate: on a separable neuron's exponential tail f = c e^-mt
+    # the decrement is f itself, so the distance is twice the estimate; with several margins it can be more), so the two
+    # agree to about twice the sum of their gaps: 2.5 is an empirical allowance, on gaps both held to tol (on separable
+    # neurons the dense Newton's expanding line search reaches 0 while conv_newton stops within tol)
+    ref, N = c.loc[a.index], a.index.get_level_values('N').to_numpy()
+    gap = (a.optimum_gap + ref.optimum_gap).to_numpy()
+    assert (np.abs(a.taylor_optimum - ref.taylor_optimum).to_numpy() <= 1e-8 * np.abs(ref.taylor_optimum.to_numpy()) + 2.5 * gap + 1e-13).all()
+    assert (np.abs(a.regret - ref.regret).to_numpy() <= 1e-8 * np.abs(ref.regret.to_numpy()) + 2.5 * N * gap + 1e-12).all()
+    np.testing.assert_allclose(a.cumulative_loss, ref.cumulative_loss, rtol=1e-12)
+    assert (a.optimum_gap <= 1e-9 * 1.0001).all() and (ref.optimum_gap <= 1e-9 * 1.0001).all()
     assert (a.grad_norm < 1e-6).all()
     gen = hindsight_generic(model, r['auto'], [8], progress=False).set_index('scope')
     for s in SCOPES:
