@@ -425,19 +425,24 @@ def newton_cg(prob: Problems, # the problems; only its layer scope (cols None) i
               tol: float, # stop once half the Newton decrement is at most this
               max_iter: int = 100, # Newton iterations
               rtol: float = 1e-4, # relative accuracy of each Newton system's CG solve
-              expand: bool = False, # let the line search go past the full step (`line_search`); off by default, as in `conv_newton`
+              expand: bool = True, # let the line search go past the full step while the value falls (`line_search`)
+              confirm_rtol: float = 1e-10, # a stop is confirmed by a CG solve to this relative accuracy before it is taken
              ) -> tuple:
     """Matrix-free damped Newton on a layer scope: each direction H^-1 g by preconditioned conjugate gradients on
     Hessian-vector products (`Problems.hvp`, `Problems.precond`), whose value -g'H^-1 g gives the Newton decrement;
-    the line search and the stop rule of `newton`. Returns V, value, gradient norm, Newton decrement, iterations."""
+    the line search and the stop rule of `newton`. An inexact CG solve can understate the decrement (seen after expanded
+    steps: a stop 1.2e-7 a round above the minimum while claiming 1e-9), so a decrement that would stop the solve is
+    computed again to `confirm_rtol` first. Returns V, value, gradient norm, Newton decrement, iterations."""
     V, zero = V0.clone(), torch.zeros(1, dtype=torch.long, device=V0.device)
     ev = lambda V: [t[0] for t in prob.evaluate(V[None], zero, hess=False)[:2]]
     f, g = ev(V)
     lam2, it = float('inf'), 0
     for it in range(max_iter + 1):
         M, dmax = prob.precond(V)
-        d, val, gap, _, _ = quad_cg(lambda W: prob.hvp(V, W), -g, 0.0, torch.zeros_like(V), M, tol=tol / 10, rtol=rtol, ridge=1e-13 * dmax)
-        lam2 = -val + gap  # the decrement g'H^-1 g, from above (CG's value approaches -g'H^-1 g from above)
+        for r in (rtol, confirm_rtol):
+            d, val, gap, _, _ = quad_cg(lambda W: prob.hvp(V, W), -g, 0.0, torch.zeros_like(V), M, tol=tol / 10, rtol=r, ridge=1e-13 * dmax)
+            lam2 = -val + gap  # the decrement g'H^-1 g, from above (CG's value approaches -g'H^-1 g from above)
+            if lam2 / 2 > tol or r <= confirm_rtol: break  # go on with this direction, or the stop is confirmed
         if lam2 / 2 <= tol or it == max_iter: break
         slope = torch.as_tensor(-val, dtype=V.dtype, device=V.device).reshape(1)
         Vn, _, acc = line_search(lambda W, k: prob.evaluate(W, zero, hess=False)[0], V[None], d[None], f.reshape(1), slope, expand)

@@ -304,6 +304,21 @@ def test_newton_on_separable_data_approaches_the_infimum():
     torch.testing.assert_close(lam1[0], g_at[0] @ torch.linalg.solve(H_at[0] + 1e-13 * H_at[0].diagonal().max() * torch.eye(prob.size(), dtype=torch.float64), g_at[0]), rtol=1e-6, atol=0)
 
 
+def test_newton_cg_on_separable_data_reaches_the_infimum():
+    "The matrix-free Newton with the expanding line search: one Newton step to the infimum 0 (backtracking alone needs many), a stop confirmed by a tight CG solve."
+    from ntaylor_nb.solvers import newton_cg
+    D = random_data('linear', n=6, p=3, C=2, K1=12, seed=2)
+    prob = Problems(D, 'cross_entropy')
+    tol = 1e-9 * float(D[2].sum())
+    V, f, gn, lam2, it = newton_cg(prob, torch.zeros(prob.size(), dtype=torch.float64), tol)
+    Vp, fp, _, lamp, itp = newton_cg(prob, torch.zeros(prob.size(), dtype=torch.float64), tol, expand=False)
+    assert 0 <= f <= 2 * tol and lam2 / 2 <= tol and 0 < fp <= 2 * tol and lamp / 2 <= tol and it < itp
+    ref = reference_loss(D, 'linear', None, 'cross_entropy')
+    assert fp == pytest.approx(float(ref(Vp.reshape(-1))), rel=1e-12)
+    _, fd, *_ = _newton(prob, torch.zeros(1, dtype=torch.long), torch.zeros(1, prob.size(), dtype=torch.float64), tol)
+    assert abs(f - float(fd[0])) <= 4 * tol  # the dense Newton's infimum, within the two stops
+
+
 def test_warm_started_prefixes_equal_cold_solves(tmp_path):
     "The solver warm-starts each prefix from the last; the optimum at a prefix must not depend on which prefixes came before."
     scopes = ['neuron:0:1', 'neuron:4:2', 'layer:4', 'layer:0']
