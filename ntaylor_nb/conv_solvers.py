@@ -218,12 +218,13 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
                 m_max: int = 512, # samples of the preconditioner's Hessian
                 rtol: float = 1e-4, # relative accuracy of each Newton system's CG solve
                 max_cg: int = 50, # CG iterations before the preconditioner is made again at the current point, from all samples
-                expand: bool = False, # let the line search go past the full step (`solvers.line_search`); off: see below
+                expand: bool = True, # let the line search go past the full step while the value falls (`solvers.line_search`)
+                confirm_rtol: float = 1e-10, # a stop is confirmed by a CG solve to this relative accuracy before it is taken
                ) -> tuple:
     """Batched damped Newton on conv neurons from compact samples: each direction (H + mu I)^-1 g by conjugate gradients on
     Hessian-vector products, preconditioned by a Hessian on at most m_max samples (its diagonal completed from all; from all
     samples, kept for the later steps, once CG needs more than max_cg products);
-    the ridge mu, line search and stop rule of `newton`. Returns V, values, gradient norms, Newton decrements, iterations."""
+    the ridge mu, line search and stop rule of `newton`, a stop confirmed as in `newton_cg`. Returns V, values, gradient norms, Newton decrements, iterations."""
     V, U = V0.clone(), len(V0)
     lam = torch.full((U,), float('inf'), dtype=V.dtype, device=V.device)
     iters = torch.zeros(U, dtype=torch.long)
@@ -237,6 +238,10 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
             d, lam2, ncg = batched_pcg(lambda W, k: prob.hvp(W, k) + mu[k, None] * W, g[act],
                                        lambda R, k: torch.cholesky_solve(R[..., None], L[k])[..., 0], tol / 10, rtol, max_iter=max_cg)
             if ncg < max_cg: break
+        s = (lam2 / 2 <= tol).nonzero()[:, 0]  # would stop: confirm with a tight CG solve (an inexact one can understate the decrement)
+        if len(s) and rtol > confirm_rtol:
+            d[s], lam2[s], _ = batched_pcg(lambda W, k: prob.hvp(W, s[k]) + mu[s[k], None] * W, g[act][s],
+                                           lambda R, k: torch.cholesky_solve(R[..., None], L[s[k]])[..., 0], 0.0, confirm_rtol, max_iter=40 * max_cg)
         lam[act] = lam2
         keep = lam2 / 2 > tol
         if it == max_iter: break

@@ -432,15 +432,15 @@ def newton_cg(prob: Problems, # the problems; only its layer scope (cols None) i
     Hessian-vector products (`Problems.hvp`, `Problems.precond`), whose value -g'H^-1 g gives the Newton decrement;
     the line search and the stop rule of `newton`. An inexact CG solve can understate the decrement (seen after expanded
     steps: a stop 1.2e-7 a round above the minimum while claiming 1e-9), so a decrement that would stop the solve is
-    computed again to `confirm_rtol` first. Returns V, value, gradient norm, Newton decrement, iterations."""
+    computed again to `confirm_rtol` (relative accuracy only) first. Returns V, value, gradient norm, Newton decrement, iterations."""
     V, zero = V0.clone(), torch.zeros(1, dtype=torch.long, device=V0.device)
     ev = lambda V: [t[0] for t in prob.evaluate(V[None], zero, hess=False)[:2]]
     f, g = ev(V)
     lam2, it = float('inf'), 0
     for it in range(max_iter + 1):
         M, dmax = prob.precond(V)
-        for r in (rtol, confirm_rtol):
-            d, val, gap, _, _ = quad_cg(lambda W: prob.hvp(V, W), -g, 0.0, torch.zeros_like(V), M, tol=tol / 10, rtol=r, ridge=1e-13 * dmax)
+        for r, at in ((rtol, tol / 10), (confirm_rtol, 0.0)):  # the confirmation: relative accuracy only
+            d, val, gap, _, _ = quad_cg(lambda W: prob.hvp(V, W), -g, 0.0, torch.zeros_like(V), M, tol=at, rtol=r, ridge=1e-13 * dmax)
             lam2 = -val + gap  # the decrement g'H^-1 g, from above (CG's value approaches -g'H^-1 g from above)
             if lam2 / 2 > tol or r <= confirm_rtol: break  # go on with this direction, or the stop is confirmed
         if lam2 / 2 <= tol or it == max_iter: break

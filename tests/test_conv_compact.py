@@ -69,7 +69,9 @@ def test_compact_equals_format2_values(recs, monkeypatch):
     assert (np.abs(a.regret - ref.regret).to_numpy() <= 1e-8 * np.abs(ref.regret.to_numpy()) + 2.5 * N * gap + 1e-12).all()
     np.testing.assert_allclose(a.cumulative_loss, ref.cumulative_loss, rtol=1e-12)
     assert (a.optimum_gap <= 1e-9 * 1.0001).all() and (ref.optimum_gap <= 1e-9 * 1.0001).all()
-    assert (a.grad_norm < 1e-6).all()
+    # the stop rule is the decrement, not the gradient: on the ill-conditioned neuron 2:2 at N = 8 the expanded solve ends
+    # with a gradient of 1.4e-6 at a value 4e-10 below the dense solve's (the dense one: 1.7e-7)
+    assert (a.grad_norm < 1e-5).all()
     gen = hindsight_generic(model, r['auto'], [8], progress=False).set_index('scope')
     for s in SCOPES:
         # the generic path (torch.func Jacobians, L-BFGS) stops earlier on the near-separable layer scope (2e-6 above here);
