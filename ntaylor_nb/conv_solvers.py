@@ -233,7 +233,7 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
     for it in range(max_iter + 1):
         for fresh in (False, True):
             if pre is None or fresh: pre = _precond(prob, V[act], idx[act], 2 ** 62 if fresh else m_max)  # CG too slow: the full Hessian
-            (L, mu), a = pre, act
+            L, mu = pre
             f[act], g[act] = prob.evaluate(V[act], idx[act])  # the curvature kept for hvp is at V[act]
             d, lam2, ncg = batched_pcg(lambda W, k: prob.hvp(W, k) + mu[k, None] * W, g[act],
                                        lambda R, k: torch.cholesky_solve(R[..., None], L[k])[..., 0], tol / 10, rtol, max_iter=max_cg)

@@ -17,7 +17,8 @@ from .gauss_newton import LinearGNRecord, replay
 from .growth import log_prefixes
 from .regret import ConvCompactRecord, ConvRecord, LinearJacobianRecord, OutputRecord, RegretRecording, WeightsRecord
 from .conv_solvers import CompactConv, conv_newton
-from .solvers import MAX_DIRECT, ConvSamples, LinearSamples, Problems, _tri, kfac_precond, lbfgs, loss_terms, newton, newton_cg, quad_cg, quad_min, quad_min_shared
+from .solvers import MAX_DIRECT, ConvSamples, LinearSamples, Problems, _tri, lbfgs, loss_terms, newton, quad_min, quad_min_shared
+from .solvers_free import kfac_precond, newton_cg, quad_cg
 from .taylor import Scope
 
 # %% auto #0

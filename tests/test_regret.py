@@ -306,7 +306,7 @@ def test_newton_on_separable_data_approaches_the_infimum():
 
 def test_newton_cg_on_separable_data_reaches_the_infimum():
     "The matrix-free Newton with the expanding line search: one Newton step to the infimum 0 (backtracking alone needs many), a stop confirmed by a tight CG solve."
-    from ntaylor_nb.solvers import newton_cg
+    from ntaylor_nb.solvers_free import newton_cg
     D = random_data('linear', n=6, p=3, C=2, K1=12, seed=2)
     prob = Problems(D, 'cross_entropy')
     tol = 1e-9 * float(D[2].sum())
