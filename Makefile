@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 PYTHON ?= python3
 
-.PHONY: demo reproduce results test sync nbtest pytest docs bench install clean wheelhouse devdata gpu-check
+.PHONY: demo reproduce reproduce-convnet results test sync nbtest pytest docs bench install clean wheelhouse devdata gpu-check
 
 install: $(STAMP)
 
@@ -37,13 +37,13 @@ SNAPSHOTS ?= 101
 WORKERS ?= 2
 PAPERMILL := $(BIN)/papermill --log-level WARNING -k python3
 define protocol
-	nb=nbs/experiments/autoencoder.ipynb; common="--workers $(WORKERS) --param snapshots=$(SNAPSHOTS) --param tune_cache=$(1)/tuning $(2)"
-	$(BIN)/ntaylor-batch $$nb --out $(1)/main --grid seed=$(SEEDS) --grid optimizer=sgd,rmsprop,adam $$common \
+	nb=nbs/experiments/$(or $(3),autoencoder).ipynb; common=(--workers $(WORKERS) --param snapshots=$(SNAPSHOTS) --param tune_cache=$(1)/tuning $(2))
+	$(BIN)/ntaylor-batch $$nb --out $(1)/main --grid seed=$(SEEDS) --grid optimizer=sgd,rmsprop,adam "$${common[@]}" \
 	  || echo "WARNING: some runs of $(1)/main failed (see its results.csv); the report uses the others"
 	$(BIN)/ntaylor-batch $$nb --out $(1)/sgd_rates --grid seed=$(SEEDS) --grid lr_factor=$(SGD_FACTORS) --param optimizer=sgd \
-	  --param 'layers=[]' --param 'neuron_layers=[]' $$common || echo "WARNING: some runs of $(1)/sgd_rates failed (see its results.csv)"
+	  "$${common[@]}" --param 'layers=[]' --param 'neuron_layers=[]' || echo "WARNING: some runs of $(1)/sgd_rates failed (see its results.csv)"
 	$(BIN)/ntaylor-batch $$nb --out $(1)/tf --grid seed=$(SEEDS) --grid optimizer=rmsprop_tf,adam_tf \
-	  --param 'layers=[]' --param 'neuron_layers=[]' $$common || echo "WARNING: some runs of $(1)/tf failed (see its results.csv)"
+	  "$${common[@]}" --param 'layers=[]' --param 'neuron_layers=[]' || echo "WARNING: some runs of $(1)/tf failed (see its results.csv)"
 	# (ipykernel warns at each start that its local sockets are unencrypted: that one line is dropped, all else kept)
 	$(PAPERMILL) nbs/experiments/report.ipynb $(1)/report.ipynb -p runs_dir $(1) -p interactive False \
 	  2> >(grep -v 'Kernel is running over TCP without encryption' >&2)
@@ -74,6 +74,29 @@ reproduce: $(STAMP)
 	echo "reproduction: $$(( (SECONDS - start) / 60 )) min $$(( (SECONDS - start) % 60 )) s" | tee $(REPRO_DIR)/timing.txt
 	$(PY) tools/publish_report.py $(REPRO_DIR)/report.ipynb $(REPRO_NB) "the MNIST reproduction's runs ($$(cut -d' ' -f2- $(REPRO_DIR)/timing.txt) on $$(nproc) cores)" reproduce
 	$(BIN)/nbdev_clean --fname $(REPRO_NB)
+
+# The convnet half on real CIFAR-10 at a size this CPU can run (about an hour on 2 cores; the paper's scale needs a GPU:
+# benchmarks/RESULTS.md, "How to run P4 on a GPU"): the same protocol with the paper's convnet (batch 128) for
+# CONV_ROUNDS minibatches, exploration snapshots at every round (CONV_ROUNDS + 1 > 50 singular values), neuron-wise
+# regret of CONV_NEURONS neurons of conv layer 1 (figure 3(b)), and the layer-wise regret of CONV_LAYERS (weight layers
+# numbered from 1 at the input; none by default: the fully connected layer's scope, layer 4, fits every sample of a run
+# this short, its infimum is 0, its regret the cumulative loss, and its matrix-free solve takes minutes a run here).
+# DATA_ROOT: a folder with CIFAR-10 as torchvision downloads it (cifar-10-batches-py/), or an ImageFolder copy in
+# cifar10/train and cifar10/test (here: ../shared/data/cifar10/cifar10-jpeg75.tar.gz extracted into DATA_ROOT/cifar10).
+CONV_DIR ?= runs/cifar10
+CONV_ROUNDS ?= 60
+CONV_TUNE_FRACTION ?= 0.5
+CONV_NEURONS ?= 50
+CONV_LAYERS ?= []
+CONV_NB := nbs/results/cifar10_report.ipynb
+reproduce-convnet: SNAPSHOTS = $(shell expr $(CONV_ROUNDS) + 1)
+reproduce-convnet: $(STAMP)
+	test -d $(DATA_ROOT)/cifar-10-batches-py -o -d $(DATA_ROOT)/cifar10/train || { echo "DATA_ROOT=$(DATA_ROOT) holds no CIFAR-10 (cifar-10-batches-py/ or cifar10/train/): point it at a data root holding it"; exit 2; }
+	mkdir -p $(CONV_DIR); start=$$SECONDS
+	$(call protocol,$(CONV_DIR),--param dataset=cifar10 --param data_root=$(abspath $(DATA_ROOT)) --param rounds=$(CONV_ROUNDS) --param epochs=1 --param tune_fraction=$(CONV_TUNE_FRACTION) --param regret_every=1 --param neurons_per_layer=$(CONV_NEURONS) --param 'neuron_layers=[1]' --param 'layers=$(CONV_LAYERS)' --param prefixes=16,convnet)
+	echo "reproduction: $$(( (SECONDS - start) / 60 )) min $$(( (SECONDS - start) % 60 )) s" | tee $(CONV_DIR)/timing.txt
+	$(PY) tools/publish_report.py $(CONV_DIR)/report.ipynb $(CONV_NB) "the CIFAR-10 convnet reproduction's runs ($$(cut -d' ' -f2- $(CONV_DIR)/timing.txt) on $$(nproc) cores)" reproduce-convnet
+	$(BIN)/nbdev_clean --fname $(CONV_NB)
 
 # The docs site's results page: the report executed on the demo runs (commit the notebook it writes).
 RESULTS_NB := nbs/results/demo_report.ipynb

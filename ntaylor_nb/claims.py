@@ -262,6 +262,7 @@ def gap_rows(runs: pd.DataFrame, # one (task, dataset) of a checked runs table, 
 def accuracy_rows(runs: pd.DataFrame, # one (task, dataset) of a checked runs table
                   level: float = 0.95, # coverage of the intervals
                   threshold: float = 0.99, # the paper's accuracy
+                  min_epochs: float = 1.0, # configurations with a shorter run are shown, not judged
                  ) -> list[dict]:
     "C4: per configuration, the last epoch's training accuracy against `threshold` (holds if the interval's bottom >= it)."
     key = tuple(runs[['task', 'dataset']].iloc[0]); rows = []
@@ -270,6 +271,10 @@ def accuracy_rows(runs: pd.DataFrame, # one (task, dataset) of a checked runs ta
         iv = seed_interval(_series(g, 'last_epoch_accuracy'), level)
         if iv['n'] == 0: continue
         verdict, why = judge(iv, threshold, inclusive=True)
+        ep = float(g.epochs_trained.min()) if 'epochs_trained' in g else None
+        if ep is not None and ep < min_epochs:
+            verdict, why = SHOWN, (f'the runs trained {ep:.2g} epochs (fewer than {min_epochs:g}): the paper\'s accuracy is that of '
+                                   'trained networks, so runs this short cannot judge it')
         rows.append(_row(key, f'C4: reaches >= {threshold:.0%} training accuracy', 'fig 6, section 2.4', f'{g.optimizer.iloc[0]} ({g.lr_label.iloc[0]})',
                          iv, verdict, f'accuracy {_fmt(iv, ".4f")} ({level:.0%} t interval)', why, measure='last_epoch_accuracy'))
     return rows

@@ -117,7 +117,8 @@ def analyze(self: Run, prefixes: int | None = None, # log-spaced prefixes for th
     "The flat summary; computed (with every analysis table) if missing, refreshed or asked for other `prefixes`, else read."
     self._need_complete()
     saved = self.read_json('summary') if self.analyzed else {}
-    if saved and not refresh and prefixes in (None, saved['prefixes']): return saved
+    # the training summary is read again each time (cheap): a summary saved by an older version gains its new fields
+    if saved and not refresh and prefixes in (None, saved['prefixes']): return dict(saved, **_training_summary(self))
     return _analyze(self, prefixes or saved.get('prefixes', 64), progress, device)
 @patch
 def regret_table(self: Run) -> pd.DataFrame | None: "Hindsight's table (analysis/regret.csv)."; return self._table('regret_table')
@@ -156,7 +157,7 @@ def _training_summary(run: Run) -> dict:
     c = p['config']
     acc = done['last_epoch_accuracy']
     return dict(task=c['task'], dataset=c['dataset'], optimizer=c['optimizer'], lr=c['lr'], **_lr_origin(run, c['lr']), seed=c['seed'], rounds=done['rounds'],
-                last_epoch_loss=done['last_epoch_loss'], device=p['device'], last_epoch_accuracy=acc if np.isfinite(acc or np.nan) else None)
+                epochs_trained=done['rounds'] / p['rounds_per_epoch'], last_epoch_loss=done['last_epoch_loss'], device=p['device'], last_epoch_accuracy=acc if np.isfinite(acc or np.nan) else None)
 
 # %% ../nbs/13_run.ipynb #ddb1a7aa
 def _analyze_regret(run: Run, prefixes: int, progress: bool, device: str) -> dict:

@@ -390,7 +390,7 @@ def tune_lr(cfg: RunConfig, # the run to tune (its lr and seed are ignored)
     from dataclasses import replace
     from tqdm.auto import tqdm
     if not 0 < fraction <= 1: raise ValueError(f'fraction={fraction!r} must lie in (0, 1]')
-    base = replace(cfg, epochs=epochs or cfg.epochs, scopes=None, probe_size=0).validate()
+    base = replace(cfg, epochs=epochs or cfg.epochs, scopes=None, probe_size=0, snapshots=None).validate()  # trials need only their losses
     rounds = _total_rounds(base)
     if fraction < 1: base = replace(base, rounds=(rounds := max(1, math.ceil(fraction * rounds))))
     key = dict(base={f: getattr(base, f) for f in _TRAINING}, grid=sorted(lrs or LR_GRID[cfg.optimizer]), seeds=list(seeds),

@@ -1,7 +1,7 @@
 """Put an executed report notebook on the docs site, saying what it was run on, when, and by which version.
 
-Usage: python tools/publish_report.py EXECUTED.ipynb DEST.ipynb "WHAT IT RAN ON" [MAKE TARGET] (run by `make results`
-and `make reproduce`).
+Usage: python tools/publish_report.py EXECUTED.ipynb DEST.ipynb "WHAT IT RAN ON" [MAKE TARGET] (run by `make results`,
+`make reproduce` and `make reproduce-convnet`).
 The code cells are kept exactly as executed (tests/test_docs.py checks they are the report notebook's)."""
 import datetime
 import subprocess
