@@ -89,11 +89,15 @@ CONV_TUNE_FRACTION ?= 0.5
 CONV_NEURONS ?= 50
 CONV_LAYERS ?= []
 CONV_NB := nbs/results/cifar10_report.ipynb
+CONV_EPOCHS = $(shell expr \( $(CONV_ROUNDS) + 389 \) / 390)# enough epochs of 390 rounds (50,000 images, batch 128) for CONV_ROUNDS
+CONV_PARAMS = --param dataset=cifar10 --param data_root=$(abspath $(DATA_ROOT)) --param rounds=$(CONV_ROUNDS) \
+  --param epochs=$(CONV_EPOCHS) --param tune_fraction=$(CONV_TUNE_FRACTION) --param regret_every=1 \
+  --param neurons_per_layer=$(CONV_NEURONS) --param 'neuron_layers=[1]' --param 'layers=$(CONV_LAYERS)' --param prefixes=16
 reproduce-convnet: SNAPSHOTS = $(shell expr $(CONV_ROUNDS) + 1)
 reproduce-convnet: $(STAMP)
 	test -d $(DATA_ROOT)/cifar-10-batches-py -o -d $(DATA_ROOT)/cifar10/train || { echo "DATA_ROOT=$(DATA_ROOT) holds no CIFAR-10 (cifar-10-batches-py/ or cifar10/train/): point it at a data root holding it"; exit 2; }
 	mkdir -p $(CONV_DIR); start=$$SECONDS
-	$(call protocol,$(CONV_DIR),--param dataset=cifar10 --param data_root=$(abspath $(DATA_ROOT)) --param rounds=$(CONV_ROUNDS) --param epochs=1 --param tune_fraction=$(CONV_TUNE_FRACTION) --param regret_every=1 --param neurons_per_layer=$(CONV_NEURONS) --param 'neuron_layers=[1]' --param 'layers=$(CONV_LAYERS)' --param prefixes=16,convnet)
+	$(call protocol,$(CONV_DIR),$(CONV_PARAMS),convnet)
 	echo "reproduction: $$(( (SECONDS - start) / 60 )) min $$(( (SECONDS - start) % 60 )) s" | tee $(CONV_DIR)/timing.txt
 	$(PY) tools/publish_report.py $(CONV_DIR)/report.ipynb $(CONV_NB) "the CIFAR-10 convnet reproduction's runs ($$(cut -d' ' -f2- $(CONV_DIR)/timing.txt) on $$(nproc) cores)" reproduce-convnet
 	$(BIN)/nbdev_clean --fname $(CONV_NB)

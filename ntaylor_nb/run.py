@@ -118,7 +118,7 @@ def analyze(self: Run, prefixes: int | None = None, # log-spaced prefixes for th
     self._need_complete()
     saved = self.read_json('summary') if self.analyzed else {}
     # the training summary is read again each time (cheap): a summary saved by an older version gains its new fields
-    if saved and not refresh and prefixes in (None, saved['prefixes']): return dict(saved, **_training_summary(self))
+    if saved and not refresh and prefixes in (None, saved['prefixes']): return dict(saved, **_plain(_training_summary(self)))
     return _analyze(self, prefixes or saved.get('prefixes', 64), progress, device)
 @patch
 def regret_table(self: Run) -> pd.DataFrame | None: "Hindsight's table (analysis/regret.csv)."; return self._table('regret_table')
@@ -186,11 +186,13 @@ def _analyze_exploration(run: Run) -> dict:
                 snapshots=len(er), sv_above_floor=float(ms['sv_above_floor'].mean()))
 
 # %% ../nbs/13_run.ipynb #858793eb
+def _plain(s: dict) -> dict: "Non-finite numbers as None (plain JSON: no NaN)."; return {k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in s.items()}
+
 def _analyze(run: Run, prefixes: int, progress: bool, device: str) -> dict:
     "Compute a complete run's analysis into a fresh analysis/ folder; the summary is written last."
     shutil.rmtree(run.file('analysis'), ignore_errors=True); run.file('analysis').mkdir()
     s = dict(_training_summary(run), **_analyze_regret(run, prefixes, progress, device), **_analyze_exploration(run))
-    s = {k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in s.items()}  # plain JSON: no NaN
+    s = _plain(s)
     run.write_json('summary', dict(s, prefixes=prefixes))
     return dict(s, prefixes=prefixes)
 

@@ -115,3 +115,12 @@ def test_find_runs_at_any_depth_in_path_order(trained, tmp_path):
 def test_figure_paths(run):
     f = run.figure('figure3')
     assert f == run.path / 'figures' / 'figure3.png' and f.parent.is_dir()
+
+
+def test_epochs_trained_also_for_a_summary_saved_before_it(run):
+    "The summary's epochs_trained is rounds over rounds per epoch; a summary saved without it (an older version) gains it on reading."
+    s = run.analyze(prefixes=3)
+    assert s['epochs_trained'] == pytest.approx(12 / (1437 // 32)) and run.params['rounds_per_epoch'] == 1437 // 32
+    old = {k: v for k, v in run.read_json('summary').items() if k != 'epochs_trained'}
+    run.write_json('summary', old)
+    assert Run(run.path).analyze() == s and runs_table(run.path.parent).epochs_trained.tolist() == [s['epochs_trained']]
