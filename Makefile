@@ -37,6 +37,8 @@ SNAPSHOTS ?= 101
 WORKERS ?= 2
 PAPERMILL := $(BIN)/papermill --log-level WARNING -k python3
 define protocol
+	mkdir -p $(1)  # the commit that makes the runs, for the published page (tools/publish_report.py)
+	{ git rev-parse --short HEAD && { test -n "$$(git status --porcelain --untracked-files=no)" && echo dirty || echo clean; }; } > $(1)/commit.txt 2>/dev/null || rm -f $(1)/commit.txt
 	nb=nbs/experiments/$(or $(3),autoencoder).ipynb; common=(--workers $(WORKERS) --param snapshots=$(SNAPSHOTS) --param tune_cache=$(1)/tuning $(2))
 	$(BIN)/ntaylor-batch $$nb --out $(1)/main --grid seed=$(SEEDS) --grid optimizer=sgd,rmsprop,adam "$${common[@]}" \
 	  || echo "WARNING: some runs of $(1)/main failed (see its results.csv); the report uses the others"

@@ -2,7 +2,9 @@
 
 Usage: python tools/publish_report.py EXECUTED.ipynb DEST.ipynb "WHAT IT RAN ON" [MAKE TARGET] (run by `make results`,
 `make reproduce` and `make reproduce-convnet`).
-The code cells are kept exactly as executed (tests/test_docs.py checks they are the report notebook's)."""
+The page names the commit that executed the report and the one that made the runs (commit.txt, which the Makefile's
+protocol writes into the runs folder when it starts). The code cells are kept exactly as executed (tests/test_docs.py
+checks they are the report notebook's)."""
 import datetime
 import subprocess
 import sys
@@ -10,6 +12,15 @@ import sys
 import nbformat
 
 import ntaylor_nb
+
+
+def runs_commit(folder):
+    "The commit the protocol recorded in `folder`/commit.txt when it started the runs (a short hash, then clean or dirty), or None."
+    from pathlib import Path
+    f = Path(folder) / 'commit.txt'
+    lines = f.read_text().split() if f.is_file() else []
+    if not lines or not all(c in '0123456789abcdef' for c in lines[0]): return None
+    return lines[0] + (' (with uncommitted changes)' if lines[1:] == ['dirty'] else '')
 
 
 def main(src, dest, what, target='results'):
@@ -21,10 +32,12 @@ def main(src, dest, what, target='results'):
     title, *rest = nb.cells or [None]
     if title is None or title.cell_type != 'markdown' or not title.source.startswith('# '):
         sys.exit(f'{src} is not an executed report: its first cell should be the markdown title "# Report: ..."')
+    made = runs_commit(Path(src).parent)
     head = nbformat.v4.new_markdown_cell(
         f'# The report on {what}\n\n'
         f'> `nbs/experiments/report.ipynb` executed by `make {target}` on {datetime.date.today().isoformat()} with ntaylor_nb '
-        f'{ntaylor_nb.__version__} at commit {commit}{" (with uncommitted changes)" if dirty else ""}: every output below is '
+        f'{ntaylor_nb.__version__} at commit {commit}{" (with uncommitted changes)" if dirty else ""}'
+        f'{f"; the runs were made at commit {made}" if made else "; the commit that made the runs was not recorded"}: every output below is '
         'what the code printed and drew from the saved runs; nothing was edited by hand. The runs\' parameters are in the '
         'first table and in each run folder\'s `params.json`.')
     nb.cells = [head, nbformat.v4.new_markdown_cell(title.source.replace('# ', '## ', 1)), *rest]
