@@ -37,7 +37,7 @@ SNAPSHOTS ?= 101
 WORKERS ?= 2
 PAPERMILL := $(BIN)/papermill --log-level WARNING -k python3
 define protocol
-	mkdir -p $(1)  # the commit that makes the runs, for the published page (tools/publish_report.py)
+	mkdir -p $(1)  # the runs folder, and in it the commit that makes the runs, for the published page (tools/publish_report.py)
 	{ git rev-parse --short HEAD && { test -n "$$(git status --porcelain --untracked-files=no)" && echo dirty || echo clean; }; } > $(1)/commit.txt 2>/dev/null || rm -f $(1)/commit.txt
 	nb=nbs/experiments/$(or $(3),autoencoder).ipynb; common=(--workers $(WORKERS) --param snapshots=$(SNAPSHOTS) --param tune_cache=$(1)/tuning $(2))
 	$(BIN)/ntaylor-batch $$nb --out $(1)/main --grid seed=$(SEEDS) --grid optimizer=sgd,rmsprop,adam "$${common[@]}" \
@@ -58,7 +58,6 @@ endef
 DEMO_EPOCHS ?= 20
 DEMO_TUNE_FRACTION ?= 0.2
 demo: $(STAMP)
-	mkdir -p $(DEMO_DIR)
 	$(call protocol,$(DEMO_DIR),--param epochs=$(DEMO_EPOCHS) --param tune_fraction=$(DEMO_TUNE_FRACTION))
 
 # The autoencoder half of the paper at its scale on real MNIST (784-50-30-20-30-50-784, batch 64), the same protocol,
@@ -71,7 +70,7 @@ REPRO_TUNE_FRACTION ?= 1
 REPRO_NB := nbs/results/mnist_report.ipynb
 reproduce: $(STAMP)
 	test -d $(DATA_ROOT)/MNIST/raw || { echo "DATA_ROOT=$(DATA_ROOT) has no MNIST/raw: point it at a data root holding MNIST (torchvision's layout)"; exit 2; }
-	mkdir -p $(REPRO_DIR); start=$$SECONDS
+	start=$$SECONDS
 	$(call protocol,$(REPRO_DIR),--param dataset=mnist --param data_root=$(abspath $(DATA_ROOT)) --param epochs=$(REPRO_EPOCHS) --param tune_fraction=$(REPRO_TUNE_FRACTION))
 	echo "reproduction: $$(( (SECONDS - start) / 60 )) min $$(( (SECONDS - start) % 60 )) s" | tee $(REPRO_DIR)/timing.txt
 	$(PY) tools/publish_report.py $(REPRO_DIR)/report.ipynb $(REPRO_NB) "the MNIST reproduction's runs ($$(cut -d' ' -f2- $(REPRO_DIR)/timing.txt) on $$(nproc) cores)" reproduce
@@ -98,7 +97,7 @@ CONV_PARAMS = --param dataset=cifar10 --param data_root=$(abspath $(DATA_ROOT)) 
 reproduce-convnet: SNAPSHOTS = $(shell expr $(CONV_ROUNDS) + 1)
 reproduce-convnet: $(STAMP)
 	test -d $(DATA_ROOT)/cifar-10-batches-py -o -d $(DATA_ROOT)/cifar10/train || { echo "DATA_ROOT=$(DATA_ROOT) holds no CIFAR-10 (cifar-10-batches-py/ or cifar10/train/): point it at a data root holding it"; exit 2; }
-	mkdir -p $(CONV_DIR); start=$$SECONDS
+	start=$$SECONDS
 	$(call protocol,$(CONV_DIR),$(CONV_PARAMS),convnet)
 	echo "reproduction: $$(( (SECONDS - start) / 60 )) min $$(( (SECONDS - start) % 60 )) s" | tee $(CONV_DIR)/timing.txt
 	$(PY) tools/publish_report.py $(CONV_DIR)/report.ipynb $(CONV_NB) "the CIFAR-10 convnet reproduction's runs ($$(cut -d' ' -f2- $(CONV_DIR)/timing.txt) on $$(nproc) cores)" reproduce-convnet

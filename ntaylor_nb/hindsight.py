@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 
 from .devices import resolve_device
-from .gauss_newton import LinearGNRecord, replay
+from .gauss_newton import replay
 from .growth import log_prefixes
-from .regret import ConvCompactRecord, ConvRecord, LinearJacobianRecord, OutputRecord, RegretRecording, WeightsRecord
+from .regret import ConvCompactRecord, ConvRecord, LinearJacobianRecord, OutputRecord, RegretRecording
 from .conv_solvers import CompactConv, conv_newton
 from .solvers import MAX_DIRECT, ConvSamples, LinearSamples, Problems, _tri, lbfgs, loss_terms, newton, quad_min, quad_min_shared
 from .solvers_free import kfac_precond, newton_cg, quad_cg

@@ -133,12 +133,14 @@ def lr_trials(self: Run) -> pd.DataFrame | None:
 @patch
 def exploration_measures(self: Run) -> dict | None:
     "Novelty, switches and log-volume of the whole network (unsorted), as figure 5 draws them."
-    self.analyze(); f = self.file('exploration_measures')
+    if not self.analyzed: self.analyze()  # computed once; a saved analysis is not read again here
+    f = self.file('exploration_measures')
     if not f.is_file(): return None
     with np.load(f) as z: return {k: z[k] for k in z.files}
 @patch
 def _table(self: Run, name):
-    self.analyze(); f = self.file(name)
+    if not self.analyzed: self.analyze()  # computed once; a saved analysis is not read again here
+    f = self.file(name)
     return pd.read_csv(f) if f.is_file() else None
 
 # %% ../nbs/13_run.ipynb #e348a47d
