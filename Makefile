@@ -90,12 +90,13 @@ CONV_TUNE_FRACTION ?= 0.5
 CONV_NEURONS ?= 50
 CONV_LAYERS ?= []
 CONV_NB := nbs/results/cifar10_report.ipynb
-CONV_EPOCHS = $(shell expr \( $(CONV_ROUNDS) + 389 \) / 390)# enough epochs of 390 rounds (50,000 images, batch 128) for CONV_ROUNDS
+CONV_EPOCHS = $(shell expr \( $(CONV_ROUNDS) + 389 \) / 390 2>/dev/null)# enough epochs of 390 rounds (50,000 images, batch 128) for CONV_ROUNDS
 CONV_PARAMS = --param dataset=cifar10 --param data_root=$(abspath $(DATA_ROOT)) --param rounds=$(CONV_ROUNDS) \
   --param epochs=$(CONV_EPOCHS) --param tune_fraction=$(CONV_TUNE_FRACTION) --param regret_every=1 \
   --param neurons_per_layer=$(CONV_NEURONS) --param 'neuron_layers=[1]' --param 'layers=$(CONV_LAYERS)' --param prefixes=16
-reproduce-convnet: SNAPSHOTS = $(shell expr $(CONV_ROUNDS) + 1)
+reproduce-convnet: SNAPSHOTS = $(shell expr $(CONV_ROUNDS) + 1 2>/dev/null)
 reproduce-convnet: $(STAMP)
+	case '$(CONV_ROUNDS)' in ''|*[!0-9]*|0*) echo "CONV_ROUNDS=$(CONV_ROUNDS): give the number of minibatches as a positive whole number (e.g. 60; one epoch is 390)"; exit 2;; esac
 	test -d $(DATA_ROOT)/cifar-10-batches-py -o -d $(DATA_ROOT)/cifar10/train || { echo "DATA_ROOT=$(DATA_ROOT) holds no CIFAR-10 (cifar-10-batches-py/ or cifar10/train/): point it at a data root holding it"; exit 2; }
 	start=$$SECONDS
 	$(call protocol,$(CONV_DIR),$(CONV_PARAMS),convnet)

@@ -1,0 +1,27 @@
+"""The reproduction targets refuse bad input before anything runs: a clear message, exit status 2, no runs folder."""
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make(tmp_path, *args):
+    # -o: the virtual environment counts as installed (never rebuilt by this test)
+    return subprocess.run(['make', '-s', '-o', '.venv/.installed', 'reproduce-convnet', f'CONV_DIR={tmp_path}/runs', *args],
+                          cwd=ROOT, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize('rounds', ['abc', '0', '-5', '1.5', '07'])
+def test_conv_rounds_must_be_a_positive_whole_number(tmp_path, rounds):
+    (tmp_path / 'data' / 'cifar10' / 'train').mkdir(parents=True)
+    r = make(tmp_path, f'CONV_ROUNDS={rounds}', f'DATA_ROOT={tmp_path}/data')
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f'CONV_ROUNDS={rounds}: give the number of minibatches as a positive whole number' in r.stdout
+    assert 'expr:' not in r.stderr and not (tmp_path / 'runs').exists()
+
+
+def test_data_root_without_cifar10(tmp_path):
+    r = make(tmp_path, f'DATA_ROOT={tmp_path}/nothing')
+    assert r.returncode == 2 and 'holds no CIFAR-10' in r.stdout and not (tmp_path / 'runs').exists()
