@@ -96,7 +96,7 @@ CONV_PARAMS = --param dataset=cifar10 --param data_root=$(abspath $(DATA_ROOT)) 
   --param neurons_per_layer=$(CONV_NEURONS) --param 'neuron_layers=[1]' --param 'layers=$(CONV_LAYERS)' --param prefixes=16
 reproduce-convnet: SNAPSHOTS = $(shell expr $(CONV_ROUNDS) + 1 2>/dev/null)
 reproduce-convnet: $(STAMP)
-	case '$(CONV_ROUNDS)' in ''|*[!0-9]*|0*) echo "CONV_ROUNDS=$(CONV_ROUNDS): give the number of minibatches as a positive whole number (e.g. 60; one epoch is 390)"; exit 2;; esac
+	case '$(CONV_ROUNDS)' in ''|*[!0-9]*|0*) echo "CONV_ROUNDS=$(CONV_ROUNDS): give the number of minibatches as a positive whole number without leading zeros (e.g. 60; one epoch is 390)"; exit 2;; esac
 	test -d $(DATA_ROOT)/cifar-10-batches-py -o -d $(DATA_ROOT)/cifar10/train || { echo "DATA_ROOT=$(DATA_ROOT) holds no CIFAR-10 (cifar-10-batches-py/ or cifar10/train/): point it at a data root holding it"; exit 2; }
 	start=$$SECONDS
 	$(call protocol,$(CONV_DIR),$(CONV_PARAMS),convnet)

@@ -186,13 +186,14 @@ def batched_pcg(hvp, # (W, k) -> the matrices of rows k applied to W
                 delay: int = 5, # iterations of the stop rule's window
                 max_iter: int = 500, # iteration cap
                ) -> tuple:
-    "Batched PCG on H d = g, each row its own problem; returns d, decrement estimates g'H^-1 g (from above), iterations."
+    "Batched PCG on H d = g, each row its own problem; returns d, decrement estimates g'H^-1 g (from above), products made (batches of rows)."
     d = torch.zeros_like(g); r = g.clone(); allk = torch.arange(len(g), device=g.device); z = M(r, allk); pdir = z.clone(); rz = (r * z).sum(-1)
     U = len(g); dec = [[] for _ in range(U)]; val = torch.zeros(U, dtype=g.dtype, device=g.device)
     act = torch.ones(U, dtype=torch.bool, device=g.device); it = 0
-    for it in range(1, max_iter + 1):
+    for _ in range(max_iter):
         a_idx = act.nonzero()[:, 0]
         if not len(a_idx): break
+        it += 1
         Hp = torch.zeros_like(g); Hp[a_idx] = hvp(pdir[a_idx], a_idx)
         pHp = (pdir * Hp).sum(-1)
         ok = act & (rz > 0) & (pHp > 0)
@@ -217,13 +218,15 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
                 max_iter: int = 100, # Newton iterations
                 m_max: int | None = None, # samples of the preconditioner's Hessian (None: all)
                 rtol: float = 1e-4, # relative accuracy of each Newton system's CG solve
-                max_cg: int = 20, # CG iterations before the preconditioner is made again at the current point, from all samples
+                max_cg: int = 20, # CG products after which the preconditioner is made again at the current point, from all samples
+                confirm_max_cg: int = 2000, # CG products of a confirming solve
                 expand: bool = True, # let the line search go past the full step while the value falls (`solvers.line_search`)
                 confirm_rtol: float = 1e-10, # a stop is confirmed by a CG solve to this relative accuracy before it is taken
                ) -> tuple:
     """Batched damped Newton on conv neurons from compact samples: each direction (H + mu I)^-1 g by conjugate gradients on
     Hessian-vector products, preconditioned by the Cholesky factor of a Hessian (from all samples, or at most m_max with its diagonal completed
-    from all), kept for the later steps and made again at the current point from all samples once CG needs more than max_cg products;
+    from all), kept for the later steps and made again at the current point from all samples (for every neuron still running) once a CG
+    solve runs into max_cg products;
     the ridge mu, line search and stop rule of `newton`, a stop confirmed as in `newton_cg`. Returns V, values, gradient norms, Newton decrements, iterations."""
     V, U = V0.clone(), len(V0)
     lam = torch.full((U,), float('inf'), dtype=V.dtype, device=V.device)
@@ -241,7 +244,7 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
         s = (lam2 / 2 <= tol).nonzero()[:, 0]  # would stop: confirm with a tight CG solve (an inexact one can understate the decrement)
         if len(s) and rtol > confirm_rtol:
             d[s], lam2[s], _ = batched_pcg(lambda W, k: prob.hvp(W, s[k]) + mu[s[k], None] * W, g[act][s],
-                                           lambda R, k: torch.cholesky_solve(R[..., None], L[s[k]])[..., 0], 0.0, confirm_rtol, max_iter=40 * max_cg)
+                                           lambda R, k: torch.cholesky_solve(R[..., None], L[s[k]])[..., 0], 0.0, confirm_rtol, max_iter=confirm_max_cg)
         lam[act] = lam2
         keep = lam2 / 2 > tol
         if it == max_iter: break
