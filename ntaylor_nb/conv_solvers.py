@@ -234,8 +234,9 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
     act, pre = torch.arange(U, device=V.device), None
     f, g = prob.evaluate(V, idx)
     for it in range(max_iter + 1):
+        cur = False  # is the preconditioner made at this point?
         for fresh in (False, True):
-            if pre is None or fresh: pre = _precond(prob, V[act], idx[act], 2 ** 62 if fresh or m_max is None else m_max)  # CG too slow: the full Hessian
+            if pre is None or fresh: pre, cur = _precond(prob, V[act], idx[act], 2 ** 62 if fresh or m_max is None else m_max), True  # CG too slow: the full Hessian
             L, mu = pre
             f[act], g[act] = prob.evaluate(V[act], idx[act])  # the curvature kept for hvp is at V[act]
             d, lam2, ncg = batched_pcg(lambda W, k: prob.hvp(W, k) + mu[k, None] * W, g[act],
@@ -243,8 +244,10 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
             if ncg < max_cg: break
         s = (lam2 / 2 <= tol).nonzero()[:, 0]  # would stop: confirm with a tight CG solve (an inexact one can understate the decrement)
         if len(s) and rtol > confirm_rtol:
-            d[s], lam2[s], _ = batched_pcg(lambda W, k: prob.hvp(W, s[k]) + mu[s[k], None] * W, g[act][s],
-                                           lambda R, k: torch.cholesky_solve(R[..., None], L[s[k]])[..., 0], 0.0, confirm_rtol, max_iter=confirm_max_cg)
+            # with a factor from an earlier point the tight solve can take thousands of products: made again here, a few do
+            Ls, mus, ks = (L[s], mu[s], s) if cur else _precond(prob, V[act][s], idx[act][s], 2 ** 62) + (torch.arange(len(s), device=s.device),)
+            d[s], lam2[s], _ = batched_pcg(lambda W, k: prob.hvp(W, ks[k]) + mus[k, None] * W, g[act][s],
+                                           lambda R, k: torch.cholesky_solve(R[..., None], Ls[k])[..., 0], 0.0, confirm_rtol, max_iter=confirm_max_cg)
         lam[act] = lam2
         keep = lam2 / 2 > tol
         if it == max_iter: break
