@@ -21,9 +21,10 @@ from ntaylor_nb.schedules import every
 from .common import line
 
 EPOCH_ROUNDS, BATCH = 390, 128  # one epoch of CIFAR-10's 50,000 images
-EVERY, NEURONS = int(os.environ.get('P5_EVERY', 10)), int(os.environ.get('P5_NEURONS', 2))
-if not (1 <= EVERY <= EPOCH_ROUNDS and 1 <= NEURONS <= 64):
-    raise SystemExit(f'P5_EVERY={EVERY}, P5_NEURONS={NEURONS}: allowed are 1 to {EPOCH_ROUNDS} rounds between records and 1 to 64 neurons (conv layer 2 has 64)')
+EVERY, NEURONS = (os.environ.get(k, d) for k, d in (('P5_EVERY', '10'), ('P5_NEURONS', '2')))
+if not (EVERY.isdigit() and NEURONS.isdigit() and 1 <= int(EVERY) <= EPOCH_ROUNDS and 1 <= int(NEURONS) <= 64):
+    raise SystemExit(f'P5_EVERY={EVERY!r}, P5_NEURONS={NEURONS!r}: allowed are whole numbers, 1 to {EPOCH_ROUNDS} rounds between records and 1 to 64 neurons (conv layer 2 has 64)')
+EVERY, NEURONS = int(EVERY), int(NEURONS)
 RECORDED = -(-EPOCH_ROUNDS // EVERY)
 PREFIXES = sorted({max(1, RECORDED // 4), max(1, RECORDED // 2), RECORDED})
 ARCHIVE = Path(os.environ.get('NTAYLOR_SHARED', '/work/shared/data')) / 'cifar10' / 'cifar10-jpeg75.tar.gz'

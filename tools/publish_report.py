@@ -8,6 +8,7 @@ checks they are the report notebook's)."""
 import datetime
 import subprocess
 import sys
+from pathlib import Path
 
 import nbformat
 
@@ -16,7 +17,6 @@ import ntaylor_nb
 
 def runs_commit(folder):
     "The commit the protocol recorded in `folder`/commit.txt when it started the runs (a short hash, then clean or dirty), or None."
-    from pathlib import Path
     f = Path(folder) / 'commit.txt'
     lines = f.read_text().split() if f.is_file() else []
     if not lines or not all(c in '0123456789abcdef' for c in lines[0]): return None
@@ -24,7 +24,6 @@ def runs_commit(folder):
 
 
 def main(src, dest, what, target='results'):
-    from pathlib import Path
     if not Path(src).is_file(): sys.exit(f'{src} does not exist: run the report first (make demo writes it)')
     nb = nbformat.read(src, 4)
     git = lambda *a: subprocess.run(['git', *a], capture_output=True, text=True).stdout.strip()
