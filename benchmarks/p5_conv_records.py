@@ -7,12 +7,15 @@ import os
 import tarfile
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
 
 from ntaylor_nb.data import load_dataset
+import ntaylor_nb.hindsight as hs
 from ntaylor_nb.hindsight import hindsight
 from ntaylor_nb.models import convnet
 from ntaylor_nb.regret import RegretRecorder, RegretRecording
@@ -46,6 +49,18 @@ def record(X, Y, path, kind):
     return r, sum(c['bytes'] for c in r.manifest['chunks']) / len(r)
 
 
+@contextmanager
+def counting_iterations():
+    "Count the Newton iterations (summed over problems) of hindsight's solvers, the dense `newton` and `conv_newton`."
+    n = [0]
+    def wrap(f):
+        def g(*a, **k):
+            r = f(*a, **k); n[0] += int(r[-1].sum()); return r
+        return g
+    with mock.patch.object(hs, 'newton', wrap(hs.newton)), mock.patch.object(hs, 'conv_newton', wrap(hs.conv_newton)):
+        yield n
+
+
 def compare(d0, d1, tol=1e-9):
     """Relative differences of the Taylor optima where both solves certify their value (optimum_gap at most tol a round), and over all
     problems (also per round relative to the loss incurred, as P4-CE does: meaningful where optima are near 0)."""
@@ -66,12 +81,14 @@ def run():
         for kind in ('conv', 'conv_compact'):
             rec, b = record(X, Y, Path(tmp) / kind, kind)
             assert rec.manifest['layers']['3']['record'] == kind and len(rec) == RECORDED
-            t = time.perf_counter(); df = hindsight(rec, PREFIXES, progress=False); s = time.perf_counter() - t
-            res[kind] = (b, s, df.set_index(['scope', 'N']).sort_index())
-    (b0, s0, d0), (b1, s1, d1) = res['conv'], res['conv_compact']
+            with counting_iterations() as its:
+                t = time.perf_counter(); df = hindsight(rec, PREFIXES, progress=False); s = time.perf_counter() - t
+            res[kind] = (b, s, df.set_index(['scope', 'N']).sort_index(), its[0])
+    (b0, s0, d0, i0), (b1, s1, d1, i1) = res['conv'], res['conv_compact']
     return dict(epoch_rounds=EPOCH_ROUNDS, every=EVERY, recorded_rounds=RECORDED, batch=BATCH, neurons=NEURONS, prefixes=PREFIXES,
                 bytes_per_round_format2=b0, bytes_per_round_compact=b1, storage_ratio=b0 / b1,
                 solve_s_format2=s0, solve_s_compact=s1, speedup=s0 / s1, **compare(d0, d1),
+                newton_iterations_format2=i0, newton_iterations_compact=i1, speedup_per_iteration=(s0 / max(i0, 1)) / (s1 / max(i1, 1)),
                 optima=d0[['taylor_optimum', 'optimum_gap']].join(d1[['taylor_optimum', 'optimum_gap']], rsuffix='_compact').reset_index().to_dict('records'))
 
 
@@ -79,7 +96,8 @@ def main():
     r = run()
     return r, line('P5', speedup=r['speedup'], storage_ratio=r['storage_ratio'], max_rel_diff=r['max_rel_diff'],
                    both_certified=f"{r['both_certified']}/{r['problems']}", max_rel_diff_all=r['max_rel_diff_all'], max_diff_per_loss=r['max_diff_per_loss'],
-                   solve_s_format2=r['solve_s_format2'], solve_s_compact=r['solve_s_compact'])
+                   solve_s_format2=r['solve_s_format2'], solve_s_compact=r['solve_s_compact'],
+                   iterations=f"{r['newton_iterations_format2']}/{r['newton_iterations_compact']}", speedup_per_iteration=r['speedup_per_iteration'])
 
 
 if __name__ == '__main__': print(main()[1])
