@@ -138,7 +138,7 @@ docs: $(STAMP)
 	if command -v quarto >/dev/null; then $(BIN)/nbdev_docs; \
 	else echo "docs: quarto is not on PATH, so the site was not rendered (processing and doc checks passed). Install it with: $(BIN)/nbdev_install_quarto"; fi
 
-# Every measure but P2b (on request): over an hour on 2 cores (P5 alone about 37 minutes, P4-CE about 15);
+# Every measure but P2b (on request): about an hour on 2 cores (P5 alone about 25 minutes, P4-CE about 15);
 # `$(PY) -m benchmarks P3` runs one, and P5_EVERY=30 makes P5 shorter (benchmarks/RESULTS.md).
 bench: $(STAMP)
 	$(PY) -m benchmarks

@@ -110,21 +110,30 @@ def add(self: CompactConv, f0, # (n, p) network outputs at the recorded weights
 
 # %% ../nbs/04_solvers_conv.ipynb #63f2aa54
 def _merge(parts):
-    "One segment from consecutive kept ones (rows, samples and constants concatenated, sample positions offset)."
-    if len(parts) == 1: return parts[0]
+    """One segment from consecutive kept ones, its samples ordered by their number of rows (each sample's rows together, in
+    order): `hessian` then takes the samples with the same count as one slice of rows. The rows are copied once, in place."""
     off = torch.cumsum(torch.tensor([0] + [len(p['gi']) for p in parts[:-1]], device=parts[0]['rs'].device), 0)
+    rs = torch.cat([p['rs'] + o for p, o in zip(parts, off)])
     cat = lambda k: torch.cat([p[k] for p in parts])
-    return dict(rs=torch.cat([p['rs'] + o for p, o in zip(parts, off)]), j=cat('j'), X=cat('X'), gi=cat('gi'), base=cat('base'),
-                y=cat('y'), s=cat('s'), const=sum(p['const'] for p in parts))
+    n = int(off[-1]) + len(parts[-1]['gi'])
+    order = torch.argsort(torch.bincount(rs, minlength=n), stable=True)  # samples by count
+    new = torch.empty_like(order); new[order] = torch.arange(n, device=order.device)
+    rows = torch.argsort(new[rs], stable=True)  # new row r is old row rows[r]
+    at = torch.empty_like(rows); at[rows] = torch.arange(len(rows), device=rows.device)  # old row -> new row
+    X, r0 = parts[0]['X'].new_empty(len(rs), parts[0]['X'].shape[1]), 0
+    for p in parts:
+        X.index_copy_(0, at[r0:r0 + len(p['rs'])], p['X']); r0 += len(p['rs'])
+    return dict(rs=new[rs][rows], j=cat('j')[rows], X=X, gi=cat('gi')[order], base=cat('base')[order], y=cat('y')[order],
+                s=cat('s')[order], const=sum(p['const'] for p in parts), by_count=True)
 
 @patch
 def _append(self: CompactConv, u, nb):
     "Add a block's rows of neuron u: kept rows join the last segment when it keeps its rows too (merged at the next product)."
     segs = self.segs[u]
-    if nb['X'] is not None and segs and (isinstance(segs[-1], list) or segs[-1]['X'] is not None):
-        if not isinstance(segs[-1], list): segs[-1] = [segs[-1]]
-        segs[-1].append(nb)
-    else: segs.append(nb)
+    if nb['X'] is None: segs.append(nb)
+    elif segs and isinstance(segs[-1], list): segs[-1].append(nb)
+    elif segs and segs[-1]['X'] is not None: segs[-1] = [segs[-1], nb]
+    else: segs.append([nb])
 
 @patch
 def _segments(self: CompactConv, u):
@@ -193,6 +202,25 @@ def hvp(self: CompactConv, W: Tensor, # (len(k), K+1) directions
             out[i] += X.T @ (nb['j'] * c[nb['rs']]).sum(-1)
     return out
 
+@patch
+def along(self: CompactConv, V: Tensor, # (U', K+1) points
+          D: Tensor, # (U', K+1) directions
+          idx: Tensor, # (U',) which neurons
+         ):
+    "(step sizes t (m,), positions k (m,)) -> summed losses at V[k] - t D[k]: the outputs at V and their moves along D made once, for a line search."
+    zs = []
+    for v, d, u in zip(V, D, idx.tolist()):
+        zs.append([])
+        for nb in self._segments(u):
+            w = self._rows(nb) @ torch.stack([v, d], 1)  # (R, 2): the rows made once
+            zs[-1].append((nb['base'] + _outs(nb, w[:, 0]), _outs(nb, w[:, 1]), nb))
+    def value(t, k):
+        out = t.new_zeros(len(t))
+        for i, (tt, kk) in enumerate(zip(t.tolist(), k.tolist())):
+            for z0, zd, nb in zs[kk]: out[i] += loss_terms((z0 - tt * zd)[None], nb['y'], nb['s'], self.loss)[0][0] + nb['const']
+        return out
+    return value
+
 # %% ../nbs/04_solvers_conv.ipynb #01c1dfdf
 @patch
 def hessian(self: CompactConv, V: Tensor, # (U', K+1) points
@@ -218,15 +246,16 @@ def hessian(self: CompactConv, V: Tensor, # (U', K+1) points
             Z = torch.empty_like(X)
             for c in torch.unique(cnt).tolist():
                 smp = (cnt == c).nonzero()[:, 0]
-                ri = start[smp, None] + torch.arange(c, device=V.device)  # (m_g, c) rows, each sample's together
-                Jg, sg = nb['j'][ri], nb['s'][smp]  # (m_g, c, p)
+                if nb.get('by_count'): ri = slice(int(start[smp[0]]), int(start[smp[-1]]) + c)  # the group's rows: one slice
+                else: ri = (start[smp, None] + torch.arange(c, device=V.device)).reshape(-1)  # each sample's rows together
+                Jg, sg = nb['j'][ri].view(len(smp), c, self.p), nb['s'][smp]  # (m_g, c, p)
                 if pi is None: Q = 2 * sg[:, None, None] * (Jg @ Jg.transpose(1, 2))
                 else:
                     Jp = Jg * pi[smp][:, None, :]; a = Jp.sum(-1)
                     Q = sg[:, None, None] * (Jp @ Jg.transpose(1, 2) - a[:, :, None] * a[:, None, :])
                 lam, E = torch.linalg.eigh(Q)  # Q = F F', F = E sqrt(lam): the sample's rows of Z are F' X_b
                 F_ = E * lam.clamp_min(0).sqrt()[:, None, :]
-                Z[ri.reshape(-1)] = (F_.transpose(1, 2) @ X[ri]).reshape(-1, self.K1)
+                Z[ri] = (F_.transpose(1, 2) @ X[ri].view(len(smp), c, self.K1)).reshape(-1, self.K1)
             if stride > 1:
                 dg[k] += (Z * Z).sum(0)
                 Z = Z[(nb['gi'][nb['rs']] % stride) == 0]
@@ -302,7 +331,7 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
     lam = torch.full((U,), float('inf'), dtype=V.dtype, device=V.device)
     iters = torch.zeros(U, dtype=torch.long)
     act, pre, fails, next_try = torch.arange(U, device=V.device), None, 0, 0
-    f, g = prob.evaluate(V, idx, grad=False)[0], torch.zeros_like(V)
+    f, g = V.new_zeros(U), torch.zeros_like(V)  # at V[act], the first iteration's
     exact_dir = lambda L, gg: torch.cholesky_solve(gg[..., None], L)[..., 0]
     for it in range(max_iter + 1):
         f[act], g[act] = prob.evaluate(V[act], idx[act])  # the curvature kept for hvp is at V[act]
@@ -327,7 +356,7 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
         if not len(act): break
         pre = (pre[0][keep], pre[1][keep])
         iters[act.cpu()] += 1
-        Vn, _, acc = line_search(lambda W, k: prob.evaluate(W, idx[act[k]], grad=False)[0], V[act], d, f[act], lam2, expand)  # lam2 from CG: from above
+        Vn, _, acc = line_search(prob.along(V[act], d, idx[act]), V[act], d, f[act], lam2, expand, along=True)  # lam2 from CG: from above
         moved = act[acc]
         if not len(moved): break
         V[moved] = Vn[acc]

@@ -225,6 +225,7 @@ def line_search(value, # (points (m, P), positions (m,) in the batch) -> values 
                 expand: bool = True, # after an accepted full step, double it while the value keeps falling
                 max_halvings: int = 60, # backtracking cap
                 max_doublings: int = 40, # expansion cap (steps up to 2^40)
+                along: bool = False, # `value` takes (step sizes t (m,), positions) instead of points: it knows V and d (their outputs, say)
                ) -> tuple:
     """Armijo backtracking (sufficient decrease 1e-4 t slope) for a batch of problems at once, from the full step t = 1;
     with `expand`, a full step that was accepted is doubled while the doubled step still meets the same sufficient
@@ -237,7 +238,7 @@ def line_search(value, # (points (m, P), positions (m,) in the batch) -> values 
     for _ in range(max_halvings):
         w = (~acc).nonzero()[:, 0]
         trial = V[w] - t[w, None] * d[w]
-        ft = value(trial, w)
+        ft = value(t[w], w) if along else value(trial, w)
         ok = ft <= f[w] - 1e-4 * t[w] * slope[w]
         Vn[w[ok]], fn[w[ok]] = trial[ok], ft[ok]; acc[w[ok]] = True
         t[w[~ok]] /= 2
@@ -247,7 +248,7 @@ def line_search(value, # (points (m, P), positions (m,) in the batch) -> values 
         w = grow.nonzero()[:, 0]
         if not len(w): break
         trial = V[w] - 2 * t[w, None] * d[w]
-        ft = value(trial, w)
+        ft = value(2 * t[w], w) if along else value(trial, w)
         better = (ft < fn[w]) & (ft <= f[w] - 2e-4 * t[w] * slope[w])
         Vn[w[better]], fn[w[better]] = trial[better], ft[better]; t[w[better]] *= 2
         grow[w[~better]] = False
