@@ -325,12 +325,13 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
     factor (from an earlier point, or the first one from at most m_max samples, its diagonal completed from all), or, when that
     takes more than max_cg products, straight from the factor of the Hessian made at the current point from all samples (for
     every neuron still running), which is kept. After a kept factor failed k times running, it is tried again only 2^k steps
-    later. A stop is taken on an exact direction only (from a factor made at that point). Returns V, values, gradient norms,
-    Newton decrements, iterations."""
+    later. A stop is taken on an exact direction only (from a factor made at that point), and the decrements returned are exact
+    (made again at the end for a neuron that ended on a CG estimate). Returns V, values, gradient norms, Newton decrements, iterations."""
     V, U = V0.clone(), len(V0)
     lam = torch.full((U,), float('inf'), dtype=V.dtype, device=V.device)
     iters = torch.zeros(U, dtype=torch.long)
     act, pre, fails, next_try = torch.arange(U, device=V.device), None, 0, 0
+    by_cg = torch.zeros(U, dtype=torch.bool, device=V.device)  # is lam a CG estimate (a neuron ending at the cap, or with no decrease)?
     f, g = V.new_zeros(U), torch.zeros_like(V)  # at V[act], the first iteration's
     exact_dir = lambda L, gg: torch.cholesky_solve(gg[..., None], L)[..., 0]
     for it in range(max_iter + 1):
@@ -349,7 +350,8 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
         if done and len(s):  # would stop on a CG solve, which can understate the decrement: the exact direction first
             Ls, _ = _precond(prob, V[act][s], idx[act][s], None)
             d[s] = exact_dir(Ls, g[act][s]); lam2[s] = (g[act][s] * d[s]).sum(-1)
-        lam[act] = lam2
+        lam[act] = lam2; by_cg[act] = done
+        if done: by_cg[act[s]] = False
         keep = lam2 / 2 > tol
         if it == max_iter: break
         act, d, lam2 = act[keep], d[keep], lam2[keep]
@@ -363,4 +365,6 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
         pre = (pre[0][acc], pre[1][acc])
         act = moved
     f, g = prob.evaluate(V, idx)
+    k = by_cg.nonzero()[:, 0]
+    if len(k): lam[k] = (g[k] * exact_dir(_precond(prob, V[k], idx[k], None)[0], g[k])).sum(-1)  # the gap reported: exact
     return V, f, g.norm(dim=-1), lam, iters
