@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 from scipy.linalg import blas
 from torch import Tensor
-from .solvers import line_search, loss_terms
+from .solvers import _factor, _step, line_search, loss_terms
 
 
 # %% auto #0
@@ -60,7 +60,8 @@ def _neuron_rows(J, y, s, base, loss):
     j_d = torch.eye(p, dtype=J.dtype, device=J.device).repeat(len(dl), 1)
     rs, pos, j = torch.cat([rs_sp, rs_d]), torch.cat([pos_sp, pos_d]), torch.cat([j_sp, j_d])
     order = torch.argsort(rs, stable=True)  # rows grouped by sample
-    return dict(sa=sa, rs=rs[order], pos=pos[order], j=j[order], base=base[sa], y=y[sa], s=s[sa], const=const, X=None)
+    return dict(sa=sa, rs=rs[order], pos=pos[order], j=j[order], base=base[sa], y=y[sa], s=s[sa], const=const, X=None,
+                dl=dl, Jd=J[sa[dl]])  # the samples kept as rows of M_b, and their slices
 
 # %% ../nbs/04_solvers_conv.ipynb #c8475470
 @patch
@@ -73,9 +74,8 @@ def _make_rows(self: CompactConv, nb):
     sp = pos >= 0
     out[sp] = Pt[rs[sp], :, pos[sp]]
     if bool((~sp).any()):
-        dsm = torch.unique(rs[~sp])
-        M = torch.einsum('bop,bkp->bok', nb['Jd'], Pt[dsm])  # (m_d, p, K+1)
-        loc = torch.searchsorted(dsm, rs[~sp])
+        M = torch.einsum('bop,bkp->bok', nb['Jd'], Pt[nb['dl']])  # (m_d, p, K+1)
+        loc = torch.searchsorted(nb['dl'], rs[~sp])
         out[~sp] = M[loc, -1 - pos[~sp]]
     return out
 
@@ -94,15 +94,14 @@ def add(self: CompactConv, f0, # (n, p) network outputs at the recorded weights
     y = t(y).long() if self.loss == 'cross_entropy' else t(y).double().reshape(len(y), -1)
     n, p, U, P = J.shape
     K1 = self._patches(x[:1]).shape[1]
-    if not self.blocks: self.U, self.K1, self.p, self.n, self.segs = U, K1, p, 0, [[] for _ in range(U)]
+    if not self.blocks: self.K1, self.p, self.n, self.segs = K1, p, 0, [[] for _ in range(U)]
     step = max(1, self.block_bytes // (8 * (K1 * P + p * U * P)))
     for i in range(0, n, step):
         sl = slice(i, i + step)
-        b = dict(s=s[sl], x=x[sl])
+        b = dict(s=s[sl])  # the weights (the input stays only with segments whose rows are made again)
         for u in range(U):
             nb = _neuron_rows(J[sl, :, u], y[sl], s[sl], f0[sl] - m0[sl, :, u], self.loss)
-            dsm = torch.unique(nb['rs'][nb['pos'] < 0])
-            nb['Jd'], nb['x'], nb['gi'] = J[sl, :, u][nb['sa'][dsm]], x[sl], nb['sa'] + self.n
+            nb['x'], nb['gi'] = x[sl], nb['sa'] + self.n
             if self.cached + 8 * len(nb['rs']) * K1 <= self.cache_bytes:
                 nb['X'] = self._make_rows(nb); self.cached += 8 * len(nb['rs']) * K1
             self._append(u, nb)
@@ -265,16 +264,10 @@ def hessian(self: CompactConv, V: Tensor, # (U', K+1) points
 
 # %% ../nbs/04_solvers_conv.ipynb #eb8fa82c
 def _precond(prob, V, idx, m_max):
-    "(Cholesky factors (U, P, P), ridges mu (U,)) of the preconditioner at V: the Hessian (on at most m_max samples, its diagonal completed from all), plus `newton`'s ridge."
+    "(Cholesky factors (U, P, P), ridges mu (U,)) at V of the Hessian (on at most m_max samples, its diagonal completed from all) plus `newton`'s ridge (`solvers._factor`)."
     H, dg = prob.hessian(V, idx, m_max)
     if m_max is not None: H = H + torch.diag_embed((dg - H.diagonal(0, 1, 2)).clamp_min(0))
-    mu = 1e-13 * dg.amax(-1).clamp_min(1e-300)
-    eye = torch.eye(H.shape[-1], dtype=H.dtype, device=H.device)
-    for _ in range(10):
-        L, info = torch.linalg.cholesky_ex(H + mu[:, None, None] * eye)
-        if not bool(info.any()): break
-        mu = torch.where(info > 0, mu * 100, mu)
-    return L, mu
+    return _factor(H)
 
 # %% ../nbs/04_solvers_conv.ipynb #d7227c8b
 def batched_pcg(hvp, # (W, k) -> the matrices of rows k applied to W
@@ -333,7 +326,6 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
     act, pre, fails, next_try = torch.arange(U, device=V.device), None, 0, 0
     by_cg = torch.zeros(U, dtype=torch.bool, device=V.device)  # is lam a CG estimate (a neuron ending at the cap, or with no decrease)?
     f, g = V.new_zeros(U), torch.zeros_like(V)  # at V[act], the first iteration's
-    exact_dir = lambda L, gg: torch.cholesky_solve(gg[..., None], L)[..., 0]
     for it in range(max_iter + 1):
         f[act], g[act] = prob.evaluate(V[act], idx[act])  # the curvature kept for hvp is at V[act]
         if pre is None and m_max is not None: pre = _precond(prob, V[act], idx[act], m_max)  # a first factor from a subsample
@@ -341,15 +333,15 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
         if pre is not None and it >= next_try:  # CG preconditioned by the kept factor
             L, mu = pre
             d, lam2, _, done = batched_pcg(lambda W, k: prob.hvp(W, k) + mu[k, None] * W, g[act],
-                                           lambda R, k: exact_dir(L[k], R), tol / 10, rtol, max_iter=max_cg)
+                                           lambda R, k: torch.cholesky_solve(R[..., None], L[k])[..., 0], tol / 10, rtol, max_iter=max_cg)
             fails, next_try = (0, it) if done else (fails + 1, it + 2 ** (fails + 1))
         if not done:  # a factor of the Hessian made here: the Newton direction straight from it, as `newton`'s
             pre = _precond(prob, V[act], idx[act], None)
-            d = exact_dir(pre[0], g[act]); lam2 = (g[act] * d).sum(-1)
+            d, lam2 = _step(pre[0], g[act])
         s = (lam2 / 2 <= tol).nonzero()[:, 0]
         if done and len(s):  # would stop on a CG solve, which can understate the decrement: the exact direction first
             Ls, _ = _precond(prob, V[act][s], idx[act][s], None)
-            d[s] = exact_dir(Ls, g[act][s]); lam2[s] = (g[act][s] * d[s]).sum(-1)
+            d[s], lam2[s] = _step(Ls, g[act][s])
         lam[act] = lam2; by_cg[act] = done
         if done: by_cg[act[s]] = False
         keep = lam2 / 2 > tol
@@ -366,5 +358,5 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
         act = moved
     f, g = prob.evaluate(V, idx)
     k = by_cg.nonzero()[:, 0]
-    if len(k): lam[k] = (g[k] * exact_dir(_precond(prob, V[k], idx[k], None)[0], g[k])).sum(-1)  # the gap reported: exact
+    if len(k): lam[k] = _step(_precond(prob, V[k], idx[k], None)[0], g[k])[1]  # the gap reported: exact
     return V, f, g.norm(dim=-1), lam, iters

@@ -205,16 +205,24 @@ def evaluate(self: Problems, V: Tensor, # (U, P) points, one per problem
     return f, g, H
 
 # %% ../nbs/04_solvers.ipynb #fdbebaca
-def _direction(H, g):
-    "Newton directions H^-1 g and decrements g' H^-1 g of a batch: Cholesky, with a ridge tiny against H's scale (flat directions have zero gradient)."
+def _factor(H):
+    "Cholesky factors L (U, P, P) of H + mu I and the ridges mu (U,): a ridge tiny against H's scale (flat directions have zero gradient), grown until the factorisation succeeds."
     mu = 1e-13 * H.diagonal(0, 1, 2).abs().amax(-1).clamp_min(1e-300)
     eye = torch.eye(H.shape[-1], dtype=H.dtype, device=H.device)
     for _ in range(8):
         L, info = torch.linalg.cholesky_ex(H + mu[:, None, None] * eye)
         if not bool(info.any()): break
         mu = torch.where(info > 0, mu * 1e3, mu)
+    return L, mu
+
+def _step(L, g):
+    "Newton directions (H + mu I)^-1 g from the factors L, and the decrements g' (H + mu I)^-1 g."
     d = torch.cholesky_solve(g[..., None], L)[..., 0]
     return d, (g * d).sum(-1).clamp_min(0)
+
+def _direction(H, g):
+    "Newton directions H^-1 g and decrements g' H^-1 g of a batch: Cholesky, with `_factor`'s ridge."
+    return _step(_factor(H)[0], g)
 
 # %% ../nbs/04_solvers.ipynb #0edb6c9a
 def line_search(value, # (points (m, P), positions (m,) in the batch) -> values (m,)
