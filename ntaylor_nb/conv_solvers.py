@@ -155,9 +155,9 @@ def _outs(nb, w):
 # %% ../nbs/04_solvers_conv.ipynb #02d2acf4
 def _gram(Z):
     "Z' Z (symmetric, full): BLAS's syrk on the CPU (half the multiply-adds of a general product), a product on a GPU."
-    if Z.device.type != 'cpu': return Z.T @ Z
+    if Z.device.type != 'cpu' or not len(Z): return Z.T @ Z
     G = torch.from_numpy(blas.dsyrk(1.0, Z.numpy().T, trans=0, lower=1))  # Z.numpy().T is Z' in Fortran order: no copy
-    return G.tril() + G.tril(-1).T
+    return G.add_(G.T.triu(1))  # syrk wrote the lower triangle (the upper is zero): mirror it
 
 # %% ../nbs/04_solvers_conv.ipynb #cbac542a
 def _curv(loss, pi, s, A):
@@ -220,6 +220,35 @@ def along(self: CompactConv, V: Tensor, # (U', K+1) points
         return out
     return value
 
+# %% ../nbs/04_solvers_conv.ipynb #316f3701
+@patch
+def _work(self: CompactConv, R: int):
+    "A buffer (R, K+1) for the rows of Z, kept between calls: the largest segment's rows once, not fresh pages every Hessian."
+    b = getattr(self, '_zbuf', None)
+    if b is None or len(b) < R: b = self._zbuf = torch.empty(R, self.K1, dtype=torch.float64, device=self.device)
+    return b[:R]
+
+# %% ../nbs/04_solvers_conv.ipynb #4bed7ef3
+_NEGLIGIBLE = 1e-15  # rows left out of a Hessian: their squared norms sum to at most this times its mean diagonal entry
+
+def _drop(Z: Tensor, # (R, K+1) rows, changed in place
+          frac: float, # how much of Z'Z's mean diagonal entry the rows left out may sum to (squared norms)
+         ) -> Tensor:
+    """Z's leading rows without its smallest: those whose squared norms sum to at most frac times the mean diagonal entry of
+    Z'Z (saturated samples' rows, the softmax's null direction), the kept rows of the tail moved into their places. Z'Z then
+    moves by a PSD matrix of trace at most frac mean diag(Z'Z) <= frac max diag(Z'Z): at `_NEGLIGIBLE` a hundredth of `newton`'s
+    ridge (1e-13 max diag), so Newton decrements with it lie within 1% of the exact ones, never below."""
+    if not len(Z): return Z
+    n2 = torch.linalg.vector_norm(Z, dim=1).square()
+    srt, order = n2.sort()
+    cum = srt.cumsum(0)
+    cut = int((cum <= frac * float(cum[-1]) / Z.shape[1]).sum())  # the mean diagonal entry: trace / (K+1)
+    if not cut: return Z
+    R = len(Z) - cut
+    out, keep = order[:cut], order[cut:]
+    Z[out[out < R]] = Z[keep[keep >= R]]  # as many dropped rows in the head as kept ones in the tail
+    return Z[:R]
+
 # %% ../nbs/04_solvers_conv.ipynb #01c1dfdf
 @patch
 def hessian(self: CompactConv, V: Tensor, # (U', K+1) points
@@ -229,20 +258,21 @@ def hessian(self: CompactConv, V: Tensor, # (U', K+1) points
     """The Hessians (U', K+1, K+1) at V, and their diagonals from all samples: over a neuron's rows X, X' Q X with Q
     block-diagonal, a block Q_b = J_b H_b J_b' per sample (its rows' coefficients against the loss's Hessian); as Z' Z with
     Z_b = F_b' X_b, F_b F_b' = Q_b (eigh, made for the samples with the same number of rows at once), by a symmetric rank-k update
-    of about R (K+1)^2 multiply-adds for R rows."""
+    of about R (K+1)^2 multiply-adds for R rows; rows of Z too small to matter are left out (`_drop`)."""
     H, dg = V.new_zeros(len(V), self.K1, self.K1), V.new_zeros(len(V), self.K1)
     stride = 1 if m_max is None else max(1, -(-self.n // m_max))
     s_all = torch.cat([b['s'] for b in self.blocks])
     scale = float(s_all.sum() / s_all[::stride].sum())
     for k, u in enumerate(idx.tolist()):
-        for nb in self._segments(u):
+        segs = self._segments(u)
+        for nb in segs:
             if not len(nb['gi']): continue
             X = self._rows(nb)
             z = nb['base'] + _outs(nb, X @ V[k])
             cnt = torch.bincount(nb['rs'], minlength=len(nb['gi']))
             start = torch.cumsum(cnt, 0) - cnt
             pi = torch.softmax(z, -1) if self.loss == 'cross_entropy' else None
-            Z = torch.empty_like(X)
+            Z = self._work(len(X))
             for c in torch.unique(cnt).tolist():
                 smp = (cnt == c).nonzero()[:, 0]
                 if nb.get('by_count'): ri = slice(int(start[smp[0]]), int(start[smp[-1]]) + c)  # the group's rows: one slice
@@ -254,11 +284,12 @@ def hessian(self: CompactConv, V: Tensor, # (U', K+1) points
                     Q = sg[:, None, None] * (Jp @ Jg.transpose(1, 2) - a[:, :, None] * a[:, None, :])
                 lam, E = torch.linalg.eigh(Q)  # Q = F F', F = E sqrt(lam): the sample's rows of Z are F' X_b
                 F_ = E * lam.clamp_min(0).sqrt()[:, None, :]
-                Z[ri] = (F_.transpose(1, 2) @ X[ri].view(len(smp), c, self.K1)).reshape(-1, self.K1)
+                if nb.get('by_count'): torch.bmm(F_.transpose(1, 2), X[ri].view(len(smp), c, self.K1), out=Z[ri].view(len(smp), c, self.K1))
+                else: Z[ri] = (F_.transpose(1, 2) @ X[ri].view(len(smp), c, self.K1)).reshape(-1, self.K1)
             if stride > 1:
                 dg[k] += (Z * Z).sum(0)
                 Z = Z[(nb['gi'][nb['rs']] % stride) == 0]
-            G = _gram(Z); H[k] += G
+            G = _gram(_drop(Z, _NEGLIGIBLE / len(segs))); H[k] += G
             if stride == 1: dg[k] += G.diagonal()
     return H * scale, dg
 
@@ -317,20 +348,21 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
     Each direction (H + mu I)^-1 g either by conjugate gradients on Hessian-vector products, preconditioned by a kept Cholesky
     factor (from an earlier point, or the first one from at most m_max samples, its diagonal completed from all), or, when that
     takes more than max_cg products, straight from the factor of the Hessian made at the current point from all samples (for
-    every neuron still running), which is kept. After a kept factor failed k times running, it is tried again only 2^k steps
-    later. A stop is taken on an exact direction only (from a factor made at that point), and the decrements returned are exact
+    every neuron still running), which is kept. The kept factor is tried only after a step on which every neuron still running took
+    the full step (a damped or expanded step: the curvature moved too much), and after it failed k times running, only 2^k steps later. A stop is taken on an exact direction only (from a factor made at that point), and the decrements returned are exact
     (made again at the end for a neuron that ended on a CG estimate). Returns V, values, gradient norms, Newton decrements, iterations."""
     V, U = V0.clone(), len(V0)
     lam = torch.full((U,), float('inf'), dtype=V.dtype, device=V.device)
     iters = torch.zeros(U, dtype=torch.long)
     act, pre, fails, next_try = torch.arange(U, device=V.device), None, 0, 0
+    full = True  # did every neuron still running take the full step last time (neither damped nor expanded: the model held)?
     by_cg = torch.zeros(U, dtype=torch.bool, device=V.device)  # is lam a CG estimate (a neuron ending at the cap, or with no decrease)?
     f, g = V.new_zeros(U), torch.zeros_like(V)  # at V[act], the first iteration's
     for it in range(max_iter + 1):
         f[act], g[act] = prob.evaluate(V[act], idx[act])  # the curvature kept for hvp is at V[act]
         if pre is None and m_max is not None: pre = _precond(prob, V[act], idx[act], m_max)  # a first factor from a subsample
         done = False
-        if pre is not None and it >= next_try:  # CG preconditioned by the kept factor
+        if pre is not None and it >= next_try and full:  # CG preconditioned by the kept factor
             L, mu = pre
             d, lam2, _, done = batched_pcg(lambda W, k: prob.hvp(W, k) + mu[k, None] * W, g[act],
                                            lambda R, k: torch.cholesky_solve(R[..., None], L[k])[..., 0], tol / 10, rtol, max_iter=max_cg)
@@ -353,6 +385,8 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
         Vn, _, acc = line_search(prob.along(V[act], d, idx[act]), V[act], d, f[act], lam2, expand, along=True)  # lam2 from CG: from above
         moved = act[acc]
         if not len(moved): break
+        t = ((V[moved] - Vn[acc]) * d[acc]).sum(-1) / (d[acc] * d[acc]).sum(-1)
+        full = bool(((t - 1).abs() <= 1e-9).all())  # the full step: neither damped nor expanded
         V[moved] = Vn[acc]
         pre = (pre[0][acc], pre[1][acc])
         act = moved
