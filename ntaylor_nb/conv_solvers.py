@@ -237,7 +237,8 @@ def _drop(Z: Tensor, # (R, K+1) rows, changed in place
     """Z's leading rows without its smallest: those whose squared norms sum to at most frac times the mean diagonal entry of
     Z'Z (saturated samples' rows, the softmax's null direction), the kept rows of the tail moved into their places. Z'Z then
     moves by a PSD matrix of trace at most frac mean diag(Z'Z) <= frac max diag(Z'Z): at `_NEGLIGIBLE` a hundredth of `newton`'s
-    ridge (1e-13 max diag), so Newton decrements with it lie within 1% of the exact ones, never below."""
+    ridge (1e-13 max diag), so Newton decrements with it are at most 1/0.99 times the exact ones and never below them (in exact
+    arithmetic: syrk's own rounding, about sqrt(R) eps max diag, is of the ridge's order)."""
     if not len(Z): return Z
     n2 = torch.linalg.vector_norm(Z, dim=1).square()
     srt, order = n2.sort()
@@ -255,7 +256,7 @@ def hessian(self: CompactConv, V: Tensor, # (U', K+1) points
             idx: Tensor, # (U',) which neurons
             m_max: int | None = None, # at most this many samples, every ceil(n / m_max)-th, scaled to the whole sum of weights
            ) -> tuple:
-    """The Hessians (U', K+1, K+1) at V, and their diagonals from all samples: over a neuron's rows X, X' Q X with Q
+    """The Hessians (U', K+1, K+1) at V, and their diagonals from all samples (less `_drop`'s rows): over a neuron's rows X, X' Q X with Q
     block-diagonal, a block Q_b = J_b H_b J_b' per sample (its rows' coefficients against the loss's Hessian); as Z' Z with
     Z_b = F_b' X_b, F_b F_b' = Q_b (eigh, made for the samples with the same number of rows at once), by a symmetric rank-k update
     of about R (K+1)^2 multiply-adds for R rows; rows of Z too small to matter are left out (`_drop`)."""
@@ -264,8 +265,7 @@ def hessian(self: CompactConv, V: Tensor, # (U', K+1) points
     s_all = torch.cat([b['s'] for b in self.blocks])
     scale = float(s_all.sum() / s_all[::stride].sum())
     for k, u in enumerate(idx.tolist()):
-        segs = self._segments(u)
-        for nb in segs:
+        for nb in self._segments(u):
             if not len(nb['gi']): continue
             X = self._rows(nb)
             z = nb['base'] + _outs(nb, X @ V[k])
@@ -289,7 +289,7 @@ def hessian(self: CompactConv, V: Tensor, # (U', K+1) points
             if stride > 1:
                 dg[k] += (Z * Z).sum(0)
                 Z = Z[(nb['gi'][nb['rs']] % stride) == 0]
-            G = _gram(_drop(Z, _NEGLIGIBLE / len(segs))); H[k] += G
+            G = _gram(_drop(Z, _NEGLIGIBLE)); H[k] += G  # each segment within its own trace: the neuron's within its own
             if stride == 1: dg[k] += G.diagonal()
     return H * scale, dg
 
@@ -349,7 +349,8 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
     factor (from an earlier point, or the first one from at most m_max samples, its diagonal completed from all), or, when that
     takes more than max_cg products, straight from the factor of the Hessian made at the current point from all samples (for
     every neuron still running), which is kept. The kept factor is tried only after a step on which every neuron still running took
-    the full step (a damped or expanded step: the curvature moved too much), and after it failed k times running, only 2^k steps later. A stop is taken on an exact direction only (from a factor made at that point), and the decrements returned are exact
+    the full step (a damped or expanded step: the curvature moved too much; one such neuron decides for the batch), and at the
+    first step with m_max, and after it failed k times running, only 2^k steps later. A stop is taken on an exact direction only (from a factor made at that point), and the decrements returned are exact
     (made again at the end for a neuron that ended on a CG estimate). Returns V, values, gradient norms, Newton decrements, iterations."""
     V, U = V0.clone(), len(V0)
     lam = torch.full((U,), float('inf'), dtype=V.dtype, device=V.device)
@@ -385,12 +386,12 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
         Vn, _, acc = line_search(prob.along(V[act], d, idx[act]), V[act], d, f[act], lam2, expand, along=True)  # lam2 from CG: from above
         moved = act[acc]
         if not len(moved): break
-        t = ((V[moved] - Vn[acc]) * d[acc]).sum(-1) / (d[acc] * d[acc]).sum(-1)
-        full = bool(((t - 1).abs() <= 1e-9).all())  # the full step: neither damped nor expanded
+        full = bool((Vn[acc] == V[moved] - d[acc]).all())  # the full step, bit for bit (line_search makes V - 1.0 d): neither damped nor expanded
         V[moved] = Vn[acc]
         pre = (pre[0][acc], pre[1][acc])
         act = moved
     f, g = prob.evaluate(V, idx)
     k = by_cg.nonzero()[:, 0]
     if len(k): lam[k] = _step(_precond(prob, V[k], idx[k], None)[0], g[k])[1]  # the gap reported: exact
+    prob._zbuf = None  # the Hessian's row buffer (`_work`) is not kept past a solve
     return V, f, g.norm(dim=-1), lam, iters
