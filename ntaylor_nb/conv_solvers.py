@@ -348,10 +348,11 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
     Each direction (H + mu I)^-1 g either by conjugate gradients on Hessian-vector products, preconditioned by a kept Cholesky
     factor (from an earlier point, or the first one from at most m_max samples, its diagonal completed from all), or, when that
     takes more than max_cg products, straight from the factor of the Hessian made at the current point from all samples (for
-    every neuron still running), which is kept. The kept factor is tried only after a step on which every neuron still running took
-    the full step (a damped or expanded step: the curvature moved too much; one such neuron decides for the batch), and at the
-    first step with m_max, and after it failed k times running, only 2^k steps later. A stop is taken on an exact direction only (from a factor made at that point), and the decrements returned are exact
-    (made again at the end for a neuron that ended on a CG estimate). Returns V, values, gradient norms, Newton decrements, iterations."""
+    every neuron still running), which is kept. The kept factor is tried only after a step on which every neuron still running
+    took the full step (a damped or expanded step: the curvature moved too much; one such neuron decides for the batch), and at
+    the first step with m_max; after it failed k times running, only 2^k steps later. A stop is taken on an exact direction only
+    (from a factor made at that point), and the decrements returned are exact (made again at the end for a neuron that ended on
+    a CG estimate). Returns V, values, gradient norms, Newton decrements, iterations."""
     V, U = V0.clone(), len(V0)
     lam = torch.full((U,), float('inf'), dtype=V.dtype, device=V.device)
     iters = torch.zeros(U, dtype=torch.long)
