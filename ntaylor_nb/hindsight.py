@@ -79,10 +79,10 @@ def add(self: _GNAcc, d, sl, s):
 # %% ../nbs/07_hindsight.ipynb #6e316d68
 @patch
 def solve(self: _GNAcc):
-    "{scope: (minimum of the summed Taylor losses, certificate, distance to the infimum: 0 where solved exactly)}."
+    "{scope: (minimum of the summed Taylor losses, certificate, distance to the infimum: 0 where solved exactly, stop rule met)}."
     st, out = {k: v.numpy() for k, v in self.st.items()}, {}
     vals = quad_min(st['Qn'], st['qn'], st['cn'])
-    for u, v in zip(self.units, vals): out[Scope('neuron', self.layer, int(u))] = (float(v), np.nan, 0.0)
+    for u, v in zip(self.units, vals): out[Scope('neuron', self.layer, int(u))] = (float(v), np.nan, 0.0, True)
     if self.layer_scope:
         C, K1 = st['q'].shape
         if self.free:
@@ -92,7 +92,7 @@ def solve(self: _GNAcc):
         else:
             Q4 = st['Q'][self.idxS[:, :, None, None], self.idxX[None, None, :, :]]  # (C, C, K1, K1)
             v = float(quad_min(Q4.transpose(0, 2, 1, 3).reshape(C * K1, C * K1), st['q'].reshape(-1), float(st['c'])))
-        out[Scope('layer', self.layer)] = (v, np.nan, 0.0)
+        out[Scope('layer', self.layer)] = (v, np.nan, 0.0, True)
     return out
 
 # %% ../nbs/07_hindsight.ipynb #2f05a677
@@ -169,19 +169,19 @@ def _free_hvp(blocks):
 # %% ../nbs/07_hindsight.ipynb #543c17c3
 @patch
 def _solve_free(self: _GNAcc):
-    "(minimum, gradient norm, estimated distance to the minimum) of the layer scope: exact through the rows' Gram matrix, or K-FAC-preconditioned CG."
+    "(minimum, gradient norm, estimated distance to the minimum, stop rule met) of the layer scope: exact through the rows' Gram matrix, or K-FAC-preconditioned CG."
     self.kept = _blocks(self.kept); st = self.st
     m, P = sum(int((b[1] != 0).any(1).sum()) for b in self.kept), st['q'].numel()
     if m <= (_DUAL_ROWS if m <= P else _DUAL_ROWS // 5):  # a singular Gram matrix costs an eigendecomposition
         v, self.V = _dual_min(self.kept, float(st['c']))
-        return v, np.nan, 0.0
+        return v, np.nan, 0.0, True
     dev = self.kept[0][0].device
     q, ssum = st['q'].to(dev), float(st['ssum'])
     M = kfac_precond(st['A'].to(dev) / ssum, st['B'].to(dev))
     V0 = self.V if self.V is not None else torch.zeros_like(q)
     dmax = max(float(((b[1] * b[1]).sum(2).T @ b[0].double() ** 2).max()) for b in self.kept)  # Q's largest diagonal entry
     self.V, v, gap, gn, self.iters = quad_cg(_free_hvp(self.kept), q, float(st['c']), V0, M, tol=1e-9 * ssum, ridge=1e-12 * dmax)
-    return v, gn, gap
+    return v, gn, gap, bool(gap <= 1e-9 * ssum)
 
 # %% ../nbs/07_hindsight.ipynb #e7eab570
 class _DenseAcc:
@@ -248,16 +248,17 @@ def _solve_compact(self: _DenseAcc):
     if all(u in self.V for u in self.units):
         last = torch.stack([self.V[u] for u in self.units])
         V0 = torch.where((cc.evaluate(last, idx, grad=False)[0] <= cc.evaluate(zero, idx, grad=False)[0])[:, None], last, zero)
-    V, f, gn, lam, _ = conv_newton(cc, idx, V0, 1e-9 * sum(float(b['s'].sum()) for b in cc.blocks))
+    tol = 1e-9 * sum(float(b['s'].sum()) for b in cc.blocks)
+    V, f, gn, lam, _ = conv_newton(cc, idx, V0, tol)
     out = {}
     for k, u in enumerate(self.units):
-        self.V[u] = V[k]; out[Scope('neuron', self.layer, int(u))] = (float(f[k]), float(gn[k]), float(lam[k]) / 2)
+        self.V[u] = V[k]; out[Scope('neuron', self.layer, int(u))] = (float(f[k]), float(gn[k]), float(lam[k]) / 2, bool(lam[k] / 2 <= tol))
     return out
 
 # %% ../nbs/07_hindsight.ipynb #b9badff3
 @patch
 def solve(self: _DenseAcc):
-    """{scope: (minimum of the summed Taylor losses, gradient norm there, estimated distance to the infimum)}:
+    """{scope: (minimum of the summed Taylor losses, gradient norm there, estimated distance to the infimum, stop rule met)}:
     batched damped Newton (conv_compact neurons by `conv_newton`; matrix-free Newton-CG for a layer scope beyond MAX_DIRECT variables, or with solver="newton-cg")."""
     out = self._solve_compact() if self.cc is not None else {}
     if self.cc is not None and not self.layer_scope: return out
@@ -275,7 +276,7 @@ def solve(self: _DenseAcc):
             V, f, gn, lam, _ = newton(prob, idx, self._start(prob, us, idx, P), tol)
             for k, u in enumerate(us):
                 self.V[u] = V[k]
-                out[Scope('neuron', self.layer, int(u))] = (float(f[k]), float(gn[k]), float(lam[k]) / 2)
+                out[Scope('neuron', self.layer, int(u))] = (float(f[k]), float(gn[k]), float(lam[k]) / 2, bool(lam[k] / 2 <= tol))
     if self.layer_scope:
         prob = Problems(D, self.loss)
         P, one = prob.size(), torch.zeros(1, dtype=torch.long, device=self.device)
@@ -285,7 +286,7 @@ def solve(self: _DenseAcc):
         else:  # too many variables for a Hessian: matrix-free Newton-CG (Hessian-vector products, preconditioned)
             V, v, g, lam, _ = newton_cg(prob, self._start(prob, ['layer'], one, P)[0], tol)
             self.V['layer'], gap = V, lam / 2
-        out[Scope('layer', self.layer)] = (v, g, gap)
+        out[Scope('layer', self.layer)] = (v, g, gap, bool(gap <= tol))
     return out
 
 # %% ../nbs/07_hindsight.ipynb #a09aed3e
@@ -307,20 +308,20 @@ def _solve_lbfgs(self: _DenseAcc, D):
     for u, c in zip(self.units, self.cols):
         v, val, g = lbfgs(lambda v: L(_taylor_outputs(D, c, v)), self.V.get(u, torch.zeros(K1, dtype=torch.float64, device=self.device)), tol)
         self.V[u] = v
-        out[Scope('neuron', self.layer, int(u))] = (val, float(g.norm()), np.nan)
+        out[Scope('neuron', self.layer, int(u))] = (val, float(g.norm()), np.nan, False)  # no certificate
     if self.layer_scope:
         C = D.J.shape[2] if self.fmt == 'linear' else D.M.shape[2]
         W, val, g = lbfgs(lambda W: L(_taylor_outputs(D, None, W)), self.V.get('layer', torch.zeros(C, K1, dtype=torch.float64, device=self.device)), tol)
         self.V['layer'] = W
-        out[Scope('layer', self.layer)] = (val, float(g.norm()), np.nan)
+        out[Scope('layer', self.layer)] = (val, float(g.norm()), np.nan, False)
     return out
 
 # %% ../nbs/07_hindsight.ipynb #b55317f7
-def _row(sc, nums, N, steps, cum, v, cert, gap):
-    "One row of the hindsight table: scope `sc` at prefix N, from its summed minimum v, certificate and gap estimate."
+def _row(sc, nums, N, steps, cum, v, cert, gap, met):
+    "One row of the hindsight table: scope `sc` at prefix N, from its summed minimum v, certificate, gap estimate and whether the stop rule held."
     return dict(scope=str(sc), kind=sc.kind, layer=sc.layer, layer_number=nums.get(sc.layer, -1),
                 neuron=sc.neuron if sc.neuron is not None else -1, N=N, step=int(steps[N - 1]), cumulative_loss=cum,
-                taylor_optimum=v / N, regret=cum - v, grad_norm=cert, optimum_gap=gap / N)
+                taylor_optimum=v / N, regret=cum - v, grad_norm=cert, optimum_gap=gap / N, certified=bool(met))
 
 # %% ../nbs/07_hindsight.ipynb #7f4d3e7f
 def _table(rows):

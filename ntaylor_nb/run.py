@@ -168,7 +168,8 @@ def _analyze_regret(run: Run, prefixes: int, progress: bool, device: str) -> dic
     if rec is None: return {}
     df = hindsight(rec, log_prefixes(len(rec), prefixes), progress=progress, device=device)
     df.to_csv(run.file('regret_table'), index=False)
-    s = dict(max_optimum_gap=float(df.optimum_gap.max()))  # 0 for exact (quadratic) solves; see ntaylor_nb.hindsight
+    s = dict(max_optimum_gap=float(df.optimum_gap.max()),  # 0 for exact (quadratic) solves; see ntaylor_nb.hindsight
+             uncertified_solves=int((~df.certified).sum()))  # ended at the cap or without decrease (their gap an estimate), or L-BFGS
     ex = regret_exponents(df, lo=max(2, len(rec) // 50), n_boot=300)
     ex.to_csv(run.file('exponents'), index=False)
     for r in ex.itertuples(): s[f'exponent_{r.kind}_{r.layer}'] = r.exponent
