@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 from scipy.linalg import blas
 from torch import Tensor
-from .solvers import _factor, _step, line_search, loss_terms
+from .solvers import _check_loss, _factor, _step, line_search, loss_terms
 
 
 # %% auto #0
@@ -25,7 +25,7 @@ class CompactConv:
                  cache_bytes: int | None = None, # memory for the neurons' rows kept between products (default: 2 GB on the CPU, 16 GB on a GPU)
                  block_bytes: int = 2 ** 27, # temporaries of one block of samples
                 ):
-        self.geom, self.loss, self.device, self.blocks = geom, loss, torch.device(device), []
+        self.geom, self.loss, self.device, self.blocks = geom, _check_loss(loss), torch.device(device), []
         self.cache_bytes = cache_bytes if cache_bytes is not None else (2 ** 34 if self.device.type == 'cuda' else 2 ** 31)
         self.block_bytes, self.cached = block_bytes, 0
 

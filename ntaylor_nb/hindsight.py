@@ -177,11 +177,12 @@ def _solve_free(self: _GNAcc):
         return v, np.nan, 0.0, True
     dev = self.kept[0][0].device
     q, ssum = st['q'].to(dev), float(st['ssum'])
+    tol = 1e-9 * ssum
     M = kfac_precond(st['A'].to(dev) / ssum, st['B'].to(dev))
     V0 = self.V if self.V is not None else torch.zeros_like(q)
     dmax = max(float(((b[1] * b[1]).sum(2).T @ b[0].double() ** 2).max()) for b in self.kept)  # Q's largest diagonal entry
-    self.V, v, gap, gn, self.iters = quad_cg(_free_hvp(self.kept), q, float(st['c']), V0, M, tol=1e-9 * ssum, ridge=1e-12 * dmax)
-    return v, gn, gap, bool(gap <= 1e-9 * ssum)
+    self.V, v, gap, gn, self.iters = quad_cg(_free_hvp(self.kept), q, float(st['c']), V0, M, tol=tol, ridge=1e-12 * dmax)
+    return v, gn, gap, bool(gap <= tol)
 
 # %% ../nbs/07_hindsight.ipynb #e7eab570
 class _DenseAcc:

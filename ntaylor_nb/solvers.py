@@ -89,6 +89,11 @@ class ConvSamples(NamedTuple):
     m0: Tensor  # (n, p, C) per neuron, the output Jacobian summed over positions against the pre-activations
 
 # %% ../nbs/04_solvers.ipynb #13ec5ad1
+def _check_loss(loss: str) -> str:
+    "The loss's name if the solvers know it, else a ValueError that says which they know."
+    if loss not in ('cross_entropy', 'mse'): raise ValueError(f"loss={loss!r}; allowed: cross_entropy, mse")
+    return loss
+
 def loss_terms(z: Tensor, # (U, n, p) Taylor outputs of U problems on n samples
                y: Tensor, # (n,) class indices, or (n, p) targets
                s: Tensor, # (n,) sample weights
@@ -121,7 +126,7 @@ class Problems:
                  chunk_bytes: int | None = None, # memory for one block of samples (default: 256 MB on the CPU, 1 GB on a GPU)
                 ):
         if not isinstance(D, (LinearSamples, ConvSamples)): raise TypeError(f'D must be LinearSamples or ConvSamples, got {type(D).__name__}')
-        self.D, self.fmt, self.loss, self.cols = D, 'linear' if isinstance(D, LinearSamples) else 'conv', loss, cols
+        self.D, self.fmt, self.loss, self.cols = D, 'linear' if isinstance(D, LinearSamples) else 'conv', _check_loss(loss), cols
         # temporaries per block of samples: 256 MB on the CPU, 1 GB on a GPU (fewer, larger matrix products)
         self.n, self.chunk_bytes = len(D[0]), chunk_bytes or (2 ** 30 if D[0].is_cuda else 2 ** 28)
 
