@@ -136,9 +136,11 @@ def _c1_seeds(df, lo, band):
         ex = [window_exponent(g.N, g.regret, low)['exponent'] for _, g in d.groupby('neuron')]
         fit = d[(d.N >= low) & (d.regret.abs() > 0)]
         gap = float((fit.optimum_gap * fit.N / fit.regret.abs()).max()) if 'optimum_gap' in fit and len(fit) else 0.0
+        unc = int((~fit.certified.astype(bool)).sum()) if 'certified' in fit else 0  # solves that did not meet their stop rule
         ok = [a for a in ex if np.isfinite(a)]
         rows.append(dict(seed=seed, **e, last=float(curve.iloc[-1]), share=float(np.mean([band[0] <= a <= band[1] for a in ok])) if ok else np.nan,
-                         no_exponent=len(ex) - len(ok), neurons=len(ex), solver_share=gap))
+                         no_exponent=len(ex) - len(ok), neurons=len(ex), solver_share=gap,
+                         fitted=len(fit), uncertified=unc))
     return pd.DataFrame(rows).set_index('seed')
 
 # %% ../nbs/15_claims.ipynb #b7071d2b
@@ -185,6 +187,7 @@ def growth_rows(df: pd.DataFrame, # one configuration's regret tables, with task
         note = _join(why, f'{s.nonpositive.sum()} of {s.window.sum()} fitted prefixes have regret <= 0',
                      f'seed(s) {noexp}: fewer than 3 positive prefixes, no exponent' if noexp else '',
                      f"the solver's optimum_gap is up to {s.solver_share.max():.1%} of a fitted regret" if s.solver_share.max() > 0.01 else '',
+                     f"{s.uncertified.sum()} of {s.fitted.sum()} fitted solves did not meet their stop rule (their optimum_gap only an estimate)" if s.uncertified.sum() else '',
                      _output_note(key[0], num))
         kw = dict(kind=kind, layer_number=int(num), measure='regret exponent')
         rows.append(_row(key, 'C1: regret grows like sqrt(N)', 'figs 3, 4; Theorem 2', f'{r0.optimizer} ({r0.lr_label})', iv, verdict,

@@ -22,7 +22,7 @@ from .solvers_free import kfac_precond, newton_cg, quad_cg
 from .taylor import Scope
 
 # %% auto #0
-__all__ = ['SOLVERS', 'hindsight']
+__all__ = ['SOLVERS', 'GAP_TOL', 'hindsight']
 
 # %% ../nbs/07_hindsight.ipynb #c292e4a8
 def _xt(x): return np.concatenate([x.astype(np.float64), np.ones((len(x), 1))], 1)
@@ -78,15 +78,15 @@ def add(self: _GNAcc, d, sl, s):
 
 # %% ../nbs/07_hindsight.ipynb #6e316d68
 @patch
-def solve(self: _GNAcc):
-    "{scope: (minimum of the summed Taylor losses, certificate, distance to the infimum: 0 where solved exactly, stop rule met)}."
+def solve(self: _GNAcc, tol: float):
+    "{scope: (minimum of the summed Taylor losses, certificate, distance to the infimum: 0 where solved exactly, stop rule met)}; `tol`: the stop rule's distance (matrix-free solves)."
     st, out = {k: v.numpy() for k, v in self.st.items()}, {}
     vals = quad_min(st['Qn'], st['qn'], st['cn'])
     for u, v in zip(self.units, vals): out[Scope('neuron', self.layer, int(u))] = (float(v), np.nan, 0.0, True)
     if self.layer_scope:
         C, K1 = st['q'].shape
         if self.free:
-            out[Scope('layer', self.layer)] = self._solve_free()
+            out[Scope('layer', self.layer)] = self._solve_free(tol)
             return out
         if self.identity: v = quad_min_shared(st['Q'], st['q'], float(st['c']))
         else:
@@ -168,7 +168,7 @@ def _free_hvp(blocks):
 
 # %% ../nbs/07_hindsight.ipynb #543c17c3
 @patch
-def _solve_free(self: _GNAcc):
+def _solve_free(self: _GNAcc, tol: float):
     "(minimum, gradient norm, estimated distance to the minimum, stop rule met) of the layer scope: exact through the rows' Gram matrix, or K-FAC-preconditioned CG."
     self.kept = _blocks(self.kept); st = self.st
     m, P = sum(int((b[1] != 0).any(1).sum()) for b in self.kept), st['q'].numel()
@@ -177,11 +177,10 @@ def _solve_free(self: _GNAcc):
         return v, np.nan, 0.0, True
     dev = self.kept[0][0].device
     q, ssum = st['q'].to(dev), float(st['ssum'])
-    tol = 1e-9 * ssum
     M = kfac_precond(st['A'].to(dev) / ssum, st['B'].to(dev))
     V0 = self.V if self.V is not None else torch.zeros_like(q)
     dmax = max(float(((b[1] * b[1]).sum(2).T @ b[0].double() ** 2).max()) for b in self.kept)  # Q's largest diagonal entry
-    self.V, v, gap, gn, self.iters = quad_cg(_free_hvp(self.kept), q, float(st['c']), V0, M, tol=tol, ridge=1e-12 * dmax)
+    self.V, v, gap, gn, self.iters = quad_cg(_free_hvp(self.kept), q, float(st['c']), V0, M, tol=tol, grow=0.5, ridge=1e-12 * dmax)
     return v, gn, gap, bool(gap <= tol)
 
 # %% ../nbs/07_hindsight.ipynb #e7eab570
@@ -241,7 +240,7 @@ def _start(self: _DenseAcc, prob, keys, idx, P):
 
 # %% ../nbs/07_hindsight.ipynb #81f34261
 @patch
-def _solve_compact(self: _DenseAcc):
+def _solve_compact(self: _DenseAcc, tol: float):
     "The neuron scopes of a conv_compact record by `conv_newton`, warm-started as `_start` does."
     cc, U = self.cc, len(self.units)
     idx = torch.arange(U, device=self.device)
@@ -249,7 +248,6 @@ def _solve_compact(self: _DenseAcc):
     if all(u in self.V for u in self.units):
         last = torch.stack([self.V[u] for u in self.units])
         V0 = torch.where((cc.evaluate(last, idx, grad=False)[0] <= cc.evaluate(zero, idx, grad=False)[0])[:, None], last, zero)
-    tol = 1e-9 * sum(float(b['s'].sum()) for b in cc.blocks)
     V, f, gn, lam, _ = conv_newton(cc, idx, V0, tol)
     out = {}
     for k, u in enumerate(self.units):
@@ -258,15 +256,14 @@ def _solve_compact(self: _DenseAcc):
 
 # %% ../nbs/07_hindsight.ipynb #b9badff3
 @patch
-def solve(self: _DenseAcc):
-    """{scope: (minimum of the summed Taylor losses, gradient norm there, estimated distance to the infimum, stop rule met)}:
+def solve(self: _DenseAcc, tol: float):
+    """{scope: (minimum of the summed Taylor losses, gradient norm there, estimated distance to the infimum, stop rule met)}, each stopped once its estimated distance is at most `tol`:
     batched damped Newton (conv_compact neurons by `conv_newton`; matrix-free Newton-CG for a layer scope beyond MAX_DIRECT variables, or with solver="newton-cg")."""
-    out = self._solve_compact() if self.cc is not None else {}
+    out = self._solve_compact(tol) if self.cc is not None else {}
     if self.cc is not None and not self.layer_scope: return out
     D = (LinearSamples if self.fmt == 'linear' else ConvSamples)(*(torch.cat(z).to(self.device) for z in zip(*self.parts)))
     self.parts = [D]
     if self.solver == 'lbfgs': return self._solve_lbfgs(D)
-    tol = 1e-9 * float(D[2].sum())
     if self.units and self.cc is None:
         prob = Problems(D, self.loss, torch.as_tensor(self.cols, device=self.device))
         P = prob.size()
@@ -348,6 +345,7 @@ def _select(rec, scopes):
 
 # %% ../nbs/07_hindsight.ipynb #9a781dac
 SOLVERS = ('newton', 'newton-cg', 'lbfgs')
+GAP_TOL = 1e-9  # the stop rule: a solve ends once its estimated distance to the minimum is at most this a round
 
 def _accumulators(mf, scopes, device, solver):
     "One accumulator per recorded layer with scopes to solve: quadratic statistics (MSE, Linear) or stored samples."
@@ -418,7 +416,7 @@ def hindsight(rec: RegretRecording | str | Path, # a recording (or its folder)
             if done == prefixes[pi]:
                 N, cum = done, float(losses[:done].sum())
                 for a in accs:
-                    rows += [_row(sc, nums, N, steps, cum, *res) for sc, res in a.solve().items()]
+                    rows += [_row(sc, nums, N, steps, cum, *res) for sc, res in a.solve(GAP_TOL * N).items()]
                 pi += 1; bar.update()
     bar.close()
     return _table(rows)

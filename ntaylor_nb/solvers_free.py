@@ -21,14 +21,16 @@ def quad_cg(hvp, # V -> QV, the quadratic's matrix applied without forming it
             tol: float = 0.0, # stop once the estimated distance to the minimum is at most this ...
             rtol: float = 0.0, # ... or at most this fraction of |value - c|
             ridge: float = 0.0, # CG runs on Q + ridge I (flat directions below it stay put); the value is the unridged one
-            delay: int = 10, # iterations over which the distance is estimated (Hestenes-Stiefel)
+            delay: int = 10, # iterations over which the distance is estimated (Hestenes-Stiefel) ...
+            grow: float = 0.0, # ... or this fraction of the iterations so far, if more (0.5: see below)
             max_iter: int = 5000, # iteration cap
            ) -> tuple:
     """min_V <V, QV> + 2<q, V> + c by preconditioned conjugate gradients; returns V, the value, the estimated
-    distance to the minimum (the decrease over the last `delay` iterations), the gradient norm and the iterations."""
+    distance to the minimum (the decrease over the last `delay` iterations, or `grow` of them), the gradient norm and the iterations."""
     M, Qr = precond or (lambda R: R), (lambda V: hvp(V) + ridge * V) if ridge else hvp
     V = V0.clone(); r = -(Qr(V) + q); z = M(r); p = z.clone(); rz = (r * z).sum()
-    dec, it = [], 0
+    cum, it = [0.0], 0  # cum[k]: the decrease over the first k iterations
+    est = lambda: cum[-1] - cum[-1 - min(len(cum) - 1, max(delay, int(grow * (len(cum) - 1))))]
     f = lambda V, g: float(c + (V * q).sum() + (V * g).sum())  # g = QV + q
     for it in range(1, max_iter + 1):
         if rz <= 0: break  # exactly at the minimum (within the preconditioner's range)
@@ -37,13 +39,13 @@ def quad_cg(hvp, # V -> QV, the quadratic's matrix applied without forming it
         a = rz / pQp
         V += a * p; r -= a * Qp
         if it % 50 == 0: r = -(Qr(V) + q)  # residual replacement against drift
-        dec.append(float(a * rz))
+        cum.append(cum[-1] + float(a * rz))
         z = M(r); rz_new = (r * z).sum()
         p = z + (rz_new / rz) * p; rz = rz_new
-        gap = sum(dec[-delay:])
-        if len(dec) >= delay and (gap <= tol or gap <= rtol * abs(f(V, -r) - c)): break
+        gap = est()
+        if len(cum) > delay and (gap <= tol or gap <= rtol * abs(f(V, -r) - c)): break
     g = hvp(V) + q
-    return V, f(V, g), sum(dec[-delay:]) if dec else 0.0, float(2 * g.norm()), it
+    return V, f(V, g), est(), float(2 * g.norm()), it
 
 
 # %% ../nbs/04_solvers_free.ipynb #23853bda

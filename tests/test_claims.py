@@ -294,3 +294,22 @@ def test_paired_difference_uses_the_seeds_both_sides_have():
     assert (r['method'], r['n']) == ('paired', 3) and r['estimate'] == pytest.approx(d.mean())
     assert (r['ci_low'], r['ci_high']) == pytest.approx(tuple(stats.ttest_1samp(d, 0).confidence_interval(0.95)))
     assert seed_difference(a, b.drop(3))['method'] == 'welch'  # other seeds: unpaired
+
+
+def test_c1_uncertified_solves_are_counted():
+    "Fitted solves that did not meet their stop rule are counted in C1's note (their optimum_gap is only an estimate); none: no note."
+    def tabs(frac):
+        out = {}
+        for s in range(3):
+            d = hindsight_table({0: N ** 0.5, 1: 2 * N ** 0.5})
+            out[f'autoencoder/digits/sgd/tuned/{s}'] = d.assign(certified=np.arange(len(d)) % frac != 0 if frac else True)
+        return out
+    for frac in (0, 4):
+        tb = tabs(frac)
+        t = claims_table(runs_table({('sgd', 'tuned'): dict(x=[0, 0, 0])}), regret_table=tb.get, measures=None).set_index('claim')
+        note = t.note['C1: regret grows like sqrt(N)']
+        lo = lambda d: max(2.0, np.sqrt(d.N.max()))
+        fit = [d[(d.N >= lo(d)) & (d.regret.abs() > 0)] for d in tb.values()]  # the fit's window, counted here by hand
+        unc, total = sum(int((~f.certified).sum()) for f in fit), sum(len(f) for f in fit)
+        if frac: assert unc > 0 and f'{unc} of {total} fitted solves did not meet their stop rule' in note, note
+        else: assert 'stop rule' not in note
