@@ -4,6 +4,7 @@
 
 # %% ../nbs/04_solvers_free.ipynb #3dc867f0
 from __future__ import annotations
+import numpy as np
 import torch
 from fastcore.basics import patch
 from torch import Tensor
@@ -22,15 +23,16 @@ def quad_cg(hvp, # V -> QV, the quadratic's matrix applied without forming it
             rtol: float = 0.0, # ... or at most this fraction of |value - c|
             ridge: float = 0.0, # CG runs on Q + ridge I (flat directions below it stay put); the value is the unridged one
             delay: int = 10, # iterations over which the distance is estimated (Hestenes-Stiefel) ...
-            grow: float = 0.0, # ... or this fraction of the iterations so far, if more (0.5: see below)
+            grow: float = 0.0, # ... or this fraction (0 <= grow < 1) of the iterations so far, if more (0.5: see below)
             max_iter: int = 5000, # iteration cap
            ) -> tuple:
     """min_V <V, QV> + 2<q, V> + c by preconditioned conjugate gradients; returns V, the value, the estimated
     distance to the minimum (the decrease over the last `delay` iterations, or `grow` of them), the gradient norm and the iterations."""
     M, Qr = precond or (lambda R: R), (lambda V: hvp(V) + ridge * V) if ridge else hvp
     V = V0.clone(); r = -(Qr(V) + q); z = M(r); p = z.clone(); rz = (r * z).sum()
-    cum, it = [0.0], 0  # cum[k]: the decrease over the first k iterations
-    est = lambda: cum[-1] - cum[-1 - min(len(cum) - 1, max(delay, int(grow * (len(cum) - 1))))]
+    if not 0 <= grow < 1: raise ValueError(f'grow={grow}: the estimate is over a fraction of the steps, 0 <= grow < 1 (1 would never stop)')
+    dec, it, n = np.zeros(max_iter), 0, 0  # dec[k]: the decrease of step k+1; n steps taken
+    est = lambda n: float(dec[n - min(n, max(delay, int(grow * n))):n].sum())  # summed directly: a difference of running totals loses the small ones
     f = lambda V, g: float(c + (V * q).sum() + (V * g).sum())  # g = QV + q
     for it in range(1, max_iter + 1):
         if rz <= 0: break  # exactly at the minimum (within the preconditioner's range)
@@ -39,13 +41,13 @@ def quad_cg(hvp, # V -> QV, the quadratic's matrix applied without forming it
         a = rz / pQp
         V += a * p; r -= a * Qp
         if it % 50 == 0: r = -(Qr(V) + q)  # residual replacement against drift
-        cum.append(cum[-1] + float(a * rz))
+        dec[it - 1], n = float(a * rz), it
         z = M(r); rz_new = (r * z).sum()
         p = z + (rz_new / rz) * p; rz = rz_new
-        gap = est()
-        if len(cum) > delay and (gap <= tol or gap <= rtol * abs(f(V, -r) - c)): break
+        gap = est(n)
+        if n >= delay and (gap <= tol or gap <= rtol * abs(f(V, -r) - c)): break
     g = hvp(V) + q
-    return V, f(V, g), est(), float(2 * g.norm()), it
+    return V, f(V, g), est(n), float(2 * g.norm()), it
 
 
 # %% ../nbs/04_solvers_free.ipynb #23853bda
