@@ -79,10 +79,10 @@ def add(self: _GNAcc, d, sl, s):
 # %% ../nbs/07_hindsight.ipynb #6e316d68
 @patch
 def solve(self: _GNAcc, tol: float):
-    "{scope: (minimum of the summed Taylor losses, certificate, distance to the infimum: 0 where solved exactly, stop rule met)}; `tol`: the stop rule's distance (matrix-free solves)."
+    "{scope: (minimum of the summed Taylor losses, certificate, distance to the infimum: 0 where solved exactly)}; `tol`: the stop rule's distance (matrix-free solves)."
     st, out = {k: v.numpy() for k, v in self.st.items()}, {}
     vals = quad_min(st['Qn'], st['qn'], st['cn'])
-    for u, v in zip(self.units, vals): out[Scope('neuron', self.layer, int(u))] = (float(v), np.nan, 0.0, True)
+    for u, v in zip(self.units, vals): out[Scope('neuron', self.layer, int(u))] = (float(v), np.nan, 0.0)
     if self.layer_scope:
         C, K1 = st['q'].shape
         if self.free:
@@ -92,7 +92,7 @@ def solve(self: _GNAcc, tol: float):
         else:
             Q4 = st['Q'][self.idxS[:, :, None, None], self.idxX[None, None, :, :]]  # (C, C, K1, K1)
             v = float(quad_min(Q4.transpose(0, 2, 1, 3).reshape(C * K1, C * K1), st['q'].reshape(-1), float(st['c'])))
-        out[Scope('layer', self.layer)] = (v, np.nan, 0.0, True)
+        out[Scope('layer', self.layer)] = (v, np.nan, 0.0)
     return out
 
 # %% ../nbs/07_hindsight.ipynb #2f05a677
@@ -169,19 +169,19 @@ def _free_hvp(blocks):
 # %% ../nbs/07_hindsight.ipynb #543c17c3
 @patch
 def _solve_free(self: _GNAcc, tol: float):
-    "(minimum, gradient norm, estimated distance to the minimum, stop rule met) of the layer scope: exact through the rows' Gram matrix, or K-FAC-preconditioned CG."
+    "(minimum, gradient norm, estimated distance to the minimum) of the layer scope: exact through the rows' Gram matrix, or K-FAC-preconditioned CG."
     self.kept = _blocks(self.kept); st = self.st
     m, P = sum(int((b[1] != 0).any(1).sum()) for b in self.kept), st['q'].numel()
     if m <= (_DUAL_ROWS if m <= P else _DUAL_ROWS // 5):  # a singular Gram matrix costs an eigendecomposition
         v, self.V = _dual_min(self.kept, float(st['c']))
-        return v, np.nan, 0.0, True
+        return v, np.nan, 0.0
     dev = self.kept[0][0].device
     q, ssum = st['q'].to(dev), float(st['ssum'])
     M = kfac_precond(st['A'].to(dev) / ssum, st['B'].to(dev))
     V0 = self.V if self.V is not None else torch.zeros_like(q)
     dmax = max(float(((b[1] * b[1]).sum(2).T @ b[0].double() ** 2).max()) for b in self.kept)  # Q's largest diagonal entry
     self.V, v, gap, gn, self.iters = quad_cg(_free_hvp(self.kept), q, float(st['c']), V0, M, tol=tol, grow=0.5, ridge=1e-12 * dmax)
-    return v, gn, gap, bool(gap <= tol)
+    return v, gn, gap
 
 # %% ../nbs/07_hindsight.ipynb #e7eab570
 class _DenseAcc:
@@ -251,13 +251,13 @@ def _solve_compact(self: _DenseAcc, tol: float):
     V, f, gn, lam, _ = conv_newton(cc, idx, V0, tol)
     out = {}
     for k, u in enumerate(self.units):
-        self.V[u] = V[k]; out[Scope('neuron', self.layer, int(u))] = (float(f[k]), float(gn[k]), float(lam[k]) / 2, bool(lam[k] / 2 <= tol))
+        self.V[u] = V[k]; out[Scope('neuron', self.layer, int(u))] = (float(f[k]), float(gn[k]), float(lam[k]) / 2)
     return out
 
 # %% ../nbs/07_hindsight.ipynb #b9badff3
 @patch
 def solve(self: _DenseAcc, tol: float):
-    """{scope: (minimum of the summed Taylor losses, gradient norm there, estimated distance to the infimum, stop rule met)}, each stopped once its estimated distance is at most `tol`:
+    """{scope: (minimum of the summed Taylor losses, gradient norm there, estimated distance to the infimum)}, each stopped once its estimated distance is at most `tol`:
     batched damped Newton (conv_compact neurons by `conv_newton`; matrix-free Newton-CG for a layer scope beyond MAX_DIRECT variables, or with solver="newton-cg")."""
     out = self._solve_compact(tol) if self.cc is not None else {}
     if self.cc is not None and not self.layer_scope: return out
@@ -274,7 +274,7 @@ def solve(self: _DenseAcc, tol: float):
             V, f, gn, lam, _ = newton(prob, idx, self._start(prob, us, idx, P), tol)
             for k, u in enumerate(us):
                 self.V[u] = V[k]
-                out[Scope('neuron', self.layer, int(u))] = (float(f[k]), float(gn[k]), float(lam[k]) / 2, bool(lam[k] / 2 <= tol))
+                out[Scope('neuron', self.layer, int(u))] = (float(f[k]), float(gn[k]), float(lam[k]) / 2)
     if self.layer_scope:
         prob = Problems(D, self.loss)
         P, one = prob.size(), torch.zeros(1, dtype=torch.long, device=self.device)
@@ -284,7 +284,7 @@ def solve(self: _DenseAcc, tol: float):
         else:  # too many variables for a Hessian: matrix-free Newton-CG (Hessian-vector products, preconditioned)
             V, v, g, lam, _ = newton_cg(prob, self._start(prob, ['layer'], one, P)[0], tol)
             self.V['layer'], gap = V, lam / 2
-        out[Scope('layer', self.layer)] = (v, g, gap, bool(gap <= tol))
+        out[Scope('layer', self.layer)] = (v, g, gap)
     return out
 
 # %% ../nbs/07_hindsight.ipynb #a09aed3e
@@ -306,20 +306,20 @@ def _solve_lbfgs(self: _DenseAcc, D):
     for u, c in zip(self.units, self.cols):
         v, val, g = lbfgs(lambda v: L(_taylor_outputs(D, c, v)), self.V.get(u, torch.zeros(K1, dtype=torch.float64, device=self.device)), tol)
         self.V[u] = v
-        out[Scope('neuron', self.layer, int(u))] = (val, float(g.norm()), np.nan, False)  # no certificate
+        out[Scope('neuron', self.layer, int(u))] = (val, float(g.norm()), np.nan)  # no certificate: a gap of NaN is never certified
     if self.layer_scope:
         C = D.J.shape[2] if self.fmt == 'linear' else D.M.shape[2]
         W, val, g = lbfgs(lambda W: L(_taylor_outputs(D, None, W)), self.V.get('layer', torch.zeros(C, K1, dtype=torch.float64, device=self.device)), tol)
         self.V['layer'] = W
-        out[Scope('layer', self.layer)] = (val, float(g.norm()), np.nan, False)
+        out[Scope('layer', self.layer)] = (val, float(g.norm()), np.nan)
     return out
 
 # %% ../nbs/07_hindsight.ipynb #b55317f7
-def _row(sc, nums, N, steps, cum, v, cert, gap, met):
-    "One row of the hindsight table: scope `sc` at prefix N, from its summed minimum v, certificate, gap estimate and whether the stop rule held."
+def _row(sc, nums, N, steps, cum, v, cert, gap):
+    "One row of the hindsight table: scope `sc` at prefix N, from its summed minimum v, certificate and gap estimate; certified: the gap within the stop rule (`GAP_TOL` a round; 0 for exact solves, NaN for L-BFGS: never)."
     return dict(scope=str(sc), kind=sc.kind, layer=sc.layer, layer_number=nums.get(sc.layer, -1),
                 neuron=sc.neuron if sc.neuron is not None else -1, N=N, step=int(steps[N - 1]), cumulative_loss=cum,
-                taylor_optimum=v / N, regret=cum - v, grad_norm=cert, optimum_gap=gap / N, certified=bool(met))
+                taylor_optimum=v / N, regret=cum - v, grad_norm=cert, optimum_gap=gap / N, certified=bool(gap <= GAP_TOL * N))
 
 # %% ../nbs/07_hindsight.ipynb #7f4d3e7f
 def _table(rows):

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from fastcore.basics import patch
 from torch import Tensor
+from .taylor import LOSSES
 
 # %% auto #0
 __all__ = ['MAX_DIRECT', 'quad_min', 'quad_min_shared', 'LinearSamples', 'ConvSamples', 'loss_terms', 'Problems', 'line_search',
@@ -91,7 +92,7 @@ class ConvSamples(NamedTuple):
 # %% ../nbs/04_solvers.ipynb #13ec5ad1
 def _check_loss(loss: str) -> str:
     "The loss's name if the solvers know it, else a ValueError that says which they know."
-    if loss not in ('cross_entropy', 'mse'): raise ValueError(f"loss={loss!r}; allowed: cross_entropy, mse")
+    if loss not in LOSSES: raise ValueError(f"loss={loss!r}; allowed: {', '.join(sorted(LOSSES))}")  # the losses of ntaylor_nb.taylor
     return loss
 
 def loss_terms(z: Tensor, # (U, n, p) Taylor outputs of U problems on n samples
