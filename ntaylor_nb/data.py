@@ -5,6 +5,7 @@
 # %% ../nbs/10_data.ipynb #c1b84b12
 from __future__ import annotations
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,19 @@ def data_root(root: str | Path | None = None, # explicit root (wins over the env
     return Path(root if root is not None else os.environ.get('NTAYLOR_DATA', 'data')).expanduser()
 
 # %% ../nbs/10_data.ipynb #232ed3e7
+@contextmanager
+def _data_lock(folder: Path):
+    "Hold an exclusive lock on `folder`/.lock while files there are extracted or cached: experiments started side by side on a fresh data root would otherwise read a file another one is still writing (no lock where the folder is missing or cannot be written: nothing is written there then)."
+    try:
+        import fcntl
+        f = open(folder / '.lock', 'a')
+    except (ImportError, OSError):
+        yield; return
+    with f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try: yield
+        finally: fcntl.flock(f, fcntl.LOCK_UN)
+
 def _digits(train, size=None):
     from sklearn.datasets import load_digits
     d = load_digits()
@@ -40,7 +54,8 @@ def _mnist(root, train, download):
     files = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
     # the official .gz files already in place: torchvision checks their md5 sums and extracts them, with no network
     local = all((raw / f).exists() or (raw / f'{f}.gz').exists() for f in files)
-    try: ds = MNIST(str(root), train=train, download=download or local)
+    try:
+        with _data_lock(root / 'MNIST'): ds = MNIST(str(root), train=train, download=download or local)  # one extracts, the others wait
     except RuntimeError as e:
         raise FileNotFoundError(f'MNIST not found under {root / "MNIST" / "raw"}: expected the four official files '
                                 f'(train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, '
@@ -61,17 +76,19 @@ def _cifar10(root, train, download):
                                 f'an ImageFolder copy in {root / "cifar10" / split}/<class>/*.png|jpg; pass download=True on a '
                                 'machine that is online to fetch the official files')
     cache = folder.parent / f'{split}_uint8.npz'  # decoding 60,000 images is slow: keep them once decoded
-    if cache.exists():
-        z = np.load(cache); x, y = z['x'], z['y']
-    else:
-        ds = torchvision.datasets.ImageFolder(str(folder))
-        if list(ds.classes) != list(CIFAR10_CLASSES):
-            raise ValueError(f'{folder} has classes {ds.classes}; CIFAR-10 expects {list(CIFAR10_CLASSES)}')
-        from tqdm.auto import tqdm
-        x = np.stack([np.asarray(ds.loader(p).convert('RGB')) for p, _ in tqdm(ds.samples, desc=f'decoding CIFAR-10 {split}')])
-        y = np.array(ds.targets)
-        try: np.savez(cache, x=x, y=y)
-        except OSError: pass  # a read-only root: decode again next time
+    with _data_lock(folder.parent):  # one decodes, the others wait and read its cache
+        if cache.exists():
+            z = np.load(cache); x, y = z['x'], z['y']
+        else:
+            ds = torchvision.datasets.ImageFolder(str(folder))
+            if list(ds.classes) != list(CIFAR10_CLASSES):
+                raise ValueError(f'{folder} has classes {ds.classes}; CIFAR-10 expects {list(CIFAR10_CLASSES)}')
+            from tqdm.auto import tqdm
+            x = np.stack([np.asarray(ds.loader(p).convert('RGB')) for p, _ in tqdm(ds.samples, desc=f'decoding CIFAR-10 {split}')])
+            y = np.array(ds.targets)
+            tmp = cache.with_name(f'{cache.stem}.{os.getpid()}.tmp.npz')  # written whole, then renamed: never a half-written cache
+            try: np.savez(tmp, x=x, y=y); os.replace(tmp, cache)
+            except OSError: tmp.unlink(missing_ok=True)  # a read-only root: decode again next time
     return torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0, torch.from_numpy(y).long()
 
 # %% ../nbs/10_data.ipynb #aa36f255

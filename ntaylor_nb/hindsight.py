@@ -137,22 +137,35 @@ def _blocks(kept, size=16384):
     return out
 
 # %% ../nbs/07_hindsight.ipynb #ae1adc2c
+def _gram(Lr, X, idx): return (Lr @ Lr.T).mul_((X @ X.T)[idx][:, idx])  # m^2 numbers: 0.8 GB at 10,000 rows
+
 def _dual_min(blocks, c):
-    "(min_V <V, QV> + 2<q, V> + c, the least-norm minimiser V) through the Gram matrix of the rows (sample, rank) of blocks (x, L, r)."
+    "(min_V <V, QV> + 2<q, V> + c, the least-norm minimiser V, how far the minimum may lie above the infimum) through the Gram matrix of the rows (sample, rank) of blocks (x, L, r)."
     k = max(b[1].shape[2] for b in blocks)
     X = torch.cat([b[0].double() for b in blocks])
     L, r = torch.cat([F.pad(b[1], (0, k - b[1].shape[2])) for b in blocks]), torch.cat([F.pad(b[2], (0, k - b[2].shape[1])) for b in blocks])
     keep = (L != 0).any(1)
     Lr, rr, idx = L.transpose(1, 2)[keep], r[keep], keep.nonzero()[:, 0]
-    if not len(idx): return float(c), torch.zeros(L.shape[1], X.shape[1], dtype=torch.float64, device=X.device)
-    G = (Lr @ Lr.T).mul_((X @ X.T)[idx][:, idx])  # m^2 numbers: 0.8 GB at 10,000 rows
+    if not len(idx): return float(c), torch.zeros(L.shape[1], X.shape[1], dtype=torch.float64, device=X.device), 0.0
+    G = _gram(Lr, X, idx)
     R, info = torch.linalg.cholesky_ex(G)
-    if info == 0 and R.diagonal().min() ** 2 > 1e-12 * G.diagonal().max():  # full row rank: P r = r
-        y, v = torch.cholesky_solve(rr[:, None], R)[:, 0], float(c) - float(rr @ rr)
+    if info == 0 and R.diagonal().min() ** 2 > 1e-12 * G.diagonal().max():  # no row depends on the ones before it: P r = r
+        y, v, gap = torch.cholesky_solve(rr[:, None], R)[:, 0], float(c) - float(rr @ rr), 0.0
     else:
-        w, W = torch.linalg.eigh(G); ok = w > 1e-12 * w.max()
-        z = W[:, ok].T @ rr; y, v = W[:, ok] @ (z / w[ok]), float(c) - float(z @ z)
-    return v, -(Lr * y[:, None]).T @ X[idx]
+        E = G - _gram(Lr.flip(1), X.flip(1), idx)  # the same sums in another order: the size of their rounding
+        w, W = torch.linalg.eigh(G)
+        eta = torch.full_like(w, torch.finfo(w.dtype).eps * float(w.max()))  # the eigensolver's own resolution
+        low = (w <= 1e-8 * w.max()).nonzero()[:, 0]  # the directions whose rounding is measured (the rest count)
+        eta[low] = eta[low].maximum(((E @ W[:, low]) * W[:, low]).sum(0).abs())
+        ok, z2 = w > 10 * eta, (W.T @ rr) ** 2
+        band = float(z2[~ok & (w > eta)].sum())  # left out, but perhaps real
+        # a counted direction is only known to within an angle eta / (its distance from the left-out eigenvalues) of them,
+        # so part of their z^2 may belong to it (or the reverse): that much more uncertainty, to first order
+        zD, lD = float(z2[~ok].sum()) ** 0.5, float(w[~ok].max().clamp(min=0)) if (~ok).any() else 0.0
+        th = (eta[ok] / (w[ok] - lD)).clamp(max=1)
+        mix = float((2 * th * z2[ok].sqrt() * zD + th ** 2 * zD ** 2).sum())
+        y, v, gap = W[:, ok] @ ((W[:, ok].T @ rr) / w[ok]), float(c) - float(z2[ok].sum()), band + mix
+    return v, -(Lr * y[:, None]).T @ X[idx], gap
 
 # %% ../nbs/07_hindsight.ipynb #028cc1bf
 def _free_hvp(blocks):
@@ -169,12 +182,12 @@ def _free_hvp(blocks):
 # %% ../nbs/07_hindsight.ipynb #543c17c3
 @patch
 def _solve_free(self: _GNAcc, tol: float):
-    "(minimum, gradient norm, estimated distance to the minimum) of the layer scope: exact through the rows' Gram matrix, or K-FAC-preconditioned CG."
+    "(minimum, gradient norm, estimated distance to the minimum) of the layer scope: through the rows' Gram matrix (exact, or the share of directions that cannot be told from zero), or K-FAC-preconditioned CG."
     self.kept = _blocks(self.kept); st = self.st
     m, P = sum(int((b[1] != 0).any(1).sum()) for b in self.kept), st['q'].numel()
     if m <= (_DUAL_ROWS if m <= P else _DUAL_ROWS // 5):  # a singular Gram matrix costs an eigendecomposition
-        v, self.V = _dual_min(self.kept, float(st['c']))
-        return v, np.nan, 0.0
+        v, self.V, gap = _dual_min(self.kept, float(st['c']))
+        return v, np.nan, gap
     dev = self.kept[0][0].device
     q, ssum = st['q'].to(dev), float(st['ssum'])
     M = kfac_precond(st['A'].to(dev) / ssum, st['B'].to(dev))

@@ -96,13 +96,15 @@ def test_matrix_free_against_generic(which, mse_rec, ce_rec):
 def test_mse_dual_equals_dense(mse_rec):
     """The rows' Gram matrix (the default while rows, samples x rank, are at most _DUAL_ROWS) against the direct solve, also
     with fewer samples than variables (1 and 2 rounds: 10 and 20 samples against 35 variables, rank 3 a sample at most:
-    the quadratic is singular) and with more rows than variables (the Gram matrix singular): exact, gap 0."""
+    the quadratic is singular) and with more rows than variables (the Gram matrix singular, solved by its eigendecomposition,
+    whose gap is the rounding of its eigenvectors only: no eigenvalue here lies near its rounding)."""
     _, p = mse_rec
     pre = [1, 2, 3, 7, 12]
     dense, free = (hindsight(p, prefixes=pre, progress=False, solver=s) for s in ('newton', 'newton-cg'))
     assert (dense.scope == free.scope).all() and (dense.N == free.N).all()
     assert rel(free.taylor_optimum.values, dense.taylor_optimum.values).max() < 1e-9
-    assert (free.optimum_gap == 0).all()
+    assert (free.optimum_gap < 1e-12).all() and free.certified.all()
+    assert (free.optimum_gap == 0).any()  # where the Cholesky factor holds: exact
 
 
 def test_mse_dual_then_cg(mse_rec, monkeypatch):

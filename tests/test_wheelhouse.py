@@ -104,17 +104,24 @@ def test_gpu_script_end_to_end_at_tiny_size(gpu_like, tmp_path):
     r = subprocess.run(['bash', 'tools/gpu_reproduction.sh'], capture_output=True, text=True, env=env, cwd=ROOT)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     timing = json.loads((out / 'timing.json').read_text())
-    assert list(timing['steps']) == ['install', 'kernel', 'data', 'autoencoder', 'convnet', 'report']
+    steps = list(timing['steps'])  # the tasks ran side by side: listed as they ended
+    assert steps[:3] == ['install', 'kernel', 'data'] and steps[-1] == 'report'
+    assert sorted(steps[3:-1]) == ['autoencoder', 'convnet', 'figure3', 'gputests']
     assert all(s['status'] == 'ok' for s in timing['steps'].values()) and timing['size'] == 'tiny'
-    for task, dataset in (('autoencoder', 'mnist'), ('convnet', 'cifar10')):
-        rows = (out / task / 'results.csv').read_text().splitlines()
-        assert len(rows) == 4 and all(',complete,' in l for l in rows[1:]), rows
-        cfg = json.loads((out / task / 'optimizer=adam' / 'params.json').read_text())['config']
+    for folder, dataset, runs in (('runs/autoencoder', 'mnist', 3), ('runs/convnet', 'cifar10', 3), ('figure3', 'cifar10', 1)):
+        rows = (out / folder / 'results.csv').read_text().splitlines()
+        assert len(rows) == runs + 1 and all(',complete,' in l for l in rows[1:]), rows
+        opt = 'rmsprop' if folder == 'figure3' else 'adam'
+        cfg = json.loads((out / folder / f'optimizer={opt}' / 'params.json').read_text())['config']
         assert cfg['dataset'] == dataset and cfg['data_root'] == str(tmp_path / 'data')
-        assert (out / task / 'optimizer=adam' / 'notebook.ipynb').stat().st_size > 0
+        assert (out / folder / f'optimizer={opt}' / 'notebook.ipynb').stat().st_size > 0
+    fig3 = json.loads((out / 'figure3' / 'optimizer=rmsprop' / 'params.json').read_text())['config']
+    assert fig3['neuron_layers'] == [1, 2, 3] and fig3['layers'] == []
     assert json.loads((tmp_path / 'site/jupyter/share/jupyter/kernels/ntaylor-p4/kernel.json').read_text())['argv'][0] == str(gpu_like['py'])
     assert (tmp_path / 'data' / 'cifar10' / 'train' / 'airplane').is_dir()
-    for f in ('claims.md', 'claims.csv', 'figure6.png', 'figure3_autoencoder.png', 'figure5_convnet.png'):
+    for f in ('claims.md', 'claims.csv', 'figure6.png', 'figure3_autoencoder_mnist.png', 'figure5_convnet_cifar10.png'):
         assert (out / 'report' / f).stat().st_size > 0, f
     with tarfile.open(tmp_path / 'pack' / 'p4_results.tar.gz') as t: names = t.getnames()
-    assert './timing.json' in names and './report/figure6.png' in names and not any('recordings' in n for n in names)
+    assert './timing.json' in names and './report/figure6.png' in names and './figure3.log' in names
+    assert not any('recordings' in n for n in names)
+    assert len((out / 'report' / 'runs.csv').read_text().splitlines()) == 1 + 6, 'the report reads the six protocol runs, not figure 3\'s'

@@ -1,34 +1,57 @@
 #!/usr/bin/env bash
 # P4 through papermill on a machine with Python and the science stack but no Jupyter stack and no internet (the GPU
 # machine): install the carried wheelhouse into a target folder, register a kernel, extract the carried data, run the
-# experiment notebooks over the optimizers with the batch runner and the report notebook with papermill, and write
-# results and timings under OUT_DIR. See benchmarks/RESULTS.md, "How to run P4 on a GPU". Run from the repo root.
+# experiment notebooks with the batch runner and the report notebook with papermill, and write results and timings under
+# OUT_DIR. See benchmarks/RESULTS.md, "How to run P4 on a GPU". Run from the repo root.
+#
+# The tasks run side by side (one GPU, the machine's cores shared: THREADS each notebook), each within TASK_SECONDS:
+#   autoencoder  the paper's autoencoder on MNIST, SGD, RMSProp and Adam at tuned rates, regret and exploration
+#   convnet      the paper's convnet on CIFAR-10 (figure 4(a)'s configuration with SIZE=full: layer-wise regret of
+#                conv layers 1-3 and the fully connected layer), the three optimizers at tuned rates, and exploration
+#   figure3      figure 3's configuration (RMSProp at its tuned rate, 50 neurons of each convolution); its own folder,
+#                outside the report's runs (its neuron scopes are not a seed of the convnet configuration above)
+#   gputests     tests/test_gpu.py and the CUDA tests (pytest, where the machine has it): CUDA values against the CPU's
+# then the report over OUT_DIR/runs (autoencoder and convnet) within REPORT_SECONDS.
 #
 # Settings (environment):
 #   SIZE=full|tiny      full: the reproduction's sizes (default); tiny: a few rounds per run, fixed learning rates
-#   TASKS=autoencoder,convnet   PYTHON=python3   OUT_DIR=runs/p4   WHEELS=.whl/gpu-py312   DEVDATA=.devdata
+#   TASKS=autoencoder,convnet,figure3,gputests   PYTHON=python3   OUT_DIR=runs/p4   WHEELS=.whl/gpu-py312   DEVDATA=.devdata
 #   SITE=/tmp/ntaylor-site (the install target)  DATA_ROOT=/tmp/ntaylor-data (the data, extracted)
+#   TASK_SECONDS (full: 420; tiny: 0, no limit)  REPORT_SECONDS (full: 100; tiny: 0)  THREADS (cores / 7)
 #   BASE_PATH=          extra path after the repo on PYTHONPATH (the CPU test's stand-in for the GPU's site-packages)
 #   PACK=               a folder: write p4_results.tar.gz there (figures, tables, executed notebooks, timings; no recordings)
-#   AE_PARAMS, CONV_PARAMS   override the notebook parameters of each task ("name=value name=value ...")
+#   AE_PARAMS, CONV_PARAMS, FIG3_PARAMS   override the notebook parameters of each task ("name=value name=value ...")
 set -euo pipefail
 REPO=$(pwd)
-PY=${PYTHON:-python3}; SIZE=${SIZE:-full}; TASKS=${TASKS:-autoencoder,convnet}
+PY=${PYTHON:-python3}; SIZE=${SIZE:-full}; TASKS=${TASKS:-autoencoder,convnet,figure3,gputests}
 OUT_DIR=${OUT_DIR:-runs/p4}; WHEELS=${WHEELS:-.whl/gpu-py312}; DEVDATA=${DEVDATA:-.devdata}
 SITE=${SITE:-/tmp/ntaylor-site}; DATA_ROOT=${DATA_ROOT:-/tmp/ntaylor-data}; KERNEL=ntaylor-p4
+SHOW="probe_size=1000 exploration_units=500 snapshots=101"  # exploration: 1,000 probe points, 101 snapshots (> the 50 singular values)
 case $SIZE in
   full) AE_DEFAULT="dataset=mnist epochs=5 lr=tune tune_fraction=0.2 snapshots=101 probe_size=1000 neurons_per_layer=50 prefixes=64"
-        CONV_DEFAULT="dataset=cifar10 epochs=2 lr=tune tune_epochs=1 layers=[5] neuron_layers=[1,4] neurons_per_layer=10 regret_every=10 probe_size=1000 exploration_units=500 prefixes=16" ;;
+        CONV_DEFAULT="figure=figure4a lr=tune tune_fraction=0.2 $SHOW prefixes=16"
+        FIG3_DEFAULT="figure=figure3 lr=tune tune_fraction=0.2 $SHOW prefixes=16"
+        TASK_SECONDS=${TASK_SECONDS:-420}; REPORT_SECONDS=${REPORT_SECONDS:-100} ;;
   tiny) AE_DEFAULT="dataset=mnist rounds=12 lr=0.01 neurons_per_layer=2 probe_size=30 prefixes=4"
-        CONV_DEFAULT="dataset=cifar10 rounds=4 batch_size=16 lr=0.001 neurons_per_layer=2 probe_size=10 exploration_units=10 prefixes=2" ;;
+        CONV_DEFAULT="dataset=cifar10 rounds=4 batch_size=16 lr=0.001 neurons_per_layer=2 probe_size=10 exploration_units=10 prefixes=2"
+        FIG3_DEFAULT="dataset=cifar10 rounds=4 batch_size=16 lr=0.001 layers=[] neuron_layers=[1,2,3] neurons_per_layer=2 regret_every=1 probe_size=10 exploration_units=10 prefixes=2"
+        TASK_SECONDS=${TASK_SECONDS:-0}; REPORT_SECONDS=${REPORT_SECONDS:-0} ;;
   *) echo "SIZE must be full or tiny, got $SIZE" >&2; exit 2 ;;
 esac
-AE_PARAMS=${AE_PARAMS:-$AE_DEFAULT}; CONV_PARAMS=${CONV_PARAMS:-$CONV_DEFAULT}
+AE_PARAMS=${AE_PARAMS:-$AE_DEFAULT}; CONV_PARAMS=${CONV_PARAMS:-$CONV_DEFAULT}; FIG3_PARAMS=${FIG3_PARAMS:-$FIG3_DEFAULT}
+for t in ${TASKS//,/ }; do
+  case $t in autoencoder|convnet|figure3|gputests) ;; *) echo "TASKS: unknown task $t; allowed: autoencoder, convnet, figure3, gputests" >&2; exit 2 ;; esac
+done
 ls "$WHEELS"/*.whl >/dev/null || { echo "no wheels in $WHEELS: build them with 'make wheelhouse' and carry the folder" >&2; exit 2; }
+CORES=$(nproc); export OMP_NUM_THREADS=${THREADS:-$(( CORES / 7 > 0 ? CORES / 7 : 1 ))}  # seven notebooks at once in the full run
 mkdir -p "$OUT_DIR"; OUT_DIR=$(cd "$OUT_DIR" && pwd)
 TIMES="$OUT_DIR/timing.tsv"; : > "$TIMES"; T0=$SECONDS; FAILED=0
-step() { local name=$1; shift; local t=$SECONDS; echo "== $name"; if "$@"; then s=ok; else s=failed; FAILED=1; fi
-         printf '%s\t%s\t%s\n' "$name" $((SECONDS - t)) $s >> "$TIMES"; echo "== $name: $s in $((SECONDS - t)) s"; }
+export NTAYLOR_P4_RUN="$$-$RANDOM"  # marks every program this run starts (jupyter kernels start sessions of their own)
+# a step: run it (within a limit in seconds, 0: none), log its seconds and status (ok, failed, timeout) to timing.tsv
+step() { local name=$1 limit=$2; shift 2; local t=$SECONDS rc=0 s; echo "== $name (started at $((SECONDS - T0)) s)"
+         if [ "$limit" -gt 0 ]; then timeout --kill-after=15 "$limit" bash -c '"$@"' _ "$@" || rc=$?; else "$@" || rc=$?; fi
+         case $rc in 0) s=ok ;; 124|137) s=timeout ;; *) s=failed ;; esac
+         printf '%s\t%s\t%s\n' "$name" $((SECONDS - t)) $s >> "$TIMES"; echo "== $name: $s in $((SECONDS - t)) s"; [ $s = ok ]; }
 
 # 1. the Jupyter stack into an empty target, without the index (pip's resolver is not needed: the set was proved whole
 #    when it was built, and `wheelhouse.py verify` checks every requirement against what this Python sees)
@@ -37,34 +60,61 @@ install() {
     && "$PY" tools/wheelhouse.py verify "$WHEELS"
 }
 export PYTHONPATH="$SITE:$REPO${BASE_PATH:+:$BASE_PATH}"
-step install install
+step install 0 install || FAILED=1
 # 2. a kernel of this Python (it inherits PYTHONPATH), registered under the target, found through JUPYTER_PATH
 export JUPYTER_PATH="$SITE/jupyter/share/jupyter"
-step kernel "$PY" -m ipykernel install --prefix "$SITE/jupyter" --name "$KERNEL" --display-name "ntaylor P4 (${PY})"
+step kernel 0 "$PY" -m ipykernel install --prefix "$SITE/jupyter" --name "$KERNEL" --display-name "ntaylor P4 (${PY})" || FAILED=1
 # 3. the carried data into a writable root, read there through torchvision exactly as a downloaded copy would be
 data() {
   mkdir -p "$DATA_ROOT/MNIST/raw" "$DATA_ROOT/cifar10" && cp -n "$DEVDATA"/MNIST/raw/*.gz "$DATA_ROOT/MNIST/raw/" \
     && { [ -d "$DATA_ROOT/cifar10/train" ] || tar xzf "$DEVDATA/cifar10-jpeg75.tar.gz" -C "$DATA_ROOT/cifar10"; }
 }
-step data data
-# 4. the experiments: one executed notebook and run folder per optimizer (ntaylor-batch; the console script is not
-#    installed there, so its main() is called directly)
+step data 0 data || FAILED=1
+# 4. the tasks, side by side: one executed notebook and run folder per optimizer (ntaylor-batch; the console script is
+#    not installed there, so its main() is called directly), each task's output in OUT_DIR/<task>.log
 batch() {
-  local nb=$1 out=$2; shift 2; local args=()
+  local nb=$1 out=$2 grid=$3; shift 3; local args=()
   for p in "$@"; do args+=(--param "$p"); done
   "$PY" -c 'import sys; from ntaylor_nb.batch import main; sys.exit(main())' "nbs/experiments/$nb.ipynb" --out "$out" \
-    --grid optimizer=sgd,rmsprop,adam --kernel "$KERNEL" --param "data_root=$DATA_ROOT" "${args[@]}"
+    --grid "$grid" --workers 3 --kernel "$KERNEL" --param "data_root=$DATA_ROOT" "${args[@]}"
 }
-for task in ${TASKS//,/ }; do
-  case $task in
-    autoencoder) step autoencoder batch autoencoder "$OUT_DIR/autoencoder" $AE_PARAMS ;;
-    convnet) step convnet batch convnet "$OUT_DIR/convnet" $CONV_PARAMS ;;
-    *) echo "unknown task $task" >&2; FAILED=1 ;;
+gputests() {  # CUDA values against the CPU's; where pytest is missing they are not run, and the log says so
+  "$PY" -c 'import pytest' 2>/dev/null || { echo "no pytest here: the GPU tests were not run"; return 0; }
+  "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_taylor.py tests/test_exploration.py -k 'cuda or gpu'
+}
+task() {
+  case $1 in
+    autoencoder) batch autoencoder "$OUT_DIR/runs/autoencoder" optimizer=sgd,rmsprop,adam $AE_PARAMS ;;
+    convnet) batch convnet "$OUT_DIR/runs/convnet" optimizer=sgd,rmsprop,adam $CONV_PARAMS ;;
+    figure3) batch convnet "$OUT_DIR/figure3" optimizer=rmsprop $FIG3_PARAMS ;;
+    gputests) gputests ;;
   esac
+}
+export -f task batch gputests; export PY KERNEL DATA_ROOT OUT_DIR AE_PARAMS CONV_PARAMS FIG3_PARAMS  # for `timeout bash -c`
+pids=()
+for t in ${TASKS//,/ }; do
+  ( step "$t" "$TASK_SECONDS" task "$t" > "$OUT_DIR/$t.log" 2>&1 ) &
+  pids+=($!)
 done
-# 5. the report: figures 3-6 and the claims table from the saved runs
-step report "$PY" -m papermill --log-level WARNING -k "$KERNEL" nbs/experiments/report.ipynb "$OUT_DIR/report.ipynb" \
-  -p runs_dir "$OUT_DIR" -p interactive False
+for p in "${pids[@]}"; do wait "$p" || FAILED=1; done
+# what a stopped task left running (its kernels): every process of this run still there
+for p in /proc/[0-9]*; do grep -qxz "NTAYLOR_P4_RUN=$NTAYLOR_P4_RUN" "$p/environ" 2>/dev/null && kill "${p#/proc/}" 2>/dev/null; done || true
+cat "$TIMES"
+for t in ${TASKS//,/ }; do echo "--- $t.log, last lines:"; tail -n 4 "$OUT_DIR/$t.log" | cut -c1-300; done
+# 5. the report: figures 3-6 and the claims table from the finished runs of the autoencoder and convnet tasks. A run
+#    that trained but was stopped before its analysis was saved moves to OUT_DIR/unfinished (the report would analyse it)
+if [ -d "$OUT_DIR/runs" ]; then
+  for f in $(find "$OUT_DIR/runs" -name done.json); do
+    d=$(dirname "$f"); [ -f "$d/analysis/summary.json" ] && continue
+    u="$OUT_DIR/unfinished/${d#$OUT_DIR/runs/}"; mkdir -p "$(dirname "$u")"; mv "$d" "$u"; echo "not analysed in time, left out of the report: $u"
+  done
+fi
+if [ -n "$(find "$OUT_DIR/runs" -name done.json 2>/dev/null)" ]; then
+  step report "$REPORT_SECONDS" "$PY" -m papermill --log-level WARNING -k "$KERNEL" nbs/experiments/report.ipynb "$OUT_DIR/report.ipynb" \
+    -p runs_dir "$OUT_DIR/runs" -p out_dir "$OUT_DIR/report" -p interactive False || FAILED=1
+else
+  echo "no finished runs of the autoencoder or convnet tasks: no report"; FAILED=1
+fi
 # 6. timings and the machine
 "$PY" - "$TIMES" "$OUT_DIR/timing.json" "$SIZE" $((SECONDS - T0)) <<'EOF'
 import json, sys, torch
@@ -76,10 +126,10 @@ print(open(sys.argv[2]).read())
 EOF
 if [ -n "${PACK:-}" ]; then
   mkdir -p "$PACK"
-  (cd "$OUT_DIR" && find . \( -name '*.csv' -o -name '*.json' -o -name '*.md' -o -name '*.png' -o -name '*.ipynb' -o -name timing.tsv \) \
+  (cd "$OUT_DIR" && find . \( -name '*.csv' -o -name '*.json' -o -name '*.md' -o -name '*.png' -o -name '*.ipynb' -o -name '*.log' -o -name timing.tsv \) \
      -not -path '*/recordings/*' -print0 | tar czf "$PACK/p4_results.tar.gz" --null -T -)
   echo "packed: $PACK/p4_results.tar.gz ($(du -h "$PACK/p4_results.tar.gz" | cut -f1))"
 fi
 [ -f "$OUT_DIR/report/claims.md" ] && cat "$OUT_DIR/report/claims.md"
-echo "done in $((SECONDS - T0)) s; failed steps: $(awk -F'\t' '$3 == "failed" {print $1}' "$TIMES" | tr '\n' ' ')"
+echo "done in $((SECONDS - T0)) s; steps not ok: $(awk -F'\t' '$3 != "ok" {print $1 " (" $3 ")"}' "$TIMES" | tr '\n' ' ')"
 exit $FAILED

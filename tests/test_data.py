@@ -1,0 +1,80 @@
+"""Data roots shared by experiments started side by side (the batch runner's workers, the GPU script's tasks): one process
+extracts MNIST or decodes CIFAR-10 while the others wait, and a decoded cache is never seen half-written."""
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import ntaylor_nb.data as data
+from ntaylor_nb.data import CIFAR10_CLASSES, _data_lock, load_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get('NTAYLOR_SHARED_DATA', ROOT.parent / 'shared' / 'data')).resolve()
+
+
+def test_lock_makes_a_second_holder_wait(tmp_path):
+    entered = threading.Event()
+    def second():
+        with _data_lock(tmp_path): entered.set()
+    with _data_lock(tmp_path):
+        t = threading.Thread(target=second); t.start()
+        assert not entered.wait(0.5), 'a second holder entered while the lock was held'
+    assert entered.wait(10); t.join()
+
+
+def test_no_lock_where_the_folder_is_missing(tmp_path):
+    with _data_lock(tmp_path / 'absent'): pass
+    assert not (tmp_path / 'absent').exists(), 'nothing is created in a data root that lacks the dataset'
+
+
+def tiny_cifar(root):
+    "An ImageFolder copy of CIFAR-10's layout: two 32x32 images a class."
+    rng = np.random.default_rng(0)
+    for c in CIFAR10_CLASSES:
+        (root / 'cifar10' / 'train' / c).mkdir(parents=True)
+        for i in range(2): Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / 'cifar10' / 'train' / c / f'{i}.png')
+
+
+def test_cifar_cache_is_never_half_written(tmp_path, monkeypatch):
+    tiny_cifar(tmp_path)
+    cache = tmp_path / 'cifar10' / 'train_uint8.npz'
+    real = np.savez
+    def broken(f, **kw):  # the disk fills up halfway through the write
+        Path(f).write_bytes(b'PK\x03\x04 half a zip'); raise OSError('No space left on device')
+    monkeypatch.setattr(np, 'savez', broken)
+    x, y = load_dataset('cifar10', root=tmp_path)
+    assert x.shape == (20, 3, 32, 32) and sorted(y.tolist()) == sorted(list(range(10)) * 2)
+    assert sorted(p.name for p in cache.parent.iterdir()) == ['.lock', 'train'], 'neither a cache nor a temporary file is left'
+    monkeypatch.setattr(np, 'savez', real)
+    x2, y2 = load_dataset('cifar10', root=tmp_path)  # decodes again and keeps the cache
+    assert cache.is_file() and (x2 == x).all() and (y2 == y).all()
+    import torchvision
+    def no_decoding(*a, **k): raise AssertionError('decoded again: the cache was not read')
+    monkeypatch.setattr(torchvision.datasets, 'ImageFolder', no_decoding)  # from now on only the cache can answer
+    x3, y3 = load_dataset('cifar10', root=tmp_path)
+    assert (x3 == x).all() and (y3 == y).all()
+
+
+LOAD = """import sys, torch
+from ntaylor_nb.data import load_dataset
+x, y = load_dataset('mnist', root=sys.argv[1])
+print(x.shape[0], float(x.double().sum()), int(y.sum()))"""
+
+
+@pytest.mark.skipif(not (SHARED / 'mnist' / 'MNIST' / 'raw').is_dir(), reason='needs ../shared/data (the official MNIST files)')
+def test_mnist_read_side_by_side_from_a_fresh_root(tmp_path):
+    "Three processes read MNIST at once from a root holding only the official .gz files (torchvision extracts them on first use)."
+    raw = tmp_path / 'MNIST' / 'raw'; raw.mkdir(parents=True)
+    for f in (SHARED / 'mnist' / 'MNIST' / 'raw').glob('*.gz'): shutil.copy(f, raw)
+    env = dict(os.environ, PYTHONPATH=f'{ROOT}:{os.environ.get("PYTHONPATH", "")}', OMP_NUM_THREADS='1')
+    procs = [subprocess.Popen([sys.executable, '-c', LOAD, str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e[-2000:] for _, e in outs]
+    assert len({o for o, _ in outs}) == 1 and outs[0][0].split()[0] == '60000', outs
