@@ -8,7 +8,10 @@ one) on the same recording.
 
 The kept factors take 4 (K + 1) + 8 (C + 1) k bytes a sample (x_b in float32, exact; L_b and r_b in float64; k the rank
 of S_b, at most 20, about 10 here): about 7 KB, 4.5 GB at the issue's 10,000 rounds. P2B_ROUNDS (default 10,000) and
-P2B_CHECK_ROUNDS (default 300) size the two parts; `peak_rss_gb` is the process's peak resident memory."""
+P2B_CHECK_ROUNDS (default 300) size the two parts; `peak_rss_gb` is the process's peak resident memory. P2B_DEVICE
+(default cpu) is where the matrix-free solves run: on a GPU (`cuda`) the layer scope's Hessian is also accumulated there
+and solved exactly past the rows' Gram matrix (`ntaylor_nb.hindsight._DEVICE_DENSE`); P2B_PROGRESS=1 shows the prefixes
+as they are solved."""
 import os
 import resource
 import shutil
@@ -21,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ntaylor_nb.data import load_dataset
+from ntaylor_nb.devices import resolve_device
 from ntaylor_nb.growth import log_prefixes
 from ntaylor_nb.hindsight import hindsight
 from ntaylor_nb.models import autoencoder
@@ -33,9 +37,9 @@ B, LR = 64, 1e-3
 
 
 def mnist(tmp):
-    "MNIST training images (60000, 784) in [0, 1], read through torchvision from a copy of the shared files."
-    src = DATA if DATA.exists() else Path('/work/shared/data/mnist')
-    shutil.copytree(src, tmp / 'mnist')
+    "MNIST training images (60000, 784) in [0, 1], read through torchvision from a copy of the shared files (or of $P2B_MNIST: a data root holding MNIST/raw)."
+    src = Path(os.environ['P2B_MNIST']) if os.environ.get('P2B_MNIST') else DATA if DATA.exists() else Path('/work/shared/data/mnist')
+    shutil.copytree(src / 'MNIST', tmp / 'mnist' / 'MNIST')
     x, _ = load_dataset('mnist', tmp / 'mnist')
     return x.reshape(len(x), -1)
 
@@ -62,15 +66,17 @@ def run(rounds=None, check_rounds=None):
         X = mnist(tmp)
         t = time.perf_counter(); rec = record(X, rounds, tmp / 'big'); t_rec = time.perf_counter() - t
         pre = log_prefixes(rounds, 64)
-        t = time.perf_counter(); big = hindsight(rec, pre, progress=False); t_big = time.perf_counter() - t
+        dev, bar = str(resolve_device(os.environ.get('P2B_DEVICE', 'cpu'))), os.environ.get('P2B_PROGRESS') == '1'
+        t = time.perf_counter(); big = hindsight(rec, pre, progress=bar, device=dev); t_big = time.perf_counter() - t
         Xs = X.reshape(-1, 28, 28)[:, 9:19, 9:19].reshape(len(X), -1).contiguous()  # 10 x 10 centre crop: 5,050 variables
         small = record(Xs, check_rounds, tmp / 'small')
         cpre = log_prefixes(check_rounds, 64)
         dense = hindsight(small, cpre, progress=False, solver='newton')
-        t = time.perf_counter(); free = hindsight(small, cpre, progress=False, solver='newton-cg'); t_free = time.perf_counter() - t
+        t = time.perf_counter(); free = hindsight(small, cpre, progress=bar, solver='newton-cg', device=dev); t_free = time.perf_counter() - t
     rel = np.abs(free.taylor_optimum.values - dense.taylor_optimum.values) / np.abs(dense.taylor_optimum.values)
     late = free.N.values * B >= 5050  # prefixes with at least as many samples as variables
-    return dict(rounds=rounds, prefixes=len(pre), variables=50 * 785, seconds=t_big, seconds_record=t_rec,
+    return dict(rounds=rounds, prefixes=len(pre), variables=50 * 785, seconds=t_big, seconds_record=t_rec, device=dev,
+                certified=f'{int(big.certified.sum())}/{len(big)}',
                 max_gap=float(big.optimum_gap.max()), final_optimum=float(big.taylor_optimum.iloc[-1]),
                 check_rounds=check_rounds, check_variables=50 * 101, check_prefixes=len(cpre), check_seconds_cg=t_free,
                 max_rel_diff=float(rel.max()), max_rel_diff_late=float(rel[late].max()) if late.any() else None,
@@ -79,7 +85,7 @@ def run(rounds=None, check_rounds=None):
 
 def main():
     r = run()
-    return r, line('P2b', seconds=r['seconds'], rounds=r['rounds'], prefixes=r['prefixes'], max_gap=r['max_gap'],
+    return r, line('P2b', seconds=r['seconds'], rounds=r['rounds'], prefixes=r['prefixes'], device=r['device'], certified=r['certified'], max_gap=r['max_gap'],
                    max_rel_diff=r['max_rel_diff'], max_rel_diff_late=r['max_rel_diff_late'],
                    check_rounds=r['check_rounds'], peak_rss_gb=r['peak_rss_gb'])
 

@@ -52,7 +52,9 @@ def add(self: _GNAcc, d, sl, s):
         if self.layer_scope:
             self.st.update(q=z(C, K1), c=z(()))
             if self.identity: self.st['Q'] = z(K1, K1)
-            elif self.free: self.st.update(A=z(C, C), B=z(K1, K1), ssum=z(())); self.kept, self.V = [], None
+            elif self.free:
+                self.st.update(A=z(C, C), B=z(K1, K1), ssum=z(())); self.kept, self.V, self.dense = [], None, None
+                if self.device.type in _DEVICE_DENSE and C * K1 <= _DEVICE_DENSE_MAX: self._dense_init(C, K1)
             else:
                 (self.iuS, self.idxS), (self.iuX, self.idxX) = _tri(C), _tri(K1)
                 self.st['Q'] = z(len(self.iuS[0]), len(self.iuX[0]))
@@ -70,7 +72,9 @@ def add(self: _GNAcc, d, sl, s):
             Sa = torch.einsum('nij,nj->ni', S, a)
             st['q'] += ((dl - Sa) * s[:, None]).T @ X
             st['c'] += (s * (e2 - 2 * (dl * a).sum(1) + (a * Sa).sum(1))).sum()
-            if self.free: self._keep(X, S, s, dl, a)
+            if self.free:
+                self._keep(X, S, s, dl, a)
+                if self.dense is not None: self._dense_add(X, S, s)
             else:  # Q = sum_b S_b (x) x_b x_b^T, both factors symmetric: accumulate upper triangles only
                 Sp = S[:, self.iuS[0], self.iuS[1]] * s[:, None]
                 Xp = X[:, self.iuX[0]] * X[:, self.iuX[1]]
@@ -117,6 +121,62 @@ def _keep(self: _GNAcc, X, S, s, dl, a):
     self.kept.append(tuple(z.to(self.device) for z in (X, L, r)))
     self.st['A'] += torch.einsum('nck,ndk->cd', L, L); self.st['B'] += (X.double() * s[:, None]).T @ X.double(); self.st['ssum'] += s.sum()
 
+# %% ../nbs/07_hindsight.ipynb #d7ba1b06
+_DEVICE_DENSE = ('cuda',)  # devices on which a matrix-free layer scope also accumulates its Hessian, for exact solves
+_DEVICE_DENSE_MAX = 40_000  # at most this many variables (the unpacked Hessian and its factor: 16 P^2 bytes, 25 GB at 39,250)
+_DEVICE_DUAL_ROWS = 20_000  # there, the rows' Gram matrix up to this many rows (and the variables): G, its eigenvectors and eigh's workspace, about 4 m^2 doubles (13 GB)
+
+@patch
+def _dense_init(self: _GNAcc, C, K1):
+    (self.iuS, self.idxS), (self.iuX, self.idxX) = _tri(C), _tri(K1)
+    self.dense = torch.zeros(len(self.iuS[0]), len(self.iuX[0]), dtype=torch.float64, device=self.device)
+    self._iu = tuple(torch.as_tensor(np.asarray(i), device=self.device) for i in (*self.iuS, *self.iuX))
+
+@patch
+def _dense_add(self: _GNAcc, X, S, s, block=512):
+    "Add sum_b s_b S_b (x) x_b x_b^T to the packed Hessian on the device (the upper triangles of both factors), `block` samples at a time."
+    s0, s1, x0, x1 = self._iu
+    for i in range(0, len(X), block):
+        Sb = S[i:i + block].to(self.device) * s[i:i + block, None, None].to(self.device)
+        Xb = X[i:i + block].to(self.device)
+        self.dense += Sb[:, s0, s1].T @ (Xb[:, x0] * Xb[:, x1])
+
+def _dense_min(Qp, idxS, idxX, q, c):
+    "(min_v v'Qv + 2q'v + c, the minimiser (C, K1), the share left out as undecidable) from the packed Hessian Qp by a Cholesky factor on the ranges of the units' diagonal blocks; None where that is singular."
+    C, K1 = q.shape; dev, eps = Qp.device, torch.finfo(torch.float64).eps
+    Q = torch.empty(C, K1, C, K1, dtype=torch.float64, device=dev)
+    iX = torch.as_tensor(idxX, device=dev)
+    for a in range(C):  # block (a, b) of Q is the unpacked row idxS[a, b] of Qp (symmetric): fill both (a, b) and (b, a)
+        for b in range(a, C):
+            blk = Qp[int(idxS[a, b])][iX]
+            Q[a, :, b, :] = blk
+            if b != a: Q[b, :, a, :] = blk
+    # A unit's variables reach the loss only through the inputs of the samples on which it was active: the null space of its
+    # diagonal block (inputs it never saw together with a gradient; all of them for a dead unit) is null for Q too, and is
+    # left out. An eigenvalue counts above 10 times its rounding (eps K1 of the block's largest); those between the rounding
+    # and that are left out too, their share (u'q)^2 / lambda reported.
+    qv, bases, gap = q.to(dev), [], 0.0
+    for a in range(C):
+        e, U = torch.linalg.eigh(Q[a, :, a, :]); top = float(e.max()) if len(e) else 0.0
+        keep, band = e > 10 * eps * K1 * top, (e > eps * K1 * top) & (e <= 10 * eps * K1 * top)
+        gap += float(((U[:, band].T @ qv[a]) ** 2 / e[band]).sum())
+        bases.append(U[:, keep])
+    ks = [u.shape[1] for u in bases]; off = np.concatenate([[0], np.cumsum(ks)]); n = int(off[-1])
+    if n == 0: return float(c), torch.zeros(C, K1, dtype=torch.float64, device=dev), gap
+    Qr = torch.empty(n, n, dtype=torch.float64, device=dev)
+    for a in range(C):
+        for b in range(a, C):
+            blk = bases[a].T @ Q[a, :, b, :] @ bases[b]
+            Qr[off[a]:off[a + 1], off[b]:off[b + 1]] = blk
+            if b != a: Qr[off[b]:off[b + 1], off[a]:off[a + 1]] = blk.T
+    del Q
+    qr = torch.cat([bases[a].T @ qv[a] for a in range(C)])
+    R, info = torch.linalg.cholesky_ex(Qr)
+    if info != 0 or float(R.diagonal().min()) ** 2 <= 1e-12 * float(Qr.diagonal().max()): return None
+    vr = -torch.cholesky_solve(qr[:, None], R)[:, 0]
+    V = torch.stack([bases[a] @ vr[off[a]:off[a + 1]] for a in range(C)])
+    return float(c) + float(qr @ vr), V, gap
+
 # %% ../nbs/07_hindsight.ipynb #efacab51
 _DUAL_ROWS = 10000  # at most this many rows (samples x rank; a fifth of it where they outnumber the variables): the rows' Gram matrix, else CG
 
@@ -150,22 +210,20 @@ def _dual_min(blocks, c):
     G = _gram(Lr, X, idx)
     R, info = torch.linalg.cholesky_ex(G)
     if info == 0 and R.diagonal().min() ** 2 > 1e-12 * G.diagonal().max():  # no row depends on the ones before it: P r = r
-        y, v, gap = torch.cholesky_solve(rr[:, None], R)[:, 0], float(c) - float(rr @ rr), 0.0
-    else:
-        E = G - _gram(Lr.flip(1), X.flip(1), idx)  # the same sums in another order: the size of their rounding
-        w, W = torch.linalg.eigh(G)
-        eta = torch.full_like(w, torch.finfo(w.dtype).eps * float(w.max()))  # the eigensolver's own resolution
-        low = (w <= 1e-8 * w.max()).nonzero()[:, 0]  # the directions whose rounding is measured (the rest count)
-        eta[low] = eta[low].maximum(((E @ W[:, low]) * W[:, low]).sum(0).abs())
-        ok, z2 = w > 10 * eta, (W.T @ rr) ** 2
-        band = float(z2[~ok & (w > eta)].sum())  # left out, but perhaps real
-        # a counted direction is only known to within an angle eta / (its distance from the left-out eigenvalues) of them,
-        # so part of their z^2 may belong to it (or the reverse): that much more uncertainty, to first order
-        zD, lD = float(z2[~ok].sum()) ** 0.5, float(w[~ok].max().clamp(min=0)) if (~ok).any() else 0.0
-        th = (eta[ok] / (w[ok] - lD)).clamp(max=1)
-        mix = float((2 * th * z2[ok].sqrt() * zD + th ** 2 * zD ** 2).sum())
-        y, v, gap = W[:, ok] @ ((W[:, ok].T @ rr) / w[ok]), float(c) - float(z2[ok].sum()), band + mix
-    return v, -(Lr * y[:, None]).T @ X[idx], gap
+        y = torch.cholesky_solve(rr[:, None], R)[:, 0]
+        return float(c) - float(rr @ rr), -(Lr * y[:, None]).T @ X[idx], 0.0
+    del R
+    w, W = torch.linalg.eigh(G); del G
+    eta = len(w) ** 0.5 * torch.finfo(w.dtype).eps * float(w.max())  # the eigensolver's resolution: below it, zero
+    ok, band = w > 10 * eta, (w > eta) & (w <= 10 * eta)  # counted; left out, but perhaps real
+    z = W.T @ rr
+    y = W[:, ok] @ (z[ok] / w[ok]); del W
+    V = -(Lr * y[:, None]).T @ X[idx]
+    # the value attained by V (rows' residuals A V + r, evaluated directly), and how far it is from the projection's
+    # c - sum z^2 (the eigenvectors' rounding): the value may lie that far, plus the left-out share, above the infimum
+    res = (Lr * (X[idx] @ V.T)).sum(1) + rr
+    v = float(c) - float(rr @ rr) + float(res @ res)
+    return v, V, float((z[band] ** 2).sum()) + abs(v - (float(c) - float((z[ok] ** 2).sum())))
 
 # %% ../nbs/07_hindsight.ipynb #028cc1bf
 def _free_hvp(blocks):
@@ -182,11 +240,15 @@ def _free_hvp(blocks):
 # %% ../nbs/07_hindsight.ipynb #543c17c3
 @patch
 def _solve_free(self: _GNAcc, tol: float):
-    "(minimum, gradient norm, estimated distance to the minimum) of the layer scope: through the rows' Gram matrix (exact, or the share of directions that cannot be told from zero), or K-FAC-preconditioned CG."
+    "(minimum, gradient norm, estimated distance to the minimum) of the layer scope: through the rows' Gram matrix (exact, or the share of directions that cannot be told from zero), the Hessian on the device, or K-FAC-preconditioned CG."
     self.kept = _blocks(self.kept); st = self.st
     m, P = sum(int((b[1] != 0).any(1).sum()) for b in self.kept), st['q'].numel()
-    if m <= (_DUAL_ROWS if m <= P else _DUAL_ROWS // 5):  # a singular Gram matrix costs an eigendecomposition
+    dual = min(P, _DEVICE_DUAL_ROWS) if self.dense is not None else _DUAL_ROWS if m <= P else _DUAL_ROWS // 5
+    if m <= dual:  # (a singular Gram matrix costs an eigendecomposition)
         v, self.V, gap = _dual_min(self.kept, float(st['c']))
+        return v, np.nan, gap
+    if self.dense is not None and (out := _dense_min(self.dense, self.idxS, self.idxX, st['q'], float(st['c']))) is not None:
+        v, self.V, gap = out
         return v, np.nan, gap
     dev = self.kept[0][0].device
     q, ssum = st['q'].to(dev), float(st['ssum'])
@@ -274,7 +336,7 @@ def solve(self: _DenseAcc, tol: float):
     batched damped Newton (conv_compact neurons by `conv_newton`; matrix-free Newton-CG for a layer scope beyond MAX_DIRECT variables, or with solver="newton-cg")."""
     out = self._solve_compact(tol) if self.cc is not None else {}
     if self.cc is not None and not self.layer_scope: return out
-    D = (LinearSamples if self.fmt == 'linear' else ConvSamples)(*(torch.cat(z).to(self.device) for z in zip(*self.parts)))
+    D = (LinearSamples if self.fmt == 'linear' else ConvSamples)(*(torch.cat([t.to(self.device) for t in z]) for z in zip(*self.parts)))  # the last solve's samples are on the device already
     self.parts = [D]
     if self.solver == 'lbfgs': return self._solve_lbfgs(D)
     if self.units and self.cc is None:

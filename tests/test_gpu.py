@@ -1,7 +1,8 @@
 """The hindsight solves on a CUDA device give the CPU's values (skipped without one; run on the GPU machine by
 tools/gpu_reproduction.sh before the reproduction). Every solver path the GPU reproduction takes is covered: the Gauss-Newton
 quadratic of MSE scopes (direct, the rows' Gram matrix and K-FAC CG), the batched Newton of cross-entropy neuron scopes,
-compact convolution records (`conv_newton`) and the matrix-free Newton-CG of layer scopes."""
+compact convolution records (`conv_newton`), the matrix-free Newton-CG of layer scopes, and the Hessian of large MSE layer
+scopes accumulated on the device (`_DEVICE_DENSE`)."""
 import numpy as np
 import pytest
 import torch
@@ -27,10 +28,12 @@ def same(cpu, gpu, rtol):
     assert gpu.certified.sum() >= cpu.certified.sum() - 1  # the GPU's reductions may end one solve a step apart at most
 
 
-@pytest.mark.parametrize('dual_rows', [10_000, 0], ids=['gram', 'cg'])
-def test_mse_scopes_on_cuda(tmp_path, monkeypatch, dual_rows):
+@pytest.mark.parametrize('path', ['gram-then-hessian', 'hessian', 'cg'])
+def test_mse_scopes_on_cuda(tmp_path, monkeypatch, path):
+    "The matrix-free layer scopes on CUDA: the rows' Gram matrix, then the Hessian accumulated there (the default); the Hessian alone (CG where singular); K-FAC CG alone."
     record(autoencoder, 'mse', ['layer:0', 'layer:2', 'neuron:2:1', 'neuron:4:0'], tmp_path / 'rec', rounds=12)
-    monkeypatch.setattr(hs, '_DUAL_ROWS', dual_rows)  # 0: every matrix-free layer scope by K-FAC CG
+    if path == 'hessian': monkeypatch.setattr(hs, '_DEVICE_DUAL_ROWS', 0)
+    if path == 'cg': monkeypatch.setattr(hs, '_DEVICE_DENSE', ()); monkeypatch.setattr(hs, '_DUAL_ROWS', 0)
     pre = [1, 4, 12]
     cpu, gpu = (hindsight(tmp_path / 'rec', prefixes=pre, progress=False, solver='newton-cg', device=d) for d in ('cpu', 'cuda'))
     same(cpu, gpu, 1e-8)

@@ -99,7 +99,8 @@ def test_gpu_script_end_to_end_at_tiny_size(gpu_like, tmp_path):
     (devdata / 'cifar10-jpeg75.tar.gz').symlink_to(SHARED / 'cifar10' / 'cifar10-jpeg75.tar.gz')
     out = tmp_path / 'p4'
     env = dict(gpu_like['env'], PYTHON=str(gpu_like['py']), BASE_PATH=str(gpu_like['tmp'] / 'base'), WHEELS=str(LOCAL), DEVDATA=str(devdata),
-               SITE=str(tmp_path / 'site'), DATA_ROOT=str(tmp_path / 'data'), OUT_DIR=str(out), SIZE='tiny', PACK=str(tmp_path / 'pack'))
+               SITE=str(tmp_path / 'site'), DATA_ROOT=str(tmp_path / 'data'), OUT_DIR=str(out), SIZE='tiny', PACK=str(tmp_path / 'pack'),
+               TASK_SECONDS='900', REPORT_SECONDS='900')  # the tasks within limits, as in the full run (timeout, bash -c, the exported functions)
     env['PYTHONPATH'] = ''
     r = subprocess.run(['bash', 'tools/gpu_reproduction.sh'], capture_output=True, text=True, env=env, cwd=ROOT)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]

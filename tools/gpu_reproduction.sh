@@ -11,13 +11,16 @@
 #   figure3      figure 3's configuration (RMSProp at its tuned rate, 50 neurons of each convolution); its own folder,
 #                outside the report's runs (its neuron scopes are not a seed of the convnet configuration above)
 #   gputests     tests/test_gpu.py and the CUDA tests (pytest, where the machine has it): CUDA values against the CPU's
+#   p2b          (not in the default list) the P2b benchmark on the device: the autoencoder's layer-1 scope at P2B_ROUNDS
+#                (10,000) rounds and 64 prefixes, its agreement with the direct solve on the 10 x 10 crop (P2B_CHECK_ROUNDS)
 # then the report over OUT_DIR/runs (autoencoder and convnet) within REPORT_SECONDS.
 #
 # Settings (environment):
 #   SIZE=full|tiny      full: the reproduction's sizes (default); tiny: a few rounds per run, fixed learning rates
 #   TASKS=autoencoder,convnet,figure3,gputests   PYTHON=python3   OUT_DIR=runs/p4   WHEELS=.whl/gpu-py312   DEVDATA=.devdata
 #   SITE=/tmp/ntaylor-site (the install target)  DATA_ROOT=/tmp/ntaylor-data (the data, extracted)
-#   TASK_SECONDS (full: 420; tiny: 0, no limit)  REPORT_SECONDS (full: 100; tiny: 0)  THREADS (cores / 7)
+#   TASK_SECONDS (full: 420; tiny: 0, no limit)  P2B_SECONDS (the p2b task's: 540)  REPORT_SECONDS (full: 100; tiny: 0)
+#   THREADS (cores / 7)
 #   BASE_PATH=          extra path after the repo on PYTHONPATH (the CPU test's stand-in for the GPU's site-packages)
 #   PACK=               a folder: write p4_results.tar.gz there (figures, tables, executed notebooks, timings; no recordings)
 #   AE_PARAMS, CONV_PARAMS, FIG3_PARAMS   override the notebook parameters of each task ("name=value name=value ...")
@@ -40,17 +43,18 @@ case $SIZE in
 esac
 AE_PARAMS=${AE_PARAMS:-$AE_DEFAULT}; CONV_PARAMS=${CONV_PARAMS:-$CONV_DEFAULT}; FIG3_PARAMS=${FIG3_PARAMS:-$FIG3_DEFAULT}
 for t in ${TASKS//,/ }; do
-  case $t in autoencoder|convnet|figure3|gputests) ;; *) echo "TASKS: unknown task $t; allowed: autoencoder, convnet, figure3, gputests" >&2; exit 2 ;; esac
+  case $t in autoencoder|convnet|figure3|gputests|p2b) ;; *) echo "TASKS: unknown task $t; allowed: autoencoder, convnet, figure3, gputests, p2b" >&2; exit 2 ;; esac
 done
 ls "$WHEELS"/*.whl >/dev/null || { echo "no wheels in $WHEELS: build them with 'make wheelhouse' and carry the folder" >&2; exit 2; }
 CORES=$(nproc); export OMP_NUM_THREADS=${THREADS:-$(( CORES / 7 > 0 ? CORES / 7 : 1 ))}  # seven notebooks at once in the full run
 mkdir -p "$OUT_DIR"; OUT_DIR=$(cd "$OUT_DIR" && pwd)
 TIMES="$OUT_DIR/timing.tsv"; : > "$TIMES"; T0=$SECONDS; FAILED=0
-export NTAYLOR_P4_RUN="$$-$RANDOM"  # marks every program this run starts (jupyter kernels start sessions of their own)
-# a step: run it (within a limit in seconds, 0: none), log its seconds and status (ok, failed, timeout) to timing.tsv
+RUN_ID="$$-$RANDOM"  # each task's programs carry NTAYLOR_P4_TASK=$RUN_ID-<task> (jupyter kernels start sessions of their own)
+# a step: run it (within a limit in seconds, 0: none), log its seconds and status (ok, failed, timeout, killed: by a
+# signal before its limit, e.g. out of memory) to timing.tsv
 step() { local name=$1 limit=$2; shift 2; local t=$SECONDS rc=0 s; echo "== $name (started at $((SECONDS - T0)) s)"
          if [ "$limit" -gt 0 ]; then timeout --kill-after=15 "$limit" bash -c '"$@"' _ "$@" || rc=$?; else "$@" || rc=$?; fi
-         case $rc in 0) s=ok ;; 124|137) s=timeout ;; *) s=failed ;; esac
+         case $rc in 0) s=ok ;; 124) s=timeout ;; 137) [ "$limit" -gt 0 ] && [ $((SECONDS - t)) -ge "$limit" ] && s=timeout || s=killed ;; *) s=failed ;; esac
          printf '%s\t%s\t%s\n' "$name" $((SECONDS - t)) $s >> "$TIMES"; echo "== $name: $s in $((SECONDS - t)) s"; [ $s = ok ]; }
 
 # 1. the Jupyter stack into an empty target, without the index (pip's resolver is not needed: the set was proved whole
@@ -88,17 +92,22 @@ task() {
     convnet) batch convnet "$OUT_DIR/runs/convnet" optimizer=sgd,rmsprop,adam $CONV_PARAMS ;;
     figure3) batch convnet "$OUT_DIR/figure3" optimizer=rmsprop $FIG3_PARAMS ;;
     gputests) gputests ;;
+    p2b) P2B_DEVICE=${P2B_DEVICE:-auto} P2B_PROGRESS=1 P2B_MNIST=$DATA_ROOT "$PY" -m benchmarks P2b \
+           && cp benchmarks/results.json "$OUT_DIR/p2b_results.json" ;;
   esac
 }
 export -f task batch gputests; export PY KERNEL DATA_ROOT OUT_DIR AE_PARAMS CONV_PARAMS FIG3_PARAMS  # for `timeout bash -c`
+# what a stopped task left running (its kernels, in sessions of their own): every process marked with its name
+leftovers() { for p in /proc/[0-9]*; do grep -qxz "NTAYLOR_P4_TASK=$1" "$p/environ" 2>/dev/null && echo "${p#/proc/}"; done; return 0; }
+stop_leftovers() { local ps; ps=$(leftovers "$1"); [ -z "$ps" ] && return 0
+                   echo "stopping what $1 left running: $ps"; kill $ps 2>/dev/null; sleep 3; ps=$(leftovers "$1"); [ -z "$ps" ] || kill -9 $ps 2>/dev/null; true; }
 pids=()
 for t in ${TASKS//,/ }; do
-  ( step "$t" "$TASK_SECONDS" task "$t" > "$OUT_DIR/$t.log" 2>&1 ) &
+  limit=$TASK_SECONDS; [ "$t" = p2b ] && limit=${P2B_SECONDS:-540}
+  ( export NTAYLOR_P4_TASK="$RUN_ID-$t"; step "$t" "$limit" task "$t" && rc=0 || rc=$?; stop_leftovers "$RUN_ID-$t"; exit $rc ) > "$OUT_DIR/$t.log" 2>&1 &
   pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p" || FAILED=1; done
-# what a stopped task left running (its kernels): every process of this run still there
-for p in /proc/[0-9]*; do grep -qxz "NTAYLOR_P4_RUN=$NTAYLOR_P4_RUN" "$p/environ" 2>/dev/null && kill "${p#/proc/}" 2>/dev/null; done || true
 cat "$TIMES"
 for t in ${TASKS//,/ }; do echo "--- $t.log, last lines:"; tail -n 4 "$OUT_DIR/$t.log" | cut -c1-300; done
 # 5. the report: figures 3-6 and the claims table from the finished runs of the autoencoder and convnet tasks. A run
@@ -109,7 +118,9 @@ if [ -d "$OUT_DIR/runs" ]; then
     u="$OUT_DIR/unfinished/${d#$OUT_DIR/runs/}"; mkdir -p "$(dirname "$u")"; mv "$d" "$u"; echo "not analysed in time, left out of the report: $u"
   done
 fi
-if [ -n "$(find "$OUT_DIR/runs" -name done.json 2>/dev/null)" ]; then
+if [[ ",$TASKS," != *,autoencoder,* && ",$TASKS," != *,convnet,* ]]; then
+  echo "neither autoencoder nor convnet was asked for: no report"
+elif [ -n "$(find "$OUT_DIR/runs" -name done.json 2>/dev/null)" ]; then
   step report "$REPORT_SECONDS" "$PY" -m papermill --log-level WARNING -k "$KERNEL" nbs/experiments/report.ipynb "$OUT_DIR/report.ipynb" \
     -p runs_dir "$OUT_DIR/runs" -p out_dir "$OUT_DIR/report" -p interactive False || FAILED=1
 else
