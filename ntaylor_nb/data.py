@@ -88,7 +88,8 @@ def _cifar10(root, train, download):
             y = np.array(ds.targets)
             tmp = cache.with_name(f'{cache.stem}.{os.getpid()}.tmp.npz')  # written whole, then renamed: never a half-written cache
             try: np.savez(tmp, x=x, y=y); os.replace(tmp, cache)
-            except OSError: tmp.unlink(missing_ok=True)  # a read-only root: decode again next time
+            except OSError: pass  # a read-only root: decode again next time
+            finally: tmp.unlink(missing_ok=True)  # whatever stopped the write (after the rename there is nothing to remove)
     return torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0, torch.from_numpy(y).long()
 
 # %% ../nbs/10_data.ipynb #aa36f255

@@ -78,3 +78,12 @@ def test_mnist_read_side_by_side_from_a_fresh_root(tmp_path):
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [e[-2000:] for _, e in outs]
     assert len({o for o, _ in outs}) == 1 and outs[0][0].split()[0] == '60000', outs
+
+
+def test_cifar_cache_write_stopped_by_another_error_leaves_nothing(tmp_path, monkeypatch):
+    tiny_cifar(tmp_path)
+    def broken(f, **kw):
+        Path(f).write_bytes(b'PK\x03\x04 half'); raise MemoryError('out of memory while compressing')
+    monkeypatch.setattr(np, 'savez', broken)
+    with pytest.raises(MemoryError): load_dataset('cifar10', root=tmp_path)  # not swallowed
+    assert sorted(p.name for p in (tmp_path / 'cifar10').iterdir()) == ['.lock', 'train'], 'no temporary file left behind'
