@@ -39,7 +39,8 @@ B, LR = 64, 1e-3
 def mnist(tmp):
     "MNIST training images (60000, 784) in [0, 1], read through torchvision from a copy of the shared files (or of $P2B_MNIST: a data root holding MNIST/raw)."
     src = Path(os.environ['P2B_MNIST']) if os.environ.get('P2B_MNIST') else DATA if DATA.exists() else Path('/work/shared/data/mnist')
-    shutil.copytree(src / 'MNIST', tmp / 'mnist' / 'MNIST')
+    raw = tmp / 'mnist' / 'MNIST' / 'raw'; raw.mkdir(parents=True)
+    for f in (src / 'MNIST' / 'raw').glob('*.gz'): shutil.copy(f, raw)  # the official files only (another process may be extracting beside them)
     x, _ = load_dataset('mnist', tmp / 'mnist')
     return x.reshape(len(x), -1)
 

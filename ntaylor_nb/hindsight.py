@@ -142,7 +142,7 @@ def _dense_add(self: _GNAcc, X, S, s, block=512):
         self.dense += Sb[:, s0, s1].T @ (Xb[:, x0] * Xb[:, x1])
 
 def _dense_min(Qp, idxS, idxX, q, c):
-    "(min_v v'Qv + 2q'v + c, the minimiser (C, K1), the share left out as undecidable) from the packed Hessian Qp by a Cholesky factor on the ranges of the units' diagonal blocks; None where that is singular."
+    "(min_v v'Qv + 2q'v + c, the minimiser (C, K1), how far it may lie above the infimum) from the packed Hessian Qp by a Cholesky factor on the ranges of the units' diagonal blocks; None where that is singular."
     C, K1 = q.shape; dev, eps = Qp.device, torch.finfo(torch.float64).eps
     Q = torch.empty(C, K1, C, K1, dtype=torch.float64, device=dev)
     iX = torch.as_tensor(idxX, device=dev)
@@ -153,29 +153,34 @@ def _dense_min(Qp, idxS, idxX, q, c):
             if b != a: Q[b, :, a, :] = blk
     # A unit's variables reach the loss only through the inputs of the samples on which it was active: the null space of its
     # diagonal block (inputs it never saw together with a gradient; all of them for a dead unit) is null for Q too, and is
-    # left out. An eigenvalue counts above 10 times its rounding (eps K1 of the block's largest); those between the rounding
-    # and that are left out too, their share (u'q)^2 / lambda reported.
-    qv, bases, gap = q.to(dev), [], 0.0
+    # left out. A block's eigenvalue counts above 10 times its rounding (eps K1 of the block's largest); those between the
+    # rounding and that are left out too, and what they could still gain is reported (below).
+    qv, bases, bands = q.to(dev), [], []
     for a in range(C):
         e, U = torch.linalg.eigh(Q[a, :, a, :]); top = float(e.max()) if len(e) else 0.0
         keep, band = e > 10 * eps * K1 * top, (e > eps * K1 * top) & (e <= 10 * eps * K1 * top)
-        gap += float(((U[:, band].T @ qv[a]) ** 2 / e[band]).sum())
-        bases.append(U[:, keep])
+        bases.append(U[:, keep]); bands.append((U[:, band], e[band]))
     ks = [u.shape[1] for u in bases]; off = np.concatenate([[0], np.cumsum(ks)]); n = int(off[-1])
-    if n == 0: return float(c), torch.zeros(C, K1, dtype=torch.float64, device=dev), gap
     Qr = torch.empty(n, n, dtype=torch.float64, device=dev)
     for a in range(C):
         for b in range(a, C):
             blk = bases[a].T @ Q[a, :, b, :] @ bases[b]
             Qr[off[a]:off[a + 1], off[b]:off[b + 1]] = blk
             if b != a: Qr[off[b]:off[b + 1], off[a]:off[a + 1]] = blk.T
-    del Q
     qr = torch.cat([bases[a].T @ qv[a] for a in range(C)])
-    R, info = torch.linalg.cholesky_ex(Qr)
-    if info != 0 or float(R.diagonal().min()) ** 2 <= 1e-12 * float(Qr.diagonal().max()): return None
-    vr = -torch.cholesky_solve(qr[:, None], R)[:, 0]
+    R, info = torch.linalg.cholesky_ex(Qr); dmax = float(Qr.diagonal().max()) if n else 0.0
+    del Qr
+    if n and (info != 0 or float(R.diagonal().min()) ** 2 <= 1e-12 * dmax): return None
+    vr = -torch.cholesky_solve(qr[:, None], R)[:, 0] if n else qr
+    del R
     V = torch.stack([bases[a] @ vr[off[a]:off[a + 1]] for a in range(C)])
-    return float(c) + float(qr @ vr), V, gap
+    # the value V attains, on the whole Hessian, and its gradient there: a left-out direction u of unit a (curvature
+    # lambda along it, u being in a's block) could lower the value by (u'g)^2 / lambda alone, to first order
+    g = (Q.reshape(C * K1, C * K1) @ V.reshape(-1)).reshape(C, K1) + qv
+    del Q
+    v = float(c) + float((V * (g + qv)).sum())  # V'QV + 2q'V + c = V'(QV + q) + q'V
+    share = sum(float(((U.T @ g[a]) ** 2 / e).sum()) for a, (U, e) in enumerate(bands) if len(e))
+    return v, V, share + abs(v - (float(c) + float(qr @ vr)))
 
 # %% ../nbs/07_hindsight.ipynb #efacab51
 _DUAL_ROWS = 10000  # at most this many rows (samples x rank; a fifth of it where they outnumber the variables): the rows' Gram matrix, else CG

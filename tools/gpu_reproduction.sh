@@ -100,7 +100,8 @@ export -f task batch gputests; export PY KERNEL DATA_ROOT OUT_DIR AE_PARAMS CONV
 # what a stopped task left running (its kernels, in sessions of their own): every process marked with its name
 leftovers() { for p in /proc/[0-9]*; do grep -qxz "NTAYLOR_P4_TASK=$1" "$p/environ" 2>/dev/null && echo "${p#/proc/}"; done; return 0; }
 stop_leftovers() { local ps; ps=$(leftovers "$1"); [ -z "$ps" ] && return 0
-                   echo "stopping what $1 left running: $ps"; kill $ps 2>/dev/null; sleep 3; ps=$(leftovers "$1"); [ -z "$ps" ] || kill -9 $ps 2>/dev/null; true; }
+                   echo "stopping what $1 left running: $ps"; kill $ps 2>/dev/null || true  # (some may have ended since the scan)
+                   sleep 3; ps=$(leftovers "$1"); [ -z "$ps" ] || kill -9 $ps 2>/dev/null || true; }
 pids=()
 for t in ${TASKS//,/ }; do
   limit=$TASK_SECONDS; [ "$t" = p2b ] && limit=${P2B_SECONDS:-540}
