@@ -39,8 +39,10 @@ B, LR = 64, 1e-3
 def mnist(tmp):
     "MNIST training images (60000, 784) in [0, 1], read through torchvision from a copy of the shared files (or of $P2B_MNIST: a data root holding MNIST/raw)."
     src = Path(os.environ['P2B_MNIST']) if os.environ.get('P2B_MNIST') else DATA if DATA.exists() else Path('/work/shared/data/mnist')
-    raw = tmp / 'mnist' / 'MNIST' / 'raw'; raw.mkdir(parents=True)
-    for f in (src / 'MNIST' / 'raw').glob('*.gz'): shutil.copy(f, raw)  # the official files only (another process may be extracting beside them)
+    raw, gz = tmp / 'mnist' / 'MNIST' / 'raw', sorted((src / 'MNIST' / 'raw').glob('*.gz'))
+    if not gz: raise FileNotFoundError(f'{src}: no MNIST/raw/*.gz there (P2B_MNIST, if set, must be a data root holding the official MNIST files)')
+    raw.mkdir(parents=True)
+    for f in gz: shutil.copy(f, raw)  # the official files only (another process may be extracting beside them)
     x, _ = load_dataset('mnist', tmp / 'mnist')
     return x.reshape(len(x), -1)
 
@@ -62,12 +64,12 @@ def record(X, rounds, path, seed=0):
 def run(rounds=None, check_rounds=None):
     rounds = rounds or int(os.environ.get('P2B_ROUNDS', 10000))
     check_rounds = check_rounds or int(os.environ.get('P2B_CHECK_ROUNDS', 300))
+    dev, bar = str(resolve_device(os.environ.get('P2B_DEVICE', 'cpu'))), os.environ.get('P2B_PROGRESS') == '1'  # a bad device: refused before any work
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         X = mnist(tmp)
         t = time.perf_counter(); rec = record(X, rounds, tmp / 'big'); t_rec = time.perf_counter() - t
         pre = log_prefixes(rounds, 64)
-        dev, bar = str(resolve_device(os.environ.get('P2B_DEVICE', 'cpu'))), os.environ.get('P2B_PROGRESS') == '1'
         t = time.perf_counter(); big = hindsight(rec, pre, progress=bar, device=dev); t_big = time.perf_counter() - t
         Xs = X.reshape(-1, 28, 28)[:, 9:19, 9:19].reshape(len(X), -1).contiguous()  # 10 x 10 centre crop: 5,050 variables
         small = record(Xs, check_rounds, tmp / 'small')

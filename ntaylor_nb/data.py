@@ -31,7 +31,8 @@ def _data_lock(folder: Path):
     try:
         import fcntl
         f = open(folder / '.lock', 'a')
-    except (ImportError, OSError):
+    except (ImportError, OSError): f = None
+    if f is None:  # (the body's own errors are not chained to the failed open)
         yield; return
     with f:
         fcntl.flock(f, fcntl.LOCK_EX)

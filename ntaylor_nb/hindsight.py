@@ -14,6 +14,7 @@ from fastcore.basics import patch
 
 from .devices import resolve_device
 from .gauss_newton import replay
+from .hindsight_lsq import _blocks, _dense_min, _dual_min, _free_hvp, _packed_add, _rank_factor, _unpack
 from .growth import log_prefixes
 from .regret import ConvCompactRecord, ConvRecord, LinearJacobianRecord, OutputRecord, RegretRecording
 from .conv_solvers import CompactConv, conv_newton
@@ -52,12 +53,14 @@ def add(self: _GNAcc, d, sl, s):
         if self.layer_scope:
             self.st.update(q=z(C, K1), c=z(()))
             if self.identity: self.st['Q'] = z(K1, K1)
-            elif self.free:
-                self.st.update(A=z(C, C), B=z(K1, K1), ssum=z(())); self.kept, self.V, self.dense = [], None, None
-                if self.device.type in _DEVICE_DENSE and C * K1 <= _DEVICE_DENSE_MAX: self._dense_init(C, K1)
-            else:
-                (self.iuS, self.idxS), (self.iuX, self.idxX) = _tri(C), _tri(K1)
-                self.st['Q'] = z(len(self.iuS[0]), len(self.iuX[0]))
+            else:  # Q = sum_b S_b (x) x_b x_b^T, both factors symmetric: packed as their upper triangles (on the CPU, or the device)
+                (iuS, self.idxS), (iuX, self.idxX) = _tri(C), _tri(K1)
+                dense = not self.free or (self.device.type in _DEVICE_DENSE and C * K1 <= _DEVICE_DENSE_MAX)
+                dev = self.device if self.free else torch.device('cpu')
+                self._iu = tuple(torch.as_tensor(np.asarray(i), device=dev) for i in (*iuS, *iuX))
+                Q = torch.zeros(len(iuS[0]), len(iuX[0]), dtype=torch.float64, device=dev) if dense else None
+                if self.free: self.st.update(A=z(C, C), B=z(K1, K1), ssum=z(())); self.kept, self.V, self.dense = [], None, Q
+                else: self.st['Q'] = Q
     st, u = self.st, self.cols
     w = Sd[:, u] * s[:, None]
     st['Qn'] += ((w.T[:, None, :] * X.T[None]).reshape(-1, n) @ X).reshape(len(u), K1, K1)  # X^T diag(w_u) X, one GEMM
@@ -74,11 +77,8 @@ def add(self: _GNAcc, d, sl, s):
             st['c'] += (s * (e2 - 2 * (dl * a).sum(1) + (a * Sa).sum(1))).sum()
             if self.free:
                 self._keep(X, S, s, dl, a)
-                if self.dense is not None: self._dense_add(X, S, s)
-            else:  # Q = sum_b S_b (x) x_b x_b^T, both factors symmetric: accumulate upper triangles only
-                Sp = S[:, self.iuS[0], self.iuS[1]] * s[:, None]
-                Xp = X[:, self.iuX[0]] * X[:, self.iuX[1]]
-                st['Q'] += Sp.T @ Xp
+                if self.dense is not None: _packed_add(self.dense, self.kept[-1][0], S, s, self._iu, block=512)  # x_b as kept there
+            else: _packed_add(st['Q'], X, S, s, self._iu)
 
 # %% ../nbs/07_hindsight.ipynb #6e316d68
 @patch
@@ -94,22 +94,10 @@ def solve(self: _GNAcc, tol: float):
             return out
         if self.identity: v = quad_min_shared(st['Q'], st['q'], float(st['c']))
         else:
-            Q4 = st['Q'][self.idxS[:, :, None, None], self.idxX[None, None, :, :]]  # (C, C, K1, K1)
+            Q4 = _unpack(st['Q'], self.idxS, self.idxX)
             v = float(quad_min(Q4.transpose(0, 2, 1, 3).reshape(C * K1, C * K1), st['q'].reshape(-1), float(st['c'])))
         out[Scope('layer', self.layer)] = (v, np.nan, 0.0)
     return out
-
-# %% ../nbs/07_hindsight.ipynb #2f05a677
-def _rank_factor(S, dl, a, s, rcond=1e-12):
-    "(L (n, C, k), r (n, k)) with s_b S_b = L_b L_b^T and L_b r_b = s_b (delta_b - S_b a_b); k the largest rank in the block (zero-padded)."
-    lam, U = (torch.from_numpy(z) for z in np.linalg.eigh(S.numpy()))  # ascending
-    keep = lam > rcond * lam[:, -1:].clamp_min(1e-300)
-    k = max(int(keep.sum(1).max()), 1)
-    lam, U, keep = lam[:, -k:], U[:, :, -k:], keep[:, -k:]
-    sl, ss = torch.where(keep, lam, torch.ones_like(lam)).sqrt(), s[:, None].sqrt()
-    L = U * (sl * keep * ss)[:, None, :]
-    r = (torch.einsum('nck,nc->nk', U, dl) / sl - torch.einsum('nck,nc->nk', U, a) * sl) * ss * keep
-    return L, r
 
 # %% ../nbs/07_hindsight.ipynb #a81d3c0c
 @patch
@@ -126,123 +114,9 @@ _DEVICE_DENSE = ('cuda',)  # devices on which a matrix-free layer scope also acc
 _DEVICE_DENSE_MAX = 40_000  # at most this many variables (the unpacked Hessian and its factor: 16 P^2 bytes, 25 GB at 39,250)
 _DEVICE_DUAL_ROWS = 20_000  # there, the rows' Gram matrix up to this many rows (and the variables): G, its eigenvectors and eigh's workspace, about 4 m^2 doubles (13 GB)
 
-@patch
-def _dense_init(self: _GNAcc, C, K1):
-    (self.iuS, self.idxS), (self.iuX, self.idxX) = _tri(C), _tri(K1)
-    self.dense = torch.zeros(len(self.iuS[0]), len(self.iuX[0]), dtype=torch.float64, device=self.device)
-    self._iu = tuple(torch.as_tensor(np.asarray(i), device=self.device) for i in (*self.iuS, *self.iuX))
-
-@patch
-def _dense_add(self: _GNAcc, X, S, s, block=512):
-    "Add sum_b s_b S_b (x) x_b x_b^T to the packed Hessian on the device (the upper triangles of both factors), `block` samples at a time."
-    s0, s1, x0, x1 = self._iu
-    for i in range(0, len(X), block):
-        Sb = S[i:i + block].to(self.device) * s[i:i + block, None, None].to(self.device)
-        Xb = X[i:i + block].to(self.device)
-        self.dense += Sb[:, s0, s1].T @ (Xb[:, x0] * Xb[:, x1])
-
-def _dense_min(Qp, idxS, idxX, q, c):
-    "(min_v v'Qv + 2q'v + c, the minimiser (C, K1), how far it may lie above the infimum) from the packed Hessian Qp by a Cholesky factor on the ranges of the units' diagonal blocks; None where that is singular."
-    C, K1 = q.shape; dev, eps = Qp.device, torch.finfo(torch.float64).eps
-    Q = torch.empty(C, K1, C, K1, dtype=torch.float64, device=dev)
-    iX = torch.as_tensor(idxX, device=dev)
-    for a in range(C):  # block (a, b) of Q is the unpacked row idxS[a, b] of Qp (symmetric): fill both (a, b) and (b, a)
-        for b in range(a, C):
-            blk = Qp[int(idxS[a, b])][iX]
-            Q[a, :, b, :] = blk
-            if b != a: Q[b, :, a, :] = blk
-    # A unit's variables reach the loss only through the inputs of the samples on which it was active: the null space of its
-    # diagonal block (inputs it never saw together with a gradient; all of them for a dead unit) is null for Q too, and is
-    # left out. A block's eigenvalue counts above 10 times its rounding (eps K1 of the block's largest); those between the
-    # rounding and that are left out too, and what they could still gain is reported (below).
-    qv, bases, bands = q.to(dev), [], []
-    for a in range(C):
-        e, U = torch.linalg.eigh(Q[a, :, a, :]); top = float(e.max()) if len(e) else 0.0
-        keep, band = e > 10 * eps * K1 * top, (e > eps * K1 * top) & (e <= 10 * eps * K1 * top)
-        bases.append(U[:, keep]); bands.append((U[:, band], e[band]))
-    ks = [u.shape[1] for u in bases]; off = np.concatenate([[0], np.cumsum(ks)]); n = int(off[-1])
-    Qr = torch.empty(n, n, dtype=torch.float64, device=dev)
-    for a in range(C):
-        for b in range(a, C):
-            blk = bases[a].T @ Q[a, :, b, :] @ bases[b]
-            Qr[off[a]:off[a + 1], off[b]:off[b + 1]] = blk
-            if b != a: Qr[off[b]:off[b + 1], off[a]:off[a + 1]] = blk.T
-    qr = torch.cat([bases[a].T @ qv[a] for a in range(C)])
-    R, info = torch.linalg.cholesky_ex(Qr); dmax = float(Qr.diagonal().max()) if n else 0.0
-    del Qr
-    if n and (info != 0 or float(R.diagonal().min()) ** 2 <= 1e-12 * dmax): return None
-    vr = -torch.cholesky_solve(qr[:, None], R)[:, 0] if n else qr
-    del R
-    V = torch.stack([bases[a] @ vr[off[a]:off[a + 1]] for a in range(C)])
-    # the value V attains, on the whole Hessian, and its gradient there: a left-out direction u of unit a (curvature
-    # lambda along it, u being in a's block) could lower the value by (u'g)^2 / lambda alone, to first order
-    g = (Q.reshape(C * K1, C * K1) @ V.reshape(-1)).reshape(C, K1) + qv
-    del Q
-    v = float(c) + float((V * (g + qv)).sum())  # V'QV + 2q'V + c = V'(QV + q) + q'V
-    share = sum(float(((U.T @ g[a]) ** 2 / e).sum()) for a, (U, e) in enumerate(bands) if len(e))
-    return v, V, share + abs(v - (float(c) + float(qr @ vr)))
-
-# %% ../nbs/07_hindsight.ipynb #efacab51
+# %% ../nbs/07_hindsight.ipynb #543c17c3
 _DUAL_ROWS = 10000  # at most this many rows (samples x rank; a fifth of it where they outnumber the variables): the rows' Gram matrix, else CG
 
-def _blocks(kept, size=16384):
-    "Merge kept pieces (x, L, r) into blocks of at least `size` samples (ranks zero-padded to the block's largest)."
-    out, cur = [], []
-    def flush():
-        if not cur: return
-        k, f64 = max(p[1].shape[2] for p in cur), any(p[0].dtype == torch.float64 for p in cur)
-        out.append((torch.cat([p[0].double() if f64 else p[0] for p in cur]), torch.cat([F.pad(p[1], (0, k - p[1].shape[2])) for p in cur]),
-                    torch.cat([F.pad(p[2], (0, k - p[2].shape[1])) for p in cur])))
-        cur.clear()
-    for p in kept:
-        if len(p[0]) >= size: out.append(p); continue
-        cur.append(p)
-        if sum(len(q[0]) for q in cur) >= size: flush()
-    flush()
-    return out
-
-# %% ../nbs/07_hindsight.ipynb #ae1adc2c
-def _gram(Lr, X, idx): return (Lr @ Lr.T).mul_((X @ X.T)[idx][:, idx])  # m^2 numbers: 0.8 GB at 10,000 rows
-
-def _dual_min(blocks, c):
-    "(min_V <V, QV> + 2<q, V> + c, the least-norm minimiser V, how far the minimum may lie above the infimum) through the Gram matrix of the rows (sample, rank) of blocks (x, L, r)."
-    k = max(b[1].shape[2] for b in blocks)
-    X = torch.cat([b[0].double() for b in blocks])
-    L, r = torch.cat([F.pad(b[1], (0, k - b[1].shape[2])) for b in blocks]), torch.cat([F.pad(b[2], (0, k - b[2].shape[1])) for b in blocks])
-    keep = (L != 0).any(1)
-    Lr, rr, idx = L.transpose(1, 2)[keep], r[keep], keep.nonzero()[:, 0]
-    if not len(idx): return float(c), torch.zeros(L.shape[1], X.shape[1], dtype=torch.float64, device=X.device), 0.0
-    G = _gram(Lr, X, idx)
-    R, info = torch.linalg.cholesky_ex(G)
-    if info == 0 and R.diagonal().min() ** 2 > 1e-12 * G.diagonal().max():  # no row depends on the ones before it: P r = r
-        y = torch.cholesky_solve(rr[:, None], R)[:, 0]
-        return float(c) - float(rr @ rr), -(Lr * y[:, None]).T @ X[idx], 0.0
-    del R
-    w, W = torch.linalg.eigh(G); del G
-    eta = len(w) ** 0.5 * torch.finfo(w.dtype).eps * float(w.max())  # the eigensolver's resolution: below it, zero
-    ok, band = w > 10 * eta, (w > eta) & (w <= 10 * eta)  # counted; left out, but perhaps real
-    z = W.T @ rr
-    y = W[:, ok] @ (z[ok] / w[ok]); del W
-    V = -(Lr * y[:, None]).T @ X[idx]
-    # the value attained by V (rows' residuals A V + r, evaluated directly), and how far it is from the projection's
-    # c - sum z^2 (the eigenvectors' rounding): the value may lie that far, plus the left-out share, above the infimum
-    res = (Lr * (X[idx] @ V.T)).sum(1) + rr
-    v = float(c) - float(rr @ rr) + float(res @ res)
-    return v, V, float((z[band] ** 2).sum()) + abs(v - (float(c) - float((z[ok] ** 2).sum())))
-
-# %% ../nbs/07_hindsight.ipynb #028cc1bf
-def _free_hvp(blocks):
-    "V (C, K1) -> QV = sum_b L_b L_b^T V x_b x_b^T over blocks (x, L, r), never forming Q."
-    def hvp(V):
-        out = torch.zeros_like(V)
-        for X, L, _ in blocks:
-            X = X.double()
-            T = (L * (X @ V.T)[:, :, None]).sum(1)  # L_b^T V x_b
-            out += (L * T[:, None, :]).sum(2).T @ X
-        return out
-    return hvp
-
-# %% ../nbs/07_hindsight.ipynb #543c17c3
 @patch
 def _solve_free(self: _GNAcc, tol: float):
     "(minimum, gradient norm, estimated distance to the minimum) of the layer scope: through the rows' Gram matrix (exact, or the share of directions that cannot be told from zero), the Hessian on the device, or K-FAC-preconditioned CG."

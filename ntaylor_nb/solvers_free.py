@@ -28,9 +28,9 @@ def quad_cg(hvp, # V -> QV, the quadratic's matrix applied without forming it
            ) -> tuple:
     """min_V <V, QV> + 2<q, V> + c by preconditioned conjugate gradients; returns V, the value, the estimated
     distance to the minimum (the decrease over the last `delay` iterations, or `grow` of them), the gradient norm and the iterations."""
+    if not 0 <= grow < 1: raise ValueError(f'grow={grow}: the estimate is over a fraction of the steps, 0 <= grow < 1 (1 would never stop)')
     M, Qr = precond or (lambda R: R), (lambda V: hvp(V) + ridge * V) if ridge else hvp
     V = V0.clone(); r = -(Qr(V) + q); z = M(r); p = z.clone(); rz = (r * z).sum()
-    if not 0 <= grow < 1: raise ValueError(f'grow={grow}: the estimate is over a fraction of the steps, 0 <= grow < 1 (1 would never stop)')
     dec, it, n = np.zeros(max_iter), 0, 0  # dec[k]: the decrease of step k+1; n steps taken
     est = lambda n: float(dec[n - min(n, max(delay, int(grow * n))):n].sum())  # summed directly: a difference of running totals loses the small ones
     f = lambda V, g: float(c + (V * q).sum() + (V * g).sum())  # g = QV + q

@@ -217,7 +217,7 @@ def test_device_hessian_with_a_rarely_active_unit(tmp_path, monkeypatch):
         d, s = hs._with_weights(d, rec.manifest)
         hs._accumulate([acc], rec.manifest, d, 0, len(d['B']), np.concatenate([[0], np.cumsum(d['B'])]), s)
     C, K1 = acc.st['q'].shape
-    Q = acc.dense[acc.idxS[:, :, None, None], acc.idxX[None, None]].permute(0, 2, 1, 3).reshape(C * K1, C * K1)
+    Q = hs._unpack(acc.dense, acc.idxS, acc.idxX).permute(0, 2, 1, 3).reshape(C * K1, C * K1)
     e0 = torch.linalg.eigvalsh(Q.reshape(C, K1, C, K1)[0, :, 0, :])
     assert (e0 < 1e-12 * e0.max()).sum() >= 2, e0  # unit 0 saw too few inputs: its block, and so Q, is singular
     assert torch.linalg.cholesky_ex(Q)[1] != 0 or torch.linalg.eigvalsh(Q)[0] < 1e-12 * Q.diagonal().max()
@@ -243,3 +243,11 @@ def test_device_hessian_reports_a_left_out_direction():
     inf = float(r @ r - r @ A @ np.linalg.lstsq(A, r, rcond=None)[0])
     assert abs(inf) < 1e-8 and abs(v - 0.5) < 1e-12 and abs(gap - 0.25) < 1e-3 and gap > 1e-9
     assert abs(float(((A @ V.reshape(-1).numpy() + r) ** 2).sum()) - v) < 1e-12  # the value is the one V attains: ||A v + r||^2
+    # the same figures by hand (numpy): the minimiser on the blocks' ranges with u left out, its gradient, u's share
+    Q, e0, U0 = A.T @ A, *np.linalg.eigh(Q4[0, :, 0, :])
+    e1, U1 = np.linalg.eigh(Q4[1, :, 1, :])
+    B = np.zeros((4, 2)); B[:2, 0] = U0[:, 1]; B[2:, 1] = U1[:, 1]  # unit 0 without u = U0[:, 0]; unit 1's range (rank 1)
+    Vr = B @ np.linalg.solve(B.T @ Q @ B, -B.T @ q.reshape(-1))
+    g = Q @ Vr + q.reshape(-1)
+    assert abs(v - float(Vr @ Q @ Vr + 2 * q.reshape(-1) @ Vr + r @ r)) < 1e-12
+    assert abs(gap - float(U0[:, 0] @ g[:2]) ** 2 / e0[0]) < 1e-6 * gap

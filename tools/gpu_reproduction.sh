@@ -42,8 +42,14 @@ case $SIZE in
   *) echo "SIZE must be full or tiny, got $SIZE" >&2; exit 2 ;;
 esac
 AE_PARAMS=${AE_PARAMS:-$AE_DEFAULT}; CONV_PARAMS=${CONV_PARAMS:-$CONV_DEFAULT}; FIG3_PARAMS=${FIG3_PARAMS:-$FIG3_DEFAULT}
-for t in ${TASKS//,/ }; do
+TASK_LIST=()  # the tasks, checked once: known, each once (two runs of one task would share its folder, log and marker)
+for t in ${TASKS//[, ]/ }; do
   case $t in autoencoder|convnet|figure3|gputests|p2b) ;; *) echo "TASKS: unknown task $t; allowed: autoencoder, convnet, figure3, gputests, p2b" >&2; exit 2 ;; esac
+  [[ " ${TASK_LIST[*]} " == *" $t "* ]] && { echo "TASKS: $t is named twice" >&2; exit 2; }
+  TASK_LIST+=("$t")
+done
+for v in TASK_SECONDS REPORT_SECONDS P2B_SECONDS THREADS; do
+  [ -z "${!v:-}" ] || [[ ${!v} =~ ^[0-9]+$ ]] || { echo "$v=${!v}: a whole number of seconds (threads) is wanted" >&2; exit 2; }
 done
 ls "$WHEELS"/*.whl >/dev/null || { echo "no wheels in $WHEELS: build them with 'make wheelhouse' and carry the folder" >&2; exit 2; }
 CORES=$(nproc); export OMP_NUM_THREADS=${THREADS:-$(( CORES / 7 > 0 ? CORES / 7 : 1 ))}  # seven notebooks at once in the full run
@@ -103,14 +109,14 @@ stop_leftovers() { local ps; ps=$(leftovers "$1"); [ -z "$ps" ] && return 0
                    echo "stopping what $1 left running: $ps"; kill $ps 2>/dev/null || true  # (some may have ended since the scan)
                    sleep 3; ps=$(leftovers "$1"); [ -z "$ps" ] || kill -9 $ps 2>/dev/null || true; }
 pids=()
-for t in ${TASKS//,/ }; do
+for t in "${TASK_LIST[@]}"; do
   limit=$TASK_SECONDS; [ "$t" = p2b ] && limit=${P2B_SECONDS:-540}
   ( export NTAYLOR_P4_TASK="$RUN_ID-$t"; step "$t" "$limit" task "$t" && rc=0 || rc=$?; stop_leftovers "$RUN_ID-$t"; exit $rc ) > "$OUT_DIR/$t.log" 2>&1 &
   pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p" || FAILED=1; done
 cat "$TIMES"
-for t in ${TASKS//,/ }; do echo "--- $t.log, last lines:"; tail -n 4 "$OUT_DIR/$t.log" | cut -c1-300; done
+for t in "${TASK_LIST[@]}"; do echo "--- $t.log, last lines:"; tail -n 4 "$OUT_DIR/$t.log" | cut -c1-300; done
 # 5. the report: figures 3-6 and the claims table from the finished runs of the autoencoder and convnet tasks. A run
 #    that trained but was stopped before its analysis was saved moves to OUT_DIR/unfinished (the report would analyse it)
 if [ -d "$OUT_DIR/runs" ]; then
@@ -119,7 +125,7 @@ if [ -d "$OUT_DIR/runs" ]; then
     u="$OUT_DIR/unfinished/${d#$OUT_DIR/runs/}"; mkdir -p "$(dirname "$u")"; mv "$d" "$u"; echo "not analysed in time, left out of the report: $u"
   done
 fi
-if [[ ",$TASKS," != *,autoencoder,* && ",$TASKS," != *,convnet,* ]]; then
+if [[ " ${TASK_LIST[*]} " != *" autoencoder "* && " ${TASK_LIST[*]} " != *" convnet "* ]]; then
   echo "neither autoencoder nor convnet was asked for: no report"
 elif [ -n "$(find "$OUT_DIR/runs" -name done.json 2>/dev/null)" ]; then
   step report "$REPORT_SECONDS" "$PY" -m papermill --log-level WARNING -k "$KERNEL" nbs/experiments/report.ipynb "$OUT_DIR/report.ipynb" \
