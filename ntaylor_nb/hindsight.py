@@ -55,7 +55,7 @@ def add(self: _GNAcc, d, sl, s):
             if self.identity: self.st['Q'] = z(K1, K1)
             else:  # Q = sum_b S_b (x) x_b x_b^T, both factors symmetric: packed as their upper triangles (on the CPU, or the device)
                 (iuS, self.idxS), (iuX, self.idxX) = _tri(C), _tri(K1)
-                dense = not self.free or (self.device.type in _DEVICE_DENSE and C * K1 <= _DEVICE_DENSE_MAX)
+                dense = not self.free or (self.device.type in _DEVICE_DENSE and C * K1 <= _DEVICE_DENSE_MAX and _fits(self.device, 18 * (C * K1) ** 2))
                 dev = self.device if self.free else torch.device('cpu')
                 self._iu = tuple(torch.as_tensor(np.asarray(i), device=dev) for i in (*iuS, *iuX))
                 Q = torch.zeros(len(iuS[0]), len(iuX[0]), dtype=torch.float64, device=dev) if dense else None
@@ -113,6 +113,16 @@ def _keep(self: _GNAcc, X, S, s, dl, a):
 _DEVICE_DENSE = ('cuda',)  # devices on which a matrix-free layer scope also accumulates its Hessian, for exact solves
 _DEVICE_DENSE_MAX = 40_000  # at most this many variables (the unpacked Hessian and its factor: 16 P^2 bytes, 25 GB at 39,250)
 _DEVICE_DUAL_ROWS = 20_000  # there, the rows' Gram matrix up to this many rows (and the variables): G, its eigenvectors and eigh's workspace, about 4 m^2 doubles (13 GB)
+_DEVICE_SHARE = 0.8  # and each only where it fits in this share of the device's free memory at the time (other programs may share the card)
+
+def _device_free(device):
+    "Bytes free on `device` now (CUDA), or None where not known (the CPU: the limits above alone)."
+    return torch.cuda.mem_get_info(device)[0] if device.type == 'cuda' else None
+
+def _fits(device, nbytes) -> bool:
+    "Whether `nbytes` more fit in `_DEVICE_SHARE` of the device's free memory (always, where that is not known)."
+    free = _device_free(device)
+    return free is None or nbytes <= _DEVICE_SHARE * free
 
 # %% ../nbs/07_hindsight.ipynb #543c17c3
 _DUAL_ROWS = 10000  # at most this many rows (samples x rank; a fifth of it where they outnumber the variables): the rows' Gram matrix, else CG
@@ -122,11 +132,14 @@ def _solve_free(self: _GNAcc, tol: float):
     "(minimum, gradient norm, estimated distance to the minimum) of the layer scope: through the rows' Gram matrix (exact, or the share of directions that cannot be told from zero), the Hessian on the device, or K-FAC-preconditioned CG."
     self.kept = _blocks(self.kept); st = self.st
     m, P = sum(int((b[1] != 0).any(1).sum()) for b in self.kept), st['q'].numel()
-    dual = min(P, _DEVICE_DUAL_ROWS) if self.dense is not None else _DUAL_ROWS if m <= P else _DUAL_ROWS // 5
+    if self.dense is not None:  # G and eigh's workspace, 32 m^2 bytes, in the device's free memory
+        free = _device_free(self.dense.device)
+        dual = min(P, _DEVICE_DUAL_ROWS, int((_DEVICE_SHARE * free / 32) ** 0.5) if free is not None else P)
+    else: dual = _DUAL_ROWS if m <= P else _DUAL_ROWS // 5
     if m <= dual:  # (a singular Gram matrix costs an eigendecomposition)
         v, self.V, gap = _dual_min(self.kept, float(st['c']))
         return v, np.nan, gap
-    if self.dense is not None and (out := _dense_min(self.dense, self.idxS, self.idxX, st['q'], float(st['c']))) is not None:
+    if self.dense is not None and _fits(self.dense.device, 16 * P * P) and (out := _dense_min(self.dense, self.idxS, self.idxX, st['q'], float(st['c']))) is not None:
         v, self.V, gap = out
         return v, np.nan, gap
     dev = self.kept[0][0].device

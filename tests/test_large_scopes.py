@@ -201,6 +201,40 @@ def test_device_hessian_equals_direct(mse_rec, monkeypatch):
     assert rel(dense.taylor_optimum.values, direct.taylor_optimum.values).max() < 1e-8
 
 
+def test_device_paths_fit_free_memory(mse_rec, monkeypatch):
+    """On a device the Hessian is accumulated only where it fits in `_DEVICE_SHARE` of the free memory (18 P^2 bytes: packed,
+    unpacked and factored), the rows' Gram matrix is used only up to the rows whose 32 m^2 bytes fit, and the Hessian's
+    factor only where its 16 P^2 bytes fit then; otherwise the paths without them, with the same values."""
+    _, p = mse_rec
+    monkeypatch.setattr(hs, '_DEVICE_DENSE', ('cpu', 'cuda'))
+    rec, P, share = hs.RegretRecording(p), 5 * 7, hs._DEVICE_SHARE  # layer 0 of the small autoencoder: 5 units, 6 inputs and a bias
+    free = []  # bytes free at each query (the last one repeats)
+    monkeypatch.setattr(hs, '_device_free', lambda device: free.pop(0) if len(free) > 1 else free[0])
+    def acc(nbytes):
+        free[:] = [nbytes]
+        a = hs._accumulators(rec.manifest, [hs.Scope.parse('layer:0')], 'cpu', 'newton-cg')[0]
+        d, s = hs._with_weights(next(rec.chunks()), rec.manifest)
+        hs._accumulate([a], rec.manifest, d, 0, 1, np.concatenate([[0], np.cumsum(d['B'])]), s)
+        return a
+    assert acc(18 * P * P / share - 1).dense is None and acc(18 * P * P / share).dense is not None  # one byte short: no Hessian
+    calls, gram, dense = [], hs._dual_min, hs._dense_min
+    monkeypatch.setattr(hs, '_dual_min', lambda *z: calls.append('gram') or gram(*z))
+    monkeypatch.setattr(hs, '_dense_min', lambda *z: calls.append('hessian') or dense(*z))
+    pre = [1, 12]  # 20 rows, then 216 (the variables: 35)
+    direct = hindsight(p, prefixes=pre, scopes=['layer:0'], progress=False, solver='newton')
+    big = 1e12
+    for nbytes, want in [([big], ['gram', 'hessian']),
+                         ([big, 16 * P * P / share], ['gram', 'hessian']),  # G fits up to 24 rows, the factor just fits
+                         ([big, 16 * P * P / share - 1], ['gram']),  # the factor does not fit: CG
+                         ([big, 32 * 19.5 ** 2 / share], []),  # G fits 19 rows only, the factor not at all: CG at both
+                         ([18 * P * P / share - 1], ['gram', 'gram'])]:  # no Hessian: the CPU's limits (_DUAL_ROWS)
+        free[:], calls[:] = nbytes, []
+        got = hindsight(p, prefixes=pre, scopes=['layer:0'], progress=False, solver='newton-cg')
+        assert calls == want, (nbytes, calls)
+        assert (got.grad_norm.notna().values == [c is None for c in (want + [None, None])[:2]]).all()  # CG's rows report a gradient norm
+        assert rel(got.taylor_optimum.values, direct.taylor_optimum.values).max() < 1e-8
+
+
 def test_device_hessian_with_a_rarely_active_unit(tmp_path, monkeypatch):
     """A unit active on a few samples only (its bias pushed down) has seen fewer independent inputs than it has weights: the
     Hessian is singular however many rows there are, through that unit's diagonal block alone. The device Hessian's solve

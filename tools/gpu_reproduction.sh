@@ -57,10 +57,10 @@ mkdir -p "$OUT_DIR"; OUT_DIR=$(cd "$OUT_DIR" && pwd)
 TIMES="$OUT_DIR/timing.tsv"; : > "$TIMES"; T0=$SECONDS; FAILED=0
 RUN_ID="$$-$RANDOM"  # each task's programs carry NTAYLOR_P4_TASK=$RUN_ID-<task> (jupyter kernels start sessions of their own)
 # a step: run it (within a limit in seconds, 0: none), log its seconds and status (ok, failed, timeout, killed: by a
-# signal before its limit, e.g. out of memory) to timing.tsv
+# signal before its limit, e.g. out of memory; skipped: it could not run here, exit status 99) to timing.tsv
 step() { local name=$1 limit=$2; shift 2; local t=$SECONDS rc=0 s; echo "== $name (started at $((SECONDS - T0)) s)"
          if [ "$limit" -gt 0 ]; then timeout --kill-after=15 "$limit" bash -c '"$@"' _ "$@" || rc=$?; else "$@" || rc=$?; fi
-         case $rc in 0) s=ok ;; 124) s=timeout ;; 137) [ "$limit" -gt 0 ] && [ $((SECONDS - t)) -ge "$limit" ] && s=timeout || s=killed ;; *) s=failed ;; esac
+         case $rc in 0) s=ok ;; 124) s=timeout ;; 137) [ "$limit" -gt 0 ] && [ $((SECONDS - t)) -ge "$limit" ] && s=timeout || s=killed ;; 99) s=skipped ;; *) s=failed ;; esac
          printf '%s\t%s\t%s\n' "$name" $((SECONDS - t)) $s >> "$TIMES"; echo "== $name: $s in $((SECONDS - t)) s"; [ $s = ok ]; }
 
 # 1. the Jupyter stack into an empty target, without the index (pip's resolver is not needed: the set was proved whole
@@ -88,8 +88,8 @@ batch() {
   "$PY" -c 'import sys; from ntaylor_nb.batch import main; sys.exit(main())' "nbs/experiments/$nb.ipynb" --out "$out" \
     --grid "$grid" --workers 3 --kernel "$KERNEL" --param "data_root=$DATA_ROOT" "${args[@]}"
 }
-gputests() {  # CUDA values against the CPU's; where pytest is missing they are not run, and the log says so
-  "$PY" -c 'import pytest' 2>/dev/null || { echo "no pytest here: the GPU tests were not run"; return 0; }
+gputests() {  # CUDA values against the CPU's; where pytest is missing they are not run: the step says skipped, not ok
+  "$PY" -c 'import pytest' 2>/dev/null || { echo "no pytest here: the GPU tests were not run"; return 99; }
   "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_taylor.py tests/test_exploration.py -k 'cuda or gpu'
 }
 task() {
