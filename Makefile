@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 PYTHON ?= python3
 
-.PHONY: demo reproduce reproduce-convnet results test sync nbtest pytest docs bench install clean wheelhouse devdata gpu-check
+.PHONY: demo reproduce reproduce-convnet results report test sync nbtest pytest docs bench install clean wheelhouse devdata gpu-check
 
 install: $(STAMP)
 
@@ -103,6 +103,18 @@ reproduce-convnet: $(STAMP)
 	echo "reproduction: $$(( (SECONDS - start) / 60 )) min $$(( (SECONDS - start) % 60 )) s" | tee $(CONV_DIR)/timing.txt
 	$(PY) tools/publish_report.py $(CONV_DIR)/report.ipynb $(CONV_NB) "the CIFAR-10 convnet reproduction's runs ($$(cut -d' ' -f2- $(CONV_DIR)/timing.txt) on $$(nproc) cores)" reproduce-convnet
 	$(BIN)/nbdev_clean --fname $(CONV_NB)
+
+# The report alone, executed again over runs already made (after the report notebook changed, say), and with PAGE put on
+# the docs site in place of the old one: make report RUNS=runs/mnist PAGE=nbs/results/mnist_report.ipynb WHAT="..." (the
+# page names the commit that executed the report and the one that made the runs).
+RUNS ?=
+PAGE ?=
+WHAT ?= the runs in $(RUNS)
+report: $(STAMP)
+	test -n '$(RUNS)' -a -d '$(RUNS)' || { echo "RUNS=$(RUNS): give a runs folder of the protocol (make demo, reproduce or reproduce-convnet)"; exit 2; }
+	$(PAPERMILL) nbs/experiments/report.ipynb $(RUNS)/report.ipynb -p runs_dir $(RUNS) -p interactive False \
+	  2> >(grep -v 'Kernel is running over TCP without encryption' >&2)
+	if [ -n '$(PAGE)' ]; then $(PY) tools/publish_report.py $(RUNS)/report.ipynb $(PAGE) "$(WHAT)" "report RUNS=$(RUNS)" && $(BIN)/nbdev_clean --fname $(PAGE); fi
 
 # The docs site's results page: the report executed on the demo runs (commit the notebook it writes).
 RESULTS_NB := nbs/results/demo_report.ipynb

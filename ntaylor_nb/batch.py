@@ -52,8 +52,9 @@ def _execute(notebook, folder, params, kernel, cwd):
 
 # %% ../nbs/14_batch.ipynb #a530e776
 def _share_cores(workers: int):
-    "Pool initializer: the kernels this worker starts use cores/workers threads (unless OMP_NUM_THREADS is set)."
-    n = str(max(1, (os.cpu_count() or 1) // workers))
+    """Pool initializer: the kernels this worker starts use cores/workers threads, or OMP_NUM_THREADS where that is set;
+    MKL's number follows it (torch takes MKL_NUM_THREADS before OMP_NUM_THREADS, so a different one would win)."""
+    n = os.environ.get('OMP_NUM_THREADS') or str(max(1, (os.cpu_count() or 1) // workers))
     for k in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS'): os.environ.setdefault(k, n)
 
 # %% ../nbs/14_batch.ipynb #0d28946e

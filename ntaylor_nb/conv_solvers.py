@@ -6,11 +6,11 @@
 from __future__ import annotations
 import numpy as np
 import torch
-import torch.nn.functional as F
 from fastcore.basics import patch
 from scipy.linalg import blas
 from torch import Tensor
-from .solvers import _check_loss, _factor, _step, line_search, loss_terms
+from .devices import _spare
+from .solvers import _check_loss, _patches, _factor, _step, line_search, loss_terms
 
 
 # %% auto #0
@@ -22,21 +22,12 @@ class CompactConv:
     def __init__(self, geom: dict, # the layer's kernel_size, stride, padding, dilation (a conv_compact record's geometry)
                  loss: str, # "cross_entropy" or "mse"
                  device='cpu', # where the samples are kept and the products run
-                 cache_bytes: int | None = None, # memory for the neurons' rows kept between products (default: 2 GB on the CPU, 16 GB on a GPU)
+                 cache_bytes: int | None = None, # memory for the neurons' rows kept between products (default: 2 GB on the CPU, 16 GB on a GPU, while a quarter of it stays free)
                  block_bytes: int = 2 ** 27, # temporaries of one block of samples
                 ):
         self.geom, self.loss, self.device, self.blocks = geom, _check_loss(loss), torch.device(device), []
         self.cache_bytes = cache_bytes if cache_bytes is not None else (2 ** 34 if self.device.type == 'cuda' else 2 ** 31)
         self.block_bytes, self.cached = block_bytes, 0
-
-# %% ../nbs/04_solvers_conv.ipynb #2051d4da
-@patch
-def _patches(self: CompactConv, x):
-    "The patches with a bias row, (m, K+1, P), made again from the layer's input by unfold."
-    g = self.geom
-    Xp = F.unfold(x, g['kernel_size'], g['dilation'], g['padding'], g['stride'])
-    return torch.cat([Xp, torch.ones_like(Xp[:, :1])], 1)
-
 
 # %% ../nbs/04_solvers_conv.ipynb #e7fb9923
 def _neuron_rows(J, y, s, base, loss):
@@ -68,7 +59,7 @@ def _neuron_rows(J, y, s, base, loss):
 def _make_rows(self: CompactConv, nb):
     "The rows (R, K+1) of one neuron's block: patches at its active positions, or rows of M_b."
     X = nb['x'][nb['sa']]
-    Pt = self._patches(X)  # (m_a, K+1, P)
+    Pt = _patches(X, self.geom)  # (m_a, K+1, P)
     rs, pos = nb['rs'], nb['pos']
     out = torch.empty(len(rs), Pt.shape[1], dtype=Pt.dtype, device=Pt.device)
     sp = pos >= 0
@@ -93,7 +84,7 @@ def add(self: CompactConv, f0, # (n, p) network outputs at the recorded weights
     f0, s, x, J, m0 = (t(a).double() for a in (f0, s, x, J, m0))
     y = t(y).long() if self.loss == 'cross_entropy' else t(y).double().reshape(len(y), -1)
     n, p, U, P = J.shape
-    K1 = self._patches(x[:1]).shape[1]
+    K1 = _patches(x[:1], self.geom).shape[1]
     if not self.blocks: self.K1, self.p, self.n, self.segs = K1, p, 0, [[] for _ in range(U)]
     step = max(1, self.block_bytes // (8 * (K1 * P + p * U * P)))
     for i in range(0, n, step):
@@ -102,7 +93,7 @@ def add(self: CompactConv, f0, # (n, p) network outputs at the recorded weights
         for u in range(U):
             nb = _neuron_rows(J[sl, :, u], y[sl], s[sl], f0[sl] - m0[sl, :, u], self.loss)
             nb['x'], nb['gi'] = x[sl], nb['sa'] + self.n
-            if self.cached + 8 * len(nb['rs']) * K1 <= self.cache_bytes:
+            if self.cached + 8 * len(nb['rs']) * K1 <= self.cache_bytes and _spare(self.device, 8 * len(nb['rs']) * K1):
                 nb['X'] = self._make_rows(nb); self.cached += 8 * len(nb['rs']) * K1
             self._append(u, nb)
         self.blocks.append(b); self.n += len(b['s'])

@@ -17,3 +17,39 @@ def resolve_device(device: str = 'auto', # "auto" (CUDA when present), "cpu" or 
     if device not in ('auto', 'cpu', 'cuda'): raise ValueError(f"device={device!r}; allowed: 'auto', 'cpu', 'cuda'")
     if device == 'cuda' and not torch.cuda.is_available(): raise ValueError("device='cuda' but no CUDA device is visible")
     return torch.device('cuda' if device == 'cuda' or (device == 'auto' and torch.cuda.is_available()) else 'cpu')
+
+# %% ../nbs/92_devices.ipynb #682b706c
+def _exact_cuda():
+    "CUDA as exact and repeatable as the CPU, for this process: no TF32 in convolutions or matrix products, deterministic cuDNN algorithms."
+    b = torch.backends
+    b.cudnn.allow_tf32 = b.cuda.matmul.allow_tf32 = False
+    b.cudnn.deterministic, b.cudnn.benchmark = True, False
+
+# %% ../nbs/92_devices.ipynb #5ec61421
+_DEVICE_SHARE = 0.8  # what one allocation may take of the device's free memory at the time
+_CACHE_RESERVE = 0.25  # what a cache (an optional speed-up) leaves free of the device's whole memory
+
+def _device_memory(device: torch.device) -> tuple | None:
+    "(bytes free now, bytes in all) on `device` (CUDA), or None where not known (the CPU)."
+    return torch.cuda.mem_get_info(device) if device.type == 'cuda' else None
+
+def _fits(device: torch.device, nbytes: float) -> bool:
+    "Whether `nbytes` more fit in `_DEVICE_SHARE` of the device's free memory (always, where that is not known)."
+    mem = _device_memory(device)
+    return mem is None or nbytes <= _DEVICE_SHARE * mem[0]
+
+def _spare(device: torch.device, nbytes: float) -> bool:
+    "Whether a cache may take `nbytes` more: it leaves `_CACHE_RESERVE` of the device's memory free (always, where that is not known)."
+    mem = _device_memory(device)
+    return mem is None or mem[0] - nbytes >= _CACHE_RESERVE * mem[1]
+
+def _rows_fit(device: torch.device, per: float) -> int | None:
+    "The most rows m whose per * m^2 bytes fit as `_fits` says (None: no limit known)."
+    mem = _device_memory(device)
+    return None if mem is None else int((_DEVICE_SHARE * mem[0] / per) ** 0.5)
+
+def _or_none(f, *args, **kw):
+    "f(*args, **kw), or None where the device runs out of memory all the same: the caller's next path takes over."
+    try: return f(*args, **kw)
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache(); return None

@@ -79,6 +79,7 @@ def _probe_pass(self: ExplorationRecorder):
     try:
         with torch.random.fork_rng(devices=devices), torch.no_grad():
             self.model.eval(); self.model(self.probe)
+    except torch.OutOfMemoryError: raise  # (a RuntimeError too, but not the probe's fault: the device is full)
     except RuntimeError as e:
         raise ValueError(f'the probe set of shape {tuple(self.probe.shape)} does not fit the model: {e}') from None
     finally:

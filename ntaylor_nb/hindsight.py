@@ -12,13 +12,13 @@ import torch
 import torch.nn.functional as F
 from fastcore.basics import patch
 
-from .devices import resolve_device
+from .devices import _fits, _or_none, _rows_fit, resolve_device
 from .gauss_newton import replay
 from .hindsight_lsq import _blocks, _dense_min, _dual_min, _free_hvp, _packed_add, _rank_factor, _unpack
 from .growth import log_prefixes
 from .regret import ConvCompactRecord, ConvRecord, LinearJacobianRecord, OutputRecord, RegretRecording
 from .conv_solvers import CompactConv, conv_newton
-from .solvers import MAX_DIRECT, ConvSamples, LinearSamples, Problems, _tri, lbfgs, loss_terms, newton, quad_min, quad_min_shared
+from .solvers import MAX_DIRECT, ConvFactoredSamples, ConvSamples, LinearSamples, _conv_rows, _patches, Problems, _tri, lbfgs, loss_terms, newton, quad_min, quad_min_shared
 from .solvers_free import kfac_precond, newton_cg, quad_cg
 from .taylor import Scope
 
@@ -112,17 +112,7 @@ def _keep(self: _GNAcc, X, S, s, dl, a):
 # %% ../nbs/07_hindsight.ipynb #d7ba1b06
 _DEVICE_DENSE = ('cuda',)  # devices on which a matrix-free layer scope also accumulates its Hessian, for exact solves
 _DEVICE_DENSE_MAX = 40_000  # at most this many variables (the unpacked Hessian and its factor: 16 P^2 bytes, 25 GB at 39,250)
-_DEVICE_DUAL_ROWS = 20_000  # there, the rows' Gram matrix up to this many rows (and the variables): G, its eigenvectors and eigh's workspace, about 4 m^2 doubles (13 GB)
-_DEVICE_SHARE = 0.8  # and each only where it fits in this share of the device's free memory at the time (other programs may share the card)
-
-def _device_free(device):
-    "Bytes free on `device` now (CUDA), or None where not known (the CPU: the limits above alone)."
-    return torch.cuda.mem_get_info(device)[0] if device.type == 'cuda' else None
-
-def _fits(device, nbytes) -> bool:
-    "Whether `nbytes` more fit in `_DEVICE_SHARE` of the device's free memory (always, where that is not known)."
-    free = _device_free(device)
-    return free is None or nbytes <= _DEVICE_SHARE * free
+_DEVICE_DUAL_ROWS = 40_000  # there, the rows' Gram matrix up to this many rows (and the variables): G, its eigenvectors, eigh's workspace and the products that form G, at most 5 m^2 doubles (61 GB at 39,000 rows)
 
 # %% ../nbs/07_hindsight.ipynb #543c17c3
 _DUAL_ROWS = 10000  # at most this many rows (samples x rank; a fifth of it where they outnumber the variables): the rows' Gram matrix, else CG
@@ -132,14 +122,15 @@ def _solve_free(self: _GNAcc, tol: float):
     "(minimum, gradient norm, estimated distance to the minimum) of the layer scope: through the rows' Gram matrix (exact, or the share of directions that cannot be told from zero), the Hessian on the device, or K-FAC-preconditioned CG."
     self.kept = _blocks(self.kept); st = self.st
     m, P = sum(int((b[1] != 0).any(1).sum()) for b in self.kept), st['q'].numel()
-    if self.dense is not None:  # G and eigh's workspace, 32 m^2 bytes, in the device's free memory
-        free = _device_free(self.dense.device)
-        dual = min(P, _DEVICE_DUAL_ROWS, int((_DEVICE_SHARE * free / 32) ** 0.5) if free is not None else P)
+    if self.dense is not None:  # G and eigh's workspace, 40 m^2 bytes, in the device's free memory
+        fit = _rows_fit(self.dense.device, 40)
+        dual = min(P, _DEVICE_DUAL_ROWS, P if fit is None else fit)
     else: dual = _DUAL_ROWS if m <= P else _DUAL_ROWS // 5
-    if m <= dual:  # (a singular Gram matrix costs an eigendecomposition)
-        v, self.V, gap = _dual_min(self.kept, float(st['c']))
+    if m <= dual and (out := _or_none(_dual_min, self.kept, float(st['c']))) is not None:  # (a singular Gram matrix costs an eigendecomposition)
+        v, self.V, gap = out
         return v, np.nan, gap
-    if self.dense is not None and _fits(self.dense.device, 16 * P * P) and (out := _dense_min(self.dense, self.idxS, self.idxX, st['q'], float(st['c']))) is not None:
+    if self.dense is not None and _fits(self.dense.device, 16 * P * P) and (out := _or_none(  # the factor, 16 P^2 bytes; the eigendecomposition, 32
+            _dense_min, self.dense, self.idxS, self.idxX, st['q'], float(st['c']), eig=_fits(self.dense.device, 32 * P * P))) is not None:
         v, self.V, gap = out
         return v, np.nan, gap
     dev = self.kept[0][0].device
@@ -155,7 +146,7 @@ class _DenseAcc:
     "One layer's scopes for a convex solve from stored samples (cross-entropy, or any loss on a convolution)."
     def __init__(self, layer, units, cols, layer_scope, fmt, loss, device='cpu', solver='newton'):
         self.layer, self.units, self.cols, self.layer_scope, self.fmt, self.loss = layer, list(units), list(cols), layer_scope, fmt, loss
-        self.parts, self.V, self.device, self.solver, self.cc = [], {}, torch.device(device), solver, None
+        self.parts, self.V, self.device, self.solver, self.cc, self.factored = [], {}, torch.device(device), solver, None, None
 
 _COMPACT_NEWTON = True  # neuron scopes of conv_compact records by conv_solvers.conv_newton; False: M formed again, dense Newton (the baseline)
 
@@ -163,14 +154,9 @@ _COMPACT_NEWTON = True  # neuron scopes of conv_compact records by conv_solvers.
 def _compact_M(x, J, geom, block_bytes=2 ** 28):
     "ConvRecord's M (n, p, U, K+1) in float64 from a compact record's input x (n, C_in, H, W) and J (n, p, U, P)."
     x, J = torch.as_tensor(np.array(x), dtype=torch.float64), torch.as_tensor(np.array(J), dtype=torch.float64)
-    unfold = lambda z: F.unfold(z, geom['kernel_size'], geom['dilation'], geom['padding'], geom['stride'])
-    step = max(1, block_bytes // (8 * (unfold(x[:1]).numel() + J[:1].numel() // J.shape[-1] * (unfold(x[:1]).shape[1] + 1))))
-    out = []
-    for i in range(0, len(x), step):
-        Xp = unfold(x[i:i + step])
-        Xt = torch.cat([Xp, torch.ones_like(Xp[:, :1])], 1)  # (m, K+1, P): bias row
-        out.append(torch.einsum('boup,bkp->bouk', J[i:i + step], Xt))
-    return torch.cat(out)
+    (n, p, U, Q), K1 = J.shape, x.shape[1] * int(np.prod(geom['kernel_size'])) + 1
+    step = max(1, block_bytes // (8 * (K1 * Q + p * U * K1)))  # the patches and M, per sample
+    return torch.cat([_conv_rows(J[i:i + step], _patches(x[i:i + step], geom))[0].reshape(-1, p, U, K1) for i in range(0, n, step)])
 
 # %% ../nbs/07_hindsight.ipynb #7da4f736
 @patch
@@ -189,7 +175,10 @@ def add(self: _DenseAcc, d, sl, s):
             if self.cc is None: self.cc = CompactConv(self.geom, self.loss, self.device)
             self.cc.add(t(o.f0), y, s, r.x[sl], r.J[sl][:, :, self.cols], r.m0[sl][:, :, self.cols])
             if not self.layer_scope: return
-        parts = (_compact_M(r.x[sl], r.J[sl], self.geom), t(r.m0))
+        if self.factored is None:  # the layer scope alone needs these samples, and is solved matrix-free: keep them factored
+            P = r.J.shape[2] * (r.x.shape[1] * int(np.prod(self.geom['kernel_size'])) + 1)
+            self.factored = (self.solver == 'newton-cg' or P > MAX_DIRECT) and self.solver != 'lbfgs' and (not self.units or self.cc is not None)
+        parts = (torch.from_numpy(np.array(r.x[sl])), torch.from_numpy(np.array(r.J[sl])), t(r.m0)) if self.factored else (_compact_M(r.x[sl], r.J[sl], self.geom), t(r.m0))
     else:
         r = ConvRecord.from_arrays(d, f'{self.layer}/')
         parts = (t(r.M), t(r.m0))
@@ -228,7 +217,8 @@ def solve(self: _DenseAcc, tol: float):
     batched damped Newton (conv_compact neurons by `conv_newton`; matrix-free Newton-CG for a layer scope beyond MAX_DIRECT variables, or with solver="newton-cg")."""
     out = self._solve_compact(tol) if self.cc is not None else {}
     if self.cc is not None and not self.layer_scope: return out
-    D = (LinearSamples if self.fmt == 'linear' else ConvSamples)(*(torch.cat([t.to(self.device) for t in z]) for z in zip(*self.parts)))  # the last solve's samples are on the device already
+    kind = ConvFactoredSamples if self.factored else LinearSamples if self.fmt == 'linear' else ConvSamples
+    D = kind(*(torch.cat([t.to(self.device) for t in z]) for z in zip(*self.parts)))  # the last solve's samples are on the device already
     self.parts = [D]
     if self.solver == 'lbfgs': return self._solve_lbfgs(D)
     if self.units and self.cc is None:
@@ -243,7 +233,7 @@ def solve(self: _DenseAcc, tol: float):
                 self.V[u] = V[k]
                 out[Scope('neuron', self.layer, int(u))] = (float(f[k]), float(gn[k]), float(lam[k]) / 2)
     if self.layer_scope:
-        prob = Problems(D, self.loss)
+        prob = Problems(D, self.loss, geom=self.geom if self.factored else None)
         P, one = prob.size(), torch.zeros(1, dtype=torch.long, device=self.device)
         if P <= MAX_DIRECT and self.solver != 'newton-cg':
             V, f, gn, lam, _ = newton(prob, one, self._start(prob, ['layer'], one, P), tol)

@@ -97,8 +97,8 @@ def _unpack(Qp, idxS, idxX):
     return Qp[idxS[:, :, None, None], idxX[None, None, :, :]]
 
 # %% ../nbs/07_hindsight_lsq.ipynb #b657bb8b
-def _dense_min(Qp, idxS, idxX, q, c):
-    "(min_v v'Qv + 2q'v + c, the minimiser (C, K1), how far it may lie above the infimum) from the packed Hessian Qp by a Cholesky factor on the ranges of the units' diagonal blocks; None where that is singular."
+def _dense_min(Qp, idxS, idxX, q, c, eig=True):
+    "(min_v v'Qv + 2q'v + c, the minimiser (C, K1), how far it may lie above the infimum) from the packed Hessian Qp by a Cholesky factor on the ranges of the units' diagonal blocks, or where that is singular, by their eigendecomposition (None instead, without `eig`)."
     C, K1 = q.shape; dev, eps = Qp.device, torch.finfo(torch.float64).eps
     Q = _unpack(Qp, idxS, idxX)  # (C, C, K1, K1): block (a, b) of the Hessian is Q[a, b]
     # A unit's variables reach the loss only through the inputs of the samples on which it was active: the null space of its
@@ -117,17 +117,26 @@ def _dense_min(Qp, idxS, idxX, q, c):
             blk = bases[a].T @ Q[a, b] @ bases[b]
             Qr[off[a]:off[a + 1], off[b]:off[b + 1]] = blk
             if b != a: Qr[off[b]:off[b + 1], off[a]:off[a + 1]] = blk.T
+    del Q  # (made again below from Qp: the eigendecomposition needs the room)
     qr = torch.cat([bases[a].T @ qv[a] for a in range(C)])
     R, info = torch.linalg.cholesky_ex(Qr); dmax = float(Qr.diagonal().max()) if n else 0.0
-    del Qr
-    if n and (info != 0 or float(R.diagonal().min()) ** 2 <= 1e-12 * dmax): return None
-    vr = -torch.cholesky_solve(qr[:, None], R)[:, 0] if n else qr
-    del R
+    Wb = wb = None  # the reduced Hessian's left-out eigenvectors and eigenvalues, if it is singular
+    if not n: vr = qr
+    elif info == 0 and float(R.diagonal().min()) ** 2 > 1e-12 * dmax: vr = -torch.cholesky_solve(qr[:, None], R)[:, 0]
+    elif not eig: return None
+    else:  # units' directions that depend on each other: as the rows' Gram matrix in _dual_min, the eigensolver's resolution
+        del R
+        w, W = torch.linalg.eigh(Qr); del Qr
+        eta = n ** 0.5 * eps * float(w.max())
+        ok, band = w > 10 * eta, (w > eta) & (w <= 10 * eta)  # counted; left out, but perhaps real
+        vr = -(W[:, ok] @ ((W[:, ok].T @ qr) / w[ok]))
+        Wb, wb = W[:, band], w[band]; del W
     V = torch.stack([bases[a] @ vr[off[a]:off[a + 1]] for a in range(C)])
     # the value V attains, on the whole Hessian, and its gradient there: a left-out direction u of unit a (curvature
-    # lambda along it, u being in a's block) could lower the value by (u'g)^2 / lambda alone, to first order
-    g = torch.einsum('abij,bj->ai', Q, V) + qv
-    del Q
+    # lambda along it, u being in a's block) could lower the value by (u'g)^2 / lambda alone, to first order; so could a
+    # left-out eigenvector of the reduced Hessian (the gradient taken in the reduced coordinates)
+    g = torch.einsum('abij,bj->ai', _unpack(Qp, idxS, idxX), V) + qv
     v = float(c) + float((V * (g + qv)).sum())  # V'QV + 2q'V + c = V'(QV + q) + q'V
     share = sum(float(((U.T @ g[a]) ** 2 / e).sum()) for a, (U, e) in enumerate(bands) if len(e))
+    if wb is not None and len(wb): share += float(((Wb.T @ torch.cat([bases[a].T @ g[a] for a in range(C)])) ** 2 / wb).sum())
     return v, V, share + abs(v - (float(c) + float(qr @ vr)))

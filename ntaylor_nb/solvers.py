@@ -8,13 +8,14 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from fastcore.basics import patch
 from torch import Tensor
 from .taylor import LOSSES
 
 # %% auto #0
-__all__ = ['MAX_DIRECT', 'quad_min', 'quad_min_shared', 'LinearSamples', 'ConvSamples', 'loss_terms', 'Problems', 'line_search',
-           'newton', 'lbfgs']
+__all__ = ['MAX_DIRECT', 'quad_min', 'quad_min_shared', 'LinearSamples', 'ConvSamples', 'ConvFactoredSamples', 'loss_terms',
+           'Problems', 'line_search', 'newton', 'lbfgs']
 
 # %% ../nbs/04_solvers.ipynb #73c211e1
 def _pinv_quad(Q, q):
@@ -89,6 +90,33 @@ class ConvSamples(NamedTuple):
     M: Tensor  # (n, p, C, K+1) per neuron, the output Jacobian summed over positions against the patches (bias column included)
     m0: Tensor  # (n, p, C) per neuron, the output Jacobian summed over positions against the pre-activations
 
+class ConvFactoredSamples(NamedTuple):
+    "Stored samples of a Conv2d layer scope in a conv_compact record's factored form: M_b is never formed (`Problems` needs the layer's `geom`)."
+    f0: Tensor  # (n, p) network outputs at the recorded weights
+    y: Tensor  # (n,) class indices, or (n, p) regression targets
+    s: Tensor  # (n,) sample weights
+    x: Tensor  # (n, C_in, H, W) the layer's input (as recorded: float32 stays so, exactly)
+    J: Tensor  # (n, p, C, Q) output Jacobian with respect to the pre-activations, per unit and output position (as recorded)
+    m0: Tensor  # (n, p, C) per unit, the output Jacobian summed over positions against the pre-activations
+
+def _patches(x, geom):
+    "The patches of a Conv2d layer's input x (m, C_in, H, W) with a bias row, (m, K+1, Q), by unfold (geom: its kernel_size, stride, padding, dilation)."
+    Xp = F.unfold(x, geom['kernel_size'], geom['dilation'], geom['padding'], geom['stride'])
+    return torch.cat([Xp, torch.ones_like(Xp[:, :1])], 1)
+
+def _conv_move(Xt, W):
+    "The pre-activations' move (m, C, Q) of every unit and position when the layer's weights and biases move by W (C, K+1): W times the patches Xt (m, K+1, Q)."
+    return W @ Xt
+
+def _conv_back(Xt, G):
+    "Its adjoint: sum over samples and positions of G (m, C, Q) against the patches Xt (m, K+1, Q), (C, K+1)."
+    return G.transpose(0, 1).reshape(G.shape[1], -1) @ Xt.transpose(1, 2).reshape(-1, Xt.shape[1])
+
+def _conv_rows(J, Xt):
+    "M_b formed, (1, m, p, C (K+1)): the Jacobian J (m, p, C, Q) against the patches Xt (m, K+1, Q)."
+    M = torch.einsum('mpcq,mkq->mpck', J, Xt)
+    return M.reshape(1, *M.shape[:2], -1)
+
 # %% ../nbs/04_solvers.ipynb #13ec5ad1
 def _check_loss(loss: str) -> str:
     "The loss's name if the solvers know it, else a ValueError that says which they know."
@@ -121,18 +149,23 @@ def _tri(n):
 # %% ../nbs/04_solvers.ipynb #80e1aa3d
 class Problems:
     "A batch of convex problems  min_v sum_b s_b loss(base_b + D_b v, y_b)  over stored samples, one per scope."
-    def __init__(self, D: LinearSamples | ConvSamples, # the stored samples
+    def __init__(self, D: LinearSamples | ConvSamples | ConvFactoredSamples, # the stored samples
                  loss: str, # "cross_entropy" or "mse"
                  cols: Tensor | None = None, # the neurons' columns among the recorded units (None: the layer scope)
                  chunk_bytes: int | None = None, # memory for one block of samples (default: 256 MB on the CPU, 1 GB on a GPU)
+                 geom: dict | None = None, # ConvFactoredSamples: the layer's kernel_size, stride, padding, dilation
                 ):
-        if not isinstance(D, (LinearSamples, ConvSamples)): raise TypeError(f'D must be LinearSamples or ConvSamples, got {type(D).__name__}')
-        self.D, self.fmt, self.loss, self.cols = D, 'linear' if isinstance(D, LinearSamples) else 'conv', _check_loss(loss), cols
+        fmts = {LinearSamples: 'linear', ConvSamples: 'conv', ConvFactoredSamples: 'convf'}
+        if type(D) not in fmts: raise TypeError(f'D must be LinearSamples, ConvSamples or ConvFactoredSamples, got {type(D).__name__}')
+        if type(D) is ConvFactoredSamples and (geom is None or cols is not None):
+            raise ValueError('ConvFactoredSamples hold a layer scope (cols=None) and need the layer geometry (geom=)')
+        self.D, self.fmt, self.loss, self.cols, self.geom = D, fmts[type(D)], _check_loss(loss), cols, geom
         # temporaries per block of samples: 256 MB on the CPU, 1 GB on a GPU (fewer, larger matrix products)
         self.n, self.chunk_bytes = len(D[0]), chunk_bytes or (2 ** 30 if D[0].is_cuda else 2 ** 28)
 
     def size(self) -> int:
         "Variables of one problem."
+        if self.fmt == 'convf': return self.D.J.shape[2] * (self.D.x.shape[1] * int(np.prod(self.geom['kernel_size'])) + 1)
         if self.cols is not None: return self.D[3].shape[1] if self.fmt == 'linear' else self.D[3].shape[-1]
         C = self.D[4].shape[-1] if self.fmt == 'linear' else self.D[3].shape[2]
         return C * (self.D[3].shape[1] if self.fmt == 'linear' else self.D[3].shape[-1])
@@ -140,7 +173,7 @@ class Problems:
     def _design(self, sl, idx):
         """For samples sl and problems idx: the base outputs (U, m, p) and the map v -> z - base, one of
         ('rank1', j (U, m, p), X (m, K1)): z = base + j (X v);  ('kron', J (m, p, C), X (m, K1)): z = base + J (W X);
-        ('full', Phi (U, m, p, P)): z = base + Phi v."""
+        ('full', Phi (U, m, p, P)): z = base + Phi v;  ('convf', J (m, p, C, Q), Xt (m, K+1, Q) patches): z = base + J (W Xt)."""
         f0 = self.D[0][sl]
         if self.fmt == 'linear':
             X, J, a = (t[sl] for t in self.D[3:])
@@ -148,6 +181,8 @@ class Problems:
             c = self.cols[idx]
             j = J[:, :, c].permute(2, 0, 1)  # (U, m, p): the neuron's output direction, scaled by x_b . v
             return f0[None] - j * a[:, c].T[..., None], ('rank1', j, X)
+        if self.fmt == 'convf':  # float64 a block at a time (the samples may be kept in float32); the patches made once a block
+            return (f0 - self.D.m0[sl].sum(2))[None], ('convf', self.D.J[sl].double(), _patches(self.D.x[sl].double(), self.geom))
         M, m0 = self.D[3][sl], self.D[4][sl]
         if self.cols is None: return (f0 - m0.sum(2))[None], ('full', M.reshape(len(M), M.shape[1], -1)[None])
         c = self.cols[idx]
@@ -170,6 +205,9 @@ def _z(self: Problems, V, base, des):
     if des[0] == 'kron':
         J, X = des[1:]
         return base + torch.einsum('noc,nc->no', J, X @ V.reshape(J.shape[2], -1).T)[None]
+    if des[0] == 'convf':
+        J, Xt = des[1:]
+        return base + torch.stack([torch.einsum('mpcq,mcq->mp', J, _conv_move(Xt, v.reshape(J.shape[2], -1))) for v in V])
     return base + torch.einsum('umpk,uk->ump', des[1], V)
 
 # %% ../nbs/04_solvers.ipynb #b0b13ee0
@@ -182,7 +220,11 @@ def evaluate(self: Problems, V: Tensor, # (U, P) points, one per problem
     y, s = self.D[1], self.D[2]
     U, P = V.shape
     p = self.D[0].shape[1]
-    if self.fmt == 'linear' and self.cols is not None: per = U * (3 * p + P)  # doubles of temporaries per sample
+    if self.fmt == 'convf':
+        if hess: raise ValueError('ConvFactoredSamples form no Hessian: solve their layer scope matrix-free (newton_cg), hess=False')
+        x, J, K1 = self.D.x, self.D.J, P // self.D.J.shape[2]
+        per = 2 * J[0].numel() + 3 * U * J[0, 0].numel() + x[0].numel() + 2 * K1 * J.shape[-1]  # J, x and the patches in float64, the moves and their adjoint
+    elif self.fmt == 'linear' and self.cols is not None: per = U * (3 * p + P)  # doubles of temporaries per sample
     elif self.fmt == 'linear': C = self.D[4].shape[2]; per = 3 * p * C + C * (C + 1) // 2 * (P // C)
     else: per = 3 * U * p * P
     step = max(1, self.chunk_bytes // (8 * per))
@@ -204,6 +246,9 @@ def evaluate(self: Problems, V: Tensor, # (U, P) points, one per problem
                 (i0, i1), pair = self._pairs(J.shape[2])
                 Hp = ((A[:, i0, i1, None] * X[:, None, :]).reshape(len(X), -1).T @ X).reshape(len(i0), X.shape[1], -1)
                 H += Hp[pair].permute(0, 2, 1, 3).reshape(1, P, P)
+        elif des[0] == 'convf':
+            J, Xt = des[1:]
+            g += torch.stack([_conv_back(Xt, torch.einsum('mp,mpcq->mcq', ru, J)).reshape(-1) for ru in r])
         else:
             Phi = des[1]
             g += torch.einsum('ump,umpk->uk', r, Phi)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from fastcore.basics import patch
 from torch import Tensor
-from .solvers import Problems, line_search, loss_terms
+from .solvers import Problems, _conv_back, _conv_rows, line_search, loss_terms
 
 # %% auto #0
 __all__ = ['quad_cg', 'kfac_precond', 'newton_cg']
@@ -76,6 +76,9 @@ def hvp(self: Problems, V: Tensor, # (P,) the point, a layer scope's variables
     zero = torch.zeros(1, dtype=torch.long, device=W.device)
     p, C = self.D[0].shape[1], self.D[4].shape[-1]
     step = max(1, self.chunk_bytes // (8 * (8 * p + 2 * C)))  # small temporaries per sample: the design is a view
+    if self.fmt == 'convf':  # J and x in float64, the move and its adjoint
+        J = self.D.J; K1 = len(V) // J.shape[2]  # J, x and the patches in float64, the moves and the adjoint
+        step = max(1, self.chunk_bytes // (8 * (2 * J[0].numel() + 3 * J[0, 0].numel() + self.D.x[0].numel() + 2 * K1 * J.shape[-1])))
     for i in range(0, self.n, step):
         sl = slice(i, i + step)
         base, des = self._design(sl, zero)
@@ -85,6 +88,9 @@ def hvp(self: Problems, V: Tensor, # (P,) the point, a layer scope's variables
         if des[0] == 'kron':
             J, X = des[1:]
             out += (torch.einsum('no,noc->nc', hz, J).T @ X).reshape(-1)
+        elif des[0] == 'convf':
+            J, Xt = des[1:]
+            out += _conv_back(Xt, torch.einsum('mp,mpcq->mcq', hz, J)).reshape(-1)
         else: out += torch.einsum('mp,mpk->k', hz, des[1][0])
     return out
 
@@ -118,7 +124,7 @@ def precond(self: Problems, V: Tensor, # (P,) the point, a layer scope's variabl
         sl = slice(i, i + step)
         base, des = self._design(sl, zero)
         h = loss_terms(self._z(V[None], base, des), y[sl], s[sl], self.loss)[2]
-        Phi = des[1]
+        Phi = des[1] if des[0] == 'full' else _conv_rows(*des[1:])
         d += (Phi * h(Phi)).sum((0, 1, 2))
     dmax = float(d.max())
     d = torch.where(d > 0, d + damping * max(dmax, 1e-300), torch.inf)  # a zero diagonal is a flat direction: left alone

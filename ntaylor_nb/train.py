@@ -24,7 +24,7 @@ from .models import autoencoder, convnet
 from .optimizers import AdamTF, RMSpropTF
 from .regret import PRESETS, RegretRecorder
 from .run import Run
-from .devices import resolve_device
+from .devices import _exact_cuda, resolve_device
 from .taylor import weight_layers
 from .schedules import every
 
@@ -186,6 +186,7 @@ def _recorders(cfg, run, model, opt, X, B, total, state):
 def _prepare(cfg: RunConfig, run: Run) -> _Training:
     "Data, model, optimizer, recorders and the rows so far of a run: everything its rounds need."
     dev = resolve_device(cfg.device)
+    if dev.type == 'cuda': _exact_cuda()  # IEEE float32 and deterministic cuDNN: the records are the model's own numbers, resumes bit for bit
     X, Y = load_dataset(cfg.dataset, cfg.data_root, train=True)
     X, Y = X.to(dev), Y.to(dev)
     B = cfg.batch_size or TASKS[cfg.task]['batch_size']

@@ -138,3 +138,84 @@ def test_conv_newton_warm_equals_cold_and_generic(recs):
     gen = hindsight_generic(model, r['auto'], [8], NEURONS, progress=False).set_index('scope')
     for s in NEURONS:
         assert warm.loc[(s, 8)].taylor_optimum == pytest.approx(gen.loc[s].taylor_optimum, rel=1e-6), s
+
+
+def test_conv_move_and_back_are_the_formed_rows():
+    """The factored form's products, the weights times the patches (`_conv_move`) and its adjoint (`_conv_back`), at a
+    stride, dilation and uneven padding: the move is the layer's own pre-activations (nn.Conv2d with those weights), the
+    outputs' move through J equals M_b formed (`_conv_rows`), and <G, move(W)> = <back(G), W>."""
+    from ntaylor_nb.solvers import _conv_back, _conv_move, _conv_rows, _patches
+    g = torch.Generator().manual_seed(0)
+    geom = dict(kernel_size=[3, 2], stride=[2, 1], padding=[1, 0], dilation=[1, 2])
+    conv = nn.Conv2d(3, 4, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2)).double()
+    x = torch.randn(5, 3, 7, 6, generator=g, dtype=torch.float64)
+    W = torch.randn(4, 3 * 3 * 2 + 1, generator=g, dtype=torch.float64)
+    conv.weight.data, conv.bias.data = W[:, :-1].reshape(4, 3, 3, 2).clone(), W[:, -1].clone()
+    Xt = _patches(x, geom)
+    torch.testing.assert_close(_conv_move(Xt, W), conv(x).flatten(2), rtol=1e-12, atol=1e-12)
+    Q = Xt.shape[2]
+    J = torch.randn(5, 2, 4, Q, generator=g, dtype=torch.float64)  # 2 outputs, 4 units
+    M = _conv_rows(J, Xt)[0]  # (m, p, C (K+1))
+    torch.testing.assert_close(torch.einsum('mpcq,mcq->mp', J, _conv_move(Xt, W)), M @ W.reshape(-1), rtol=1e-12, atol=1e-12)
+    G = torch.randn(5, 4, Q, generator=g, dtype=torch.float64)
+    back = _conv_back(Xt, G)
+    assert abs(float((G * _conv_move(Xt, W)).sum() - (back * W).sum())) < 1e-12 * float((G.abs() * _conv_move(Xt, W).abs()).sum())
+    # the adjoint is the convolution's weight and bias gradient (autograd)
+    conv.zero_grad(); (conv(x).flatten(2) * G).sum().backward()
+    torch.testing.assert_close(back, torch.cat([conv.weight.grad.reshape(4, -1), conv.bias.grad[:, None]], 1), rtol=1e-12, atol=1e-12)
+
+
+def _layer2_samples(rec, dtype=None):
+    "Layer 2's layer scope from the first chunk of a conv_compact recording, in both forms: (factored, formed, geom)."
+    from ntaylor_nb.regret import ConvCompactRecord, OutputRecord
+    from ntaylor_nb.solvers import ConvFactoredSamples, ConvSamples
+    d = rec.chunk(0); o, c = OutputRecord.from_arrays(d), ConvCompactRecord.from_arrays(d, '2/')
+    geom = rec.manifest['layers']['2']['conv']
+    t = lambda a: torch.from_numpy(np.array(a, dtype=np.float64))
+    y, s = torch.from_numpy(np.array(o.y)).long(), torch.rand(len(o.y), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x, J = torch.from_numpy(np.array(c.x)), torch.from_numpy(np.array(c.J))
+    if dtype is not None: x, J = x.to(dtype), J.to(dtype)
+    fac = ConvFactoredSamples(t(o.f0), y, s, x, J, t(c.m0))
+    full = ConvSamples(t(o.f0), y, s, hs._compact_M(x.numpy(), J.numpy(), geom), t(c.m0))
+    return fac, full, geom
+
+
+@pytest.mark.parametrize('dtype', [None, torch.float32])
+def test_factored_layer_scope_equals_formed(recs, dtype):
+    """A conv layer scope's problem from the factored samples (the layer's input and the Jacobian per unit and position,
+    as a conv_compact record holds them, also kept in float32) gives the formed-M problem's value, gradient, Hessian
+    products and preconditioner (1e-12 relative), and refuses a Hessian or neurons."""
+    from ntaylor_nb.solvers import Problems
+    _, r, _ = recs
+    fac, full, geom = _layer2_samples(r['auto'], dtype)
+    pf, pm = Problems(fac, 'cross_entropy', geom=geom, chunk_bytes=2 ** 14), Problems(full, 'cross_entropy')  # small chunks: several blocks
+    P = pm.size(); assert pf.size() == P == 3 * 37
+    g = torch.Generator().manual_seed(2); zero = torch.zeros(1, dtype=torch.long)
+    V, W = (torch.randn(P, generator=g, dtype=torch.float64) for _ in range(2))
+    (ff, gf, _), (fm, gm, H) = pf.evaluate(V[None], zero, hess=False), pm.evaluate(V[None], zero)
+    torch.testing.assert_close(ff, fm, rtol=1e-12, atol=0); torch.testing.assert_close(gf, gm, rtol=1e-11, atol=1e-13)
+    torch.testing.assert_close(pf.hvp(V, W), H[0] @ W, rtol=1e-11, atol=1e-13)
+    torch.testing.assert_close(pf.hvp(V, W), pm.hvp(V, W), rtol=1e-11, atol=1e-13)
+    (Mf, df), (Mm, dm) = pf.precond(V), pm.precond(V)
+    assert df == pytest.approx(dm, rel=1e-12) and df == pytest.approx(float(H[0].diagonal().max()), rel=1e-12)
+    torch.testing.assert_close(Mf(W), Mm(W), rtol=1e-11, atol=1e-13)
+    # two points at once (the line search's batch) give each point's value
+    f2 = pf.evaluate(torch.stack([V, W]), torch.zeros(2, dtype=torch.long), hess=False)[0]
+    torch.testing.assert_close(f2, torch.cat([pm.evaluate(v[None], zero, hess=False)[0] for v in (V, W)]), rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match='no Hessian'): pf.evaluate(V[None], zero)
+    with pytest.raises(ValueError, match='layer scope'): Problems(fac, 'cross_entropy', cols=torch.tensor([0]), geom=geom)
+    with pytest.raises(ValueError, match='geometry'): Problems(fac, 'cross_entropy')
+
+
+def test_hindsight_keeps_large_conv_layer_scopes_factored(recs, monkeypatch):
+    """A conv_compact layer scope solved matrix-free (above MAX_DIRECT, or solver="newton-cg") keeps its samples factored
+    and never forms M (a 6x smaller store for the paper's conv layer 2); its minima equal the dense Newton's on the formed M."""
+    _, r, _ = recs
+    formed, real_M = [], hs._compact_M
+    monkeypatch.setattr(hs, '_compact_M', lambda *a, **k: formed.append(1) or real_M(*a, **k))
+    dense = hindsight(r['auto'], [3, 8], ['layer:2'], progress=False).set_index(['scope', 'N'])  # 111 variables: Newton on the formed M
+    assert formed
+    formed.clear()
+    free = hindsight(r['auto'], [3, 8], ['layer:2', 'neuron:2:0'], progress=False, solver='newton-cg').set_index(['scope', 'N'])
+    assert not formed and free.certified.all() and dense.certified.all()
+    np.testing.assert_allclose(free.loc[dense.index].taylor_optimum, dense.taylor_optimum, rtol=1e-7)

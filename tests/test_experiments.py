@@ -95,6 +95,18 @@ def test_batch_runner_local_skip_and_report(tmp_path, capsys):
     assert set(claims.dataset) == {'digits'} and claims.verdict.isin(['inconclusive', 'not measured']).all()
 
 
+def test_report_over_runs_without_neuron_scopes(tmp_path):
+    "A run that recorded layer scopes only (as figure 4(a)'s convnet runs do): the report runs, and its explorer says there is nothing to explore."
+    nb = ROOT / 'nbs/experiments/autoencoder.ipynb'
+    t = run_grid(nb, {'seed': [4]}, tmp_path / 'runs', params=dict(AE_TINY, neuron_layers=[]), workers=1, cwd=ROOT, progress=False)
+    assert list(t.status) == ['complete']
+    out = tmp_path / 'report.ipynb'
+    pm.execute_notebook(str(ROOT / 'nbs/experiments/report.ipynb'), str(out),
+                        parameters=dict(runs_dir=str(tmp_path / 'runs'), interactive=False), kernel_name='python3', progress_bar=False, cwd=str(ROOT))
+    assert 'no run recorded neuron scopes: nothing to explore' in out.read_text()
+    assert (tmp_path / 'runs' / 'report' / 'claims.csv').stat().st_size > 0
+
+
 def test_batch_runner_on_a_dask_local_cluster(tmp_path):
     from distributed import LocalCluster
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:

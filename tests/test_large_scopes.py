@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import ntaylor_nb.devices as dv
 import ntaylor_nb.hindsight as hs
 from ntaylor_nb.hindsight import hindsight
 from ntaylor_nb.hindsight_generic import hindsight_generic
@@ -190,26 +191,51 @@ def test_device_hessian_equals_direct(mse_rec, monkeypatch):
     both = hindsight(p, prefixes=pre, progress=False, solver='newton-cg')  # Gram while the rows are at most the variables, then the Hessian
     assert rel(both.taylor_optimum.values, direct.taylor_optimum.values).max() < 1e-9 and both.certified.all()
     monkeypatch.setattr(hs, '_DEVICE_DUAL_ROWS', 0)
-    dense = hindsight(p, prefixes=pre, progress=False, solver='newton-cg')  # the Hessian at every prefix; CG where it is singular
+    paths, dense_min = [], hs._dense_min
+    def spy(*a, **k):  # which way each solve went: the reduced Hessian's factor, or (singular) its eigendecomposition
+        paths.append('factor' if dense_min(*a, eig=False) is not None else 'eigen'); return dense_min(*a, **k)
+    monkeypatch.setattr(hs, '_dense_min', spy)
+    dense = hindsight(p, prefixes=pre, progress=False, solver='newton-cg')  # the Hessian at every prefix
     lay = (dense.kind == 'layer').values
-    cg = lay & dense.grad_norm.notna().values  # CG reports its gradient norm; the exact paths none (NaN)
-    exact = lay & ~cg
-    assert cg.sum() >= 1 and (dense.N.values[cg] <= 3).all(), dense[lay][['scope', 'N', 'optimum_gap']]  # the first rounds: singular
-    assert exact[dense.N.values >= 7].sum() == lay[dense.N.values >= 7].sum()
-    assert rel(dense.taylor_optimum.values[exact], direct.taylor_optimum.values[exact]).max() < 1e-10
-    assert (dense.optimum_gap.values[exact] < 1e-12).all()  # the rounding of the value V attains only
-    assert rel(dense.taylor_optimum.values, direct.taylor_optimum.values).max() < 1e-8
+    assert dense.grad_norm.values[lay].tolist() == [] or np.isnan(dense.grad_norm.values[lay]).all()  # never CG (it reports a gradient norm)
+    assert 'eigen' in paths and 'factor' in paths, paths  # the first rounds: singular even on the blocks' ranges
+    assert rel(dense.taylor_optimum.values, direct.taylor_optimum.values).max() < 1e-10
+    assert (dense.optimum_gap.values[lay] < 1e-12).all()  # the rounding of the value V attains only
+    monkeypatch.setattr(hs, '_dense_min', lambda *a, **k: dense_min(*a, **dict(k, eig=False)))  # without it: CG where singular
+    cgrun = hindsight(p, prefixes=pre, progress=False, solver='newton-cg')
+    cg = lay & cgrun.grad_norm.notna().values
+    assert cg.sum() >= 1 and (cgrun.N.values[cg] <= 3).all(), cgrun[lay][['scope', 'N', 'optimum_gap']]
+    assert rel(cgrun.taylor_optimum.values, direct.taylor_optimum.values).max() < 1e-8
+
+
+def test_device_hessian_with_units_that_depend_on_each_other():
+    """Two units of three inputs that always reach the loss together (every row's l is a multiple of (1, 1)): each diagonal
+    block is regular, but (u, -u) is null for the Hessian, so the factor on the blocks' ranges does not hold. The
+    eigendecomposition of the reduced Hessian solves it: the least-squares minimum (numpy's lstsq), certified, attained by V."""
+    from ntaylor_nb.solvers import _tri
+    g = np.random.default_rng(3)
+    rows = [(t * np.ones(2), g.normal(size=3), g.normal()) for t in g.normal(size=12)]
+    A = np.array([np.kron(l, x) for l, x, _ in rows]); r = np.array([t for *_, t in rows])
+    Q4, q = (A.T @ A).reshape(2, 3, 2, 3), (A.T @ r).reshape(2, 3)
+    assert np.linalg.matrix_rank(A.T @ A) == 3 and min(np.linalg.eigvalsh(Q4[a, :, a, :]).min() for a in (0, 1)) > 1e-3
+    (iuS, idxS), (iuX, idxX) = _tri(2), _tri(3)
+    Qp = torch.tensor([[Q4[iuS[0][m], iuX[0][k], iuS[1][m], iuX[1][k]] for k in range(len(iuX[0]))] for m in range(len(iuS[0]))])
+    assert hs._dense_min(Qp, idxS, idxX, torch.from_numpy(q), float(r @ r), eig=False) is None
+    v, V, gap = hs._dense_min(Qp, idxS, idxX, torch.from_numpy(q), float(r @ r))
+    best = float(((A @ np.linalg.lstsq(A, -r, rcond=None)[0] + r) ** 2).sum())
+    assert abs(v - best) < 1e-12 * (r @ r) and 0 <= gap < 1e-12 * (r @ r), (v, best, gap)
+    assert abs(float(((A @ V.reshape(-1).numpy() + r) ** 2).sum()) - v) < 1e-12 * (r @ r)
 
 
 def test_device_paths_fit_free_memory(mse_rec, monkeypatch):
     """On a device the Hessian is accumulated only where it fits in `_DEVICE_SHARE` of the free memory (18 P^2 bytes: packed,
-    unpacked and factored), the rows' Gram matrix is used only up to the rows whose 32 m^2 bytes fit, and the Hessian's
+    unpacked and factored), the rows' Gram matrix is used only up to the rows whose 40 m^2 bytes fit, and the Hessian's
     factor only where its 16 P^2 bytes fit then; otherwise the paths without them, with the same values."""
     _, p = mse_rec
     monkeypatch.setattr(hs, '_DEVICE_DENSE', ('cpu', 'cuda'))
-    rec, P, share = hs.RegretRecording(p), 5 * 7, hs._DEVICE_SHARE  # layer 0 of the small autoencoder: 5 units, 6 inputs and a bias
+    rec, P, share = hs.RegretRecording(p), 5 * 7, dv._DEVICE_SHARE  # layer 0 of the small autoencoder: 5 units, 6 inputs and a bias
     free = []  # bytes free at each query (the last one repeats)
-    monkeypatch.setattr(hs, '_device_free', lambda device: free.pop(0) if len(free) > 1 else free[0])
+    monkeypatch.setattr(dv, '_device_memory', lambda device: (free.pop(0) if len(free) > 1 else free[0], 1e13))
     def acc(nbytes):
         free[:] = [nbytes]
         a = hs._accumulators(rec.manifest, [hs.Scope.parse('layer:0')], 'cpu', 'newton-cg')[0]
@@ -217,21 +243,27 @@ def test_device_paths_fit_free_memory(mse_rec, monkeypatch):
         hs._accumulate([a], rec.manifest, d, 0, 1, np.concatenate([[0], np.cumsum(d['B'])]), s)
         return a
     assert acc(18 * P * P / share - 1).dense is None and acc(18 * P * P / share).dense is not None  # one byte short: no Hessian
-    calls, gram, dense = [], hs._dual_min, hs._dense_min
-    monkeypatch.setattr(hs, '_dual_min', lambda *z: calls.append('gram') or gram(*z))
-    monkeypatch.setattr(hs, '_dense_min', lambda *z: calls.append('hessian') or dense(*z))
+    calls, gram, dense, oom = [], hs._dual_min, hs._dense_min, []
+    def gram_spy(*z):
+        calls.append('gram')
+        if oom: raise torch.OutOfMemoryError('CUDA out of memory (a stand-in)')
+        return gram(*z)
+    monkeypatch.setattr(hs, '_dual_min', gram_spy)
+    monkeypatch.setattr(hs, '_dense_min', lambda *z, eig: calls.append('hessian' + '+eig' * eig) or dense(*z, eig=eig))
     pre = [1, 12]  # 20 rows, then 216 (the variables: 35)
     direct = hindsight(p, prefixes=pre, scopes=['layer:0'], progress=False, solver='newton')
     big = 1e12
-    for nbytes, want in [([big], ['gram', 'hessian']),
-                         ([big, 16 * P * P / share], ['gram', 'hessian']),  # G fits up to 24 rows, the factor just fits
-                         ([big, 16 * P * P / share - 1], ['gram']),  # the factor does not fit: CG
-                         ([big, 32 * 19.5 ** 2 / share], []),  # G fits 19 rows only, the factor not at all: CG at both
-                         ([18 * P * P / share - 1], ['gram', 'gram'])]:  # no Hessian: the CPU's limits (_DUAL_ROWS)
-        free[:], calls[:] = nbytes, []
+    for nbytes, want, cg in [([big], ['gram', 'hessian+eig'], [0, 0]),  # room for everything (the eigendecomposition: 32 P^2 bytes)
+                             ([big, 16 * P * P / share], ['gram', 'hessian'], [0, 0]),  # G fits up to 22 rows, the factor just fits
+                             ([big, 16 * P * P / share - 1], ['gram'], [0, 1]),  # the factor does not fit: CG
+                             ([big, 40 * 19.5 ** 2 / share], [], [1, 1]),  # G fits 19 rows only, the factor not at all: CG at both
+                             ([18 * P * P / share - 1], ['gram', 'gram'], [0, 0]),  # no Hessian: the CPU's limits (_DUAL_ROWS)
+                             ('oom', ['gram', 'hessian+eig', 'hessian+eig'], [0, 0])]:  # G fits, but the device runs out: the Hessian
+        oom[:] = [1] if nbytes == 'oom' else []
+        free[:], calls[:] = [big] if nbytes == 'oom' else nbytes, []
         got = hindsight(p, prefixes=pre, scopes=['layer:0'], progress=False, solver='newton-cg')
         assert calls == want, (nbytes, calls)
-        assert (got.grad_norm.notna().values == [c is None for c in (want + [None, None])[:2]]).all()  # CG's rows report a gradient norm
+        assert got.grad_norm.notna().tolist() == [bool(c) for c in cg], got  # CG's rows report a gradient norm, the exact paths NaN
         assert rel(got.taylor_optimum.values, direct.taylor_optimum.values).max() < 1e-8
 
 
