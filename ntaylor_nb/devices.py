@@ -30,8 +30,11 @@ _DEVICE_SHARE = 0.8  # what one allocation may take of the device's free memory 
 _CACHE_RESERVE = 0.25  # what a cache (an optional speed-up) leaves free of the device's whole memory
 
 def _device_memory(device: torch.device) -> tuple | None:
-    "(bytes free now, bytes in all) on `device` (CUDA), or None where not known (the CPU)."
-    return torch.cuda.mem_get_info(device) if device.type == 'cuda' else None
+    """(bytes free now, bytes in all) on `device` (CUDA), or None where not known (the CPU). Free counts what torch's
+    allocator holds in its cache unused: the driver counts it as taken, but this process can use it again."""
+    if device.type != 'cuda': return None
+    free, total = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device), total
 
 def _fits(device: torch.device, nbytes: float) -> bool:
     "Whether `nbytes` more fit in `_DEVICE_SHARE` of the device's free memory (always, where that is not known)."
@@ -51,5 +54,6 @@ def _rows_fit(device: torch.device, per: float) -> int | None:
 def _or_none(f, *args, **kw):
     "f(*args, **kw), or None where the device runs out of memory all the same: the caller's next path takes over."
     try: return f(*args, **kw)
-    except torch.OutOfMemoryError:
-        torch.cuda.empty_cache(); return None
+    except torch.OutOfMemoryError: pass
+    torch.cuda.empty_cache()  # (here, not in the except clause, whose traceback still holds the failed call's tensors)
+    return None

@@ -111,7 +111,7 @@ def _keep(self: _GNAcc, X, S, s, dl, a):
 
 # %% ../nbs/07_hindsight.ipynb #d7ba1b06
 _DEVICE_DENSE = ('cuda',)  # devices on which a matrix-free layer scope also accumulates its Hessian, for exact solves
-_DEVICE_DENSE_MAX = 40_000  # at most this many variables (the unpacked Hessian and its factor: 16 P^2 bytes, 25 GB at 39,250)
+_DEVICE_DENSE_MAX = 40_000  # at most this many variables (the reduced Hessian and its factor: 16 P^2 bytes, 25 GB at 39,250)
 _DEVICE_DUAL_ROWS = 40_000  # there, the rows' Gram matrix up to this many rows (and the variables): G, its eigenvectors, eigh's workspace and the products that form G, at most 5 m^2 doubles (61 GB at 39,000 rows)
 
 # %% ../nbs/07_hindsight.ipynb #543c17c3

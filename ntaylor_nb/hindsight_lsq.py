@@ -98,31 +98,45 @@ def _unpack(Qp, idxS, idxX):
 
 # %% ../nbs/07_hindsight_lsq.ipynb #b657bb8b
 def _dense_min(Qp, idxS, idxX, q, c, eig=True):
-    "(min_v v'Qv + 2q'v + c, the minimiser (C, K1), how far it may lie above the infimum) from the packed Hessian Qp by a Cholesky factor on the ranges of the units' diagonal blocks, or where that is singular, by their eigendecomposition (None instead, without `eig`)."
+    """(min_v v'Qv + 2q'v + c, the minimiser (C, K1), an estimate of how far it may lie above the infimum) from the packed
+    Hessian Qp by a Cholesky factor on the ranges of the units' diagonal blocks, or where that is singular, by their
+    eigendecomposition (None instead, without `eig`). The Hessian is never unpacked whole: a row of blocks at a time."""
     C, K1 = q.shape; dev, eps = Qp.device, torch.finfo(torch.float64).eps
-    Q = _unpack(Qp, idxS, idxX)  # (C, C, K1, K1): block (a, b) of the Hessian is Q[a, b]
+    iS, iX = (torch.as_tensor(np.asarray(i), device=dev) for i in (idxS, idxX))
+    row = lambda a: Qp[iS[a]][:, iX]  # (C, K1, K1): the Hessian's blocks (a, b) for every unit b
     # A unit's variables reach the loss only through the inputs of the samples on which it was active: the null space of its
     # diagonal block (inputs it never saw together with a gradient; all of them for a dead unit) is null for Q too, and is
     # left out. A block's eigenvalue counts above 10 times its rounding (eps K1 of the block's largest); those between the
     # rounding and that are left out too, and what they could still gain is reported (below).
     qv, bases, bands = q.to(dev), [], []
     for a in range(C):
-        e, U = torch.linalg.eigh(Q[a, a]); top = float(e.max()) if len(e) else 0.0
+        e, U = torch.linalg.eigh(Qp[iS[a, a]][iX]); top = float(e.max()) if len(e) else 0.0
         keep, band = e > 10 * eps * K1 * top, (e > eps * K1 * top) & (e <= 10 * eps * K1 * top)
         bases.append(U[:, keep]); bands.append((U[:, band], e[band]))
     ks = [u.shape[1] for u in bases]; off = np.concatenate([[0], np.cumsum(ks)]); n = int(off[-1])
     Qr = torch.empty(n, n, dtype=torch.float64, device=dev)
     for a in range(C):
+        Qa = row(a)
         for b in range(a, C):
-            blk = bases[a].T @ Q[a, b] @ bases[b]
+            blk = bases[a].T @ Qa[b] @ bases[b]
             Qr[off[a]:off[a + 1], off[b]:off[b + 1]] = blk
             if b != a: Qr[off[b]:off[b + 1], off[a]:off[a + 1]] = blk.T
-    del Q  # (made again below from Qp: the eigendecomposition needs the room)
+        del Qa
     qr = torch.cat([bases[a].T @ qv[a] for a in range(C)])
     R, info = torch.linalg.cholesky_ex(Qr); dmax = float(Qr.diagonal().max()) if n else 0.0
     Wb = wb = None  # the reduced Hessian's left-out eigenvectors and eigenvalues, if it is singular
+    dec = 0.0  # the factor's Newton decrement at V: how far the factor says V still is from the reduced minimum
     if not n: vr = qr
-    elif info == 0 and float(R.diagonal().min()) ** 2 > 1e-12 * dmax: vr = -torch.cholesky_solve(qr[:, None], R)[:, 0]
+    elif info == 0 and float(R.diagonal().min()) ** 2 > 1e-12 * dmax:
+        # a pivot test does not bound the smallest eigenvalue (it can lie far below the smallest pivot), and the factor of
+        # an ill-conditioned Qr solves to kappa eps only, so the minimiser is refined and its decrement reported
+        vr = -torch.cholesky_solve(qr[:, None], R)[:, 0]
+        for _ in range(10):
+            gr = Qr @ vr + qr
+            d = torch.cholesky_solve(gr[:, None], R)[:, 0]
+            dec = max(float(gr @ d), 0.0)
+            if dec <= 1e-15 * max(abs(float(c)), 1.0): break
+            vr = vr - d
     elif not eig: return None
     else:  # units' directions that depend on each other: as the rows' Gram matrix in _dual_min, the eigensolver's resolution
         del R
@@ -131,12 +145,19 @@ def _dense_min(Qp, idxS, idxX, q, c, eig=True):
         ok, band = w > 10 * eta, (w > eta) & (w <= 10 * eta)  # counted; left out, but perhaps real
         vr = -(W[:, ok] @ ((W[:, ok].T @ qr) / w[ok]))
         Wb, wb = W[:, band], w[band]; del W
+    Qr = R = None  # (the factor's memory, before the gradient's blocks)
     V = torch.stack([bases[a] @ vr[off[a]:off[a + 1]] for a in range(C)])
     # the value V attains, on the whole Hessian, and its gradient there: a left-out direction u of unit a (curvature
     # lambda along it, u being in a's block) could lower the value by (u'g)^2 / lambda alone, to first order; so could a
-    # left-out eigenvector of the reduced Hessian (the gradient taken in the reduced coordinates)
-    g = torch.einsum('abij,bj->ai', _unpack(Qp, idxS, idxX), V) + qv
+    # left-out eigenvector of the reduced Hessian (the gradient taken in the reduced coordinates). Estimates: lambda is known
+    # to about the resolution only, and directions below it (flat to this precision) report nothing.
+    g = torch.stack([torch.einsum('bij,bj->i', row(a), V) for a in range(C)]) + qv
     v = float(c) + float((V * (g + qv)).sum())  # V'QV + 2q'V + c = V'(QV + q) + q'V
+    # the rounding of that sum (as a long dot product's typically is, sqrt(P) eps of its terms' sizes; the worst case is P
+    # eps): large where V is, on an ill-conditioned Q
+    Va = V.abs()
+    rnd = (C * K1) ** 0.5 * eps * (float((Va * torch.stack([torch.einsum('bij,bj->i', row(a).abs(), Va) for a in range(C)])).sum())
+                          + 2 * float((Va * qv.abs()).sum()) + abs(float(c)))
     share = sum(float(((U.T @ g[a]) ** 2 / e).sum()) for a, (U, e) in enumerate(bands) if len(e))
     if wb is not None and len(wb): share += float(((Wb.T @ torch.cat([bases[a].T @ g[a] for a in range(C)])) ** 2 / wb).sum())
-    return v, V, share + abs(v - (float(c) + float(qr @ vr)))
+    return v, V, share + dec + rnd + abs(v - (float(c) + float(qr @ vr)))

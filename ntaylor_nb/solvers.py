@@ -155,11 +155,11 @@ class Problems:
                  chunk_bytes: int | None = None, # memory for one block of samples (default: 256 MB on the CPU, 1 GB on a GPU)
                  geom: dict | None = None, # ConvFactoredSamples: the layer's kernel_size, stride, padding, dilation
                 ):
-        fmts = {LinearSamples: 'linear', ConvSamples: 'conv', ConvFactoredSamples: 'convf'}
-        if type(D) not in fmts: raise TypeError(f'D must be LinearSamples, ConvSamples or ConvFactoredSamples, got {type(D).__name__}')
-        if type(D) is ConvFactoredSamples and (geom is None or cols is not None):
+        fmt = next((f for k, f in ((LinearSamples, 'linear'), (ConvSamples, 'conv'), (ConvFactoredSamples, 'convf')) if isinstance(D, k)), None)
+        if fmt is None: raise TypeError(f'D must be LinearSamples, ConvSamples or ConvFactoredSamples, got {type(D).__name__}')
+        if fmt == 'convf' and (geom is None or cols is not None):
             raise ValueError('ConvFactoredSamples hold a layer scope (cols=None) and need the layer geometry (geom=)')
-        self.D, self.fmt, self.loss, self.cols, self.geom = D, fmts[type(D)], _check_loss(loss), cols, geom
+        self.D, self.fmt, self.loss, self.cols, self.geom = D, fmt, _check_loss(loss), cols, geom
         # temporaries per block of samples: 256 MB on the CPU, 1 GB on a GPU (fewer, larger matrix products)
         self.n, self.chunk_bytes = len(D[0]), chunk_bytes or (2 ** 30 if D[0].is_cuda else 2 ** 28)
 

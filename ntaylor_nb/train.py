@@ -186,7 +186,7 @@ def _recorders(cfg, run, model, opt, X, B, total, state):
 def _prepare(cfg: RunConfig, run: Run) -> _Training:
     "Data, model, optimizer, recorders and the rows so far of a run: everything its rounds need."
     dev = resolve_device(cfg.device)
-    if dev.type == 'cuda': _exact_cuda()  # IEEE float32 and deterministic cuDNN: the records are the model's own numbers, resumes bit for bit
+    if dev.type == 'cuda': _exact_cuda()  # IEEE float32 and deterministic cuDNN: the records are the model's own float32 numbers (bit-for-bit resumes on a GPU: not yet checked on one)
     X, Y = load_dataset(cfg.dataset, cfg.data_root, train=True)
     X, Y = X.to(dev), Y.to(dev)
     B = cfg.batch_size or TASKS[cfg.task]['batch_size']

@@ -208,14 +208,19 @@ def test_factored_layer_scope_equals_formed(recs, dtype):
 
 
 def test_hindsight_keeps_large_conv_layer_scopes_factored(recs, monkeypatch):
-    """A conv_compact layer scope solved matrix-free (above MAX_DIRECT, or solver="newton-cg") keeps its samples factored
-    and never forms M (a 6x smaller store for the paper's conv layer 2); its minima equal the dense Newton's on the formed M."""
+    """A conv_compact layer scope solved matrix-free (solver="newton-cg", or above MAX_DIRECT variables) keeps the record's
+    factors and never forms M for all its samples at once (`_compact_M`; the preconditioner forms M_b a block at a time);
+    its minima equal the dense Newton's on the formed M."""
     _, r, _ = recs
     formed, real_M = [], hs._compact_M
     monkeypatch.setattr(hs, '_compact_M', lambda *a, **k: formed.append(1) or real_M(*a, **k))
     dense = hindsight(r['auto'], [3, 8], ['layer:2'], progress=False).set_index(['scope', 'N'])  # 111 variables: Newton on the formed M
-    assert formed
+    assert formed and dense.certified.all()
     formed.clear()
     free = hindsight(r['auto'], [3, 8], ['layer:2', 'neuron:2:0'], progress=False, solver='newton-cg').set_index(['scope', 'N'])
-    assert not formed and free.certified.all() and dense.certified.all()
+    assert not formed and free.certified.all()
     np.testing.assert_allclose(free.loc[dense.index].taylor_optimum, dense.taylor_optimum, rtol=1e-7)
+    monkeypatch.setattr(hs, 'MAX_DIRECT', 100)  # the default solver, the layer scope above MAX_DIRECT: factored too
+    big = hindsight(r['auto'], [3, 8], ['layer:2'], progress=False).set_index(['scope', 'N'])
+    assert not formed and big.certified.all()
+    np.testing.assert_allclose(big.taylor_optimum, dense.taylor_optimum, rtol=1e-7)

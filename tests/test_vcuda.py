@@ -264,9 +264,6 @@ MSE_PATHS = {  # (hindsight's settings, VirtualCuda's, solves that run out of me
 SOLVES = {'_dual_min': lambda blocks, *a, **k: blocks[0][0], '_dense_min': lambda Qp, *a, **k: Qp, 'quad_cg': lambda hvp, q, *a, **k: q}
 
 
-def _oom(*a, **k): raise torch.OutOfMemoryError('CUDA out of memory. (raised by the test)')
-
-
 @pytest.mark.parametrize('path', MSE_PATHS)
 def test_mse_scopes_on_the_device(mse_rec, monkeypatch, path):
     "Layer scopes solved matrix-free on the device by each path (checked: which solves ran, on what), equal to the CPU's."
