@@ -131,11 +131,11 @@ def _dense_min(Qp, idxS, idxX, q, c, eig=True):
         # a pivot test does not bound the smallest eigenvalue (it can lie far below the smallest pivot), and the factor of
         # an ill-conditioned Qr solves to kappa eps only, so the minimiser is refined and its decrement reported
         vr = -torch.cholesky_solve(qr[:, None], R)[:, 0]
-        for _ in range(10):
+        for i in range(11):  # up to 10 steps; the decrement reported is the final point's
             gr = Qr @ vr + qr
             d = torch.cholesky_solve(gr[:, None], R)[:, 0]
             dec = max(float(gr @ d), 0.0)
-            if dec <= 1e-15 * max(abs(float(c)), 1.0): break
+            if dec <= 1e-15 * max(abs(float(c)), 1.0) or i == 10: break
             vr = vr - d
     elif not eig: return None
     else:  # units' directions that depend on each other: as the rows' Gram matrix in _dual_min, the eigensolver's resolution
