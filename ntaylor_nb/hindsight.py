@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from fastcore.basics import patch
 
 from .devices import _fits, _or_none, _rows_fit, resolve_device
@@ -18,7 +17,7 @@ from .hindsight_lsq import _blocks, _dense_min, _dual_min, _free_hvp, _packed_ad
 from .growth import log_prefixes
 from .regret import ConvCompactRecord, ConvRecord, LinearJacobianRecord, OutputRecord, RegretRecording
 from .conv_solvers import CompactConv, conv_newton
-from .solvers import MAX_DIRECT, ConvFactoredSamples, ConvSamples, LinearSamples, _conv_rows, _patches, Problems, _tri, lbfgs, loss_terms, newton, quad_min, quad_min_shared
+from .solvers import MAX_DIRECT, ConvFactoredSamples, ConvSamples, LinearSamples, _conv_k1, _conv_rows, _patches, Problems, _tri, lbfgs, loss_terms, newton, quad_min, quad_min_shared
 from .solvers_free import kfac_precond, newton_cg, quad_cg
 from .taylor import Scope
 
@@ -154,7 +153,7 @@ _COMPACT_NEWTON = True  # neuron scopes of conv_compact records by conv_solvers.
 def _compact_M(x, J, geom, block_bytes=2 ** 28):
     "ConvRecord's M (n, p, U, K+1) in float64 from a compact record's input x (n, C_in, H, W) and J (n, p, U, P)."
     x, J = torch.as_tensor(np.array(x), dtype=torch.float64), torch.as_tensor(np.array(J), dtype=torch.float64)
-    (n, p, U, Q), K1 = J.shape, x.shape[1] * int(np.prod(geom['kernel_size'])) + 1
+    (n, p, U, Q), K1 = J.shape, _conv_k1(x.shape[1], geom)
     step = max(1, block_bytes // (8 * (K1 * Q + p * U * K1)))  # the patches and M, per sample
     return torch.cat([_conv_rows(J[i:i + step], _patches(x[i:i + step], geom))[0].reshape(-1, p, U, K1) for i in range(0, n, step)])
 
@@ -176,7 +175,7 @@ def add(self: _DenseAcc, d, sl, s):
             self.cc.add(t(o.f0), y, s, r.x[sl], r.J[sl][:, :, self.cols], r.m0[sl][:, :, self.cols])
             if not self.layer_scope: return
         if self.factored is None:  # the layer scope alone needs these samples, and is solved matrix-free: keep them factored
-            P = r.J.shape[2] * (r.x.shape[1] * int(np.prod(self.geom['kernel_size'])) + 1)
+            P = r.J.shape[2] * _conv_k1(r.x.shape[1], self.geom)
             self.factored = (self.solver == 'newton-cg' or P > MAX_DIRECT) and self.solver != 'lbfgs' and (not self.units or self.cc is not None)
         parts = (torch.from_numpy(np.array(r.x[sl])), torch.from_numpy(np.array(r.J[sl])), t(r.m0)) if self.factored else (_compact_M(r.x[sl], r.J[sl], self.geom), t(r.m0))
     else:

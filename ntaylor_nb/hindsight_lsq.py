@@ -151,13 +151,14 @@ def _dense_min(Qp, idxS, idxX, q, c, eig=True):
     # lambda along it, u being in a's block) could lower the value by (u'g)^2 / lambda alone, to first order; so could a
     # left-out eigenvector of the reduced Hessian (the gradient taken in the reduced coordinates). Estimates: lambda is known
     # to about the resolution only, and directions below it (flat to this precision) report nothing.
-    g = torch.stack([torch.einsum('bij,bj->i', row(a), V) for a in range(C)]) + qv
+    # The rounding of the value's sum (as a long dot product's typically is, sqrt(P) eps of its terms' sizes; the worst case
+    # is P eps) is large where V is, on an ill-conditioned Q: |Q||V| is formed in the same pass over the blocks as QV.
+    Va, QV, QVa = V.abs(), torch.empty_like(V), torch.empty_like(V)
+    for a in range(C):
+        Qa = row(a); QV[a], QVa[a] = torch.einsum('bij,bj->i', Qa, V), torch.einsum('bij,bj->i', Qa.abs(), Va)
+    g = QV + qv
     v = float(c) + float((V * (g + qv)).sum())  # V'QV + 2q'V + c = V'(QV + q) + q'V
-    # the rounding of that sum (as a long dot product's typically is, sqrt(P) eps of its terms' sizes; the worst case is P
-    # eps): large where V is, on an ill-conditioned Q
-    Va = V.abs()
-    rnd = (C * K1) ** 0.5 * eps * (float((Va * torch.stack([torch.einsum('bij,bj->i', row(a).abs(), Va) for a in range(C)])).sum())
-                          + 2 * float((Va * qv.abs()).sum()) + abs(float(c)))
+    rnd = (C * K1) ** 0.5 * eps * (float((Va * QVa).sum()) + 2 * float((Va * qv.abs()).sum()) + abs(float(c)))
     share = sum(float(((U.T @ g[a]) ** 2 / e).sum()) for a, (U, e) in enumerate(bands) if len(e))
     if wb is not None and len(wb): share += float(((Wb.T @ torch.cat([bases[a].T @ g[a] for a in range(C)])) ** 2 / wb).sum())
     return v, V, share + dec + rnd + abs(v - (float(c) + float(qr @ vr)))

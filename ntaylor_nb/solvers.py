@@ -99,6 +99,10 @@ class ConvFactoredSamples(NamedTuple):
     J: Tensor  # (n, p, C, Q) output Jacobian with respect to the pre-activations, per unit and output position (as recorded)
     m0: Tensor  # (n, p, C) per unit, the output Jacobian summed over positions against the pre-activations
 
+def _conv_k1(c_in, geom):
+    "Variables per unit of a Conv2d layer (K + 1: the kernel's weights and the bias) with `c_in` input channels."
+    return c_in * int(np.prod(geom['kernel_size'])) + 1
+
 def _patches(x, geom):
     "The patches of a Conv2d layer's input x (m, C_in, H, W) with a bias row, (m, K+1, Q), by unfold (geom: its kernel_size, stride, padding, dilation)."
     Xp = F.unfold(x, geom['kernel_size'], geom['dilation'], geom['padding'], geom['stride'])
@@ -165,10 +169,15 @@ class Problems:
 
     def size(self) -> int:
         "Variables of one problem."
-        if self.fmt == 'convf': return self.D.J.shape[2] * (self.D.x.shape[1] * int(np.prod(self.geom['kernel_size'])) + 1)
+        if self.fmt == 'convf': return self.D.J.shape[2] * _conv_k1(self.D.x.shape[1], self.geom)
         if self.cols is not None: return self.D[3].shape[1] if self.fmt == 'linear' else self.D[3].shape[-1]
         C = self.D[4].shape[-1] if self.fmt == 'linear' else self.D[3].shape[2]
         return C * (self.D[3].shape[1] if self.fmt == 'linear' else self.D[3].shape[-1])
+
+    def _convf_per(self, U=1):
+        "Doubles of temporaries per sample of the factored form, for U points: J, x and the patches in float64, the moves and their adjoint."
+        J, K1 = self.D.J, _conv_k1(self.D.x.shape[1], self.geom)
+        return 2 * J[0].numel() + 3 * U * J[0, 0].numel() + self.D.x[0].numel() + 2 * K1 * J.shape[-1]
 
     def _design(self, sl, idx):
         """For samples sl and problems idx: the base outputs (U, m, p) and the map v -> z - base, one of
@@ -222,8 +231,7 @@ def evaluate(self: Problems, V: Tensor, # (U, P) points, one per problem
     p = self.D[0].shape[1]
     if self.fmt == 'convf':
         if hess: raise ValueError('ConvFactoredSamples form no Hessian: solve their layer scope matrix-free (newton_cg), hess=False')
-        x, J, K1 = self.D.x, self.D.J, P // self.D.J.shape[2]
-        per = 2 * J[0].numel() + 3 * U * J[0, 0].numel() + x[0].numel() + 2 * K1 * J.shape[-1]  # J, x and the patches in float64, the moves and their adjoint
+        per = self._convf_per(U)
     elif self.fmt == 'linear' and self.cols is not None: per = U * (3 * p + P)  # doubles of temporaries per sample
     elif self.fmt == 'linear': C = self.D[4].shape[2]; per = 3 * p * C + C * (C + 1) // 2 * (P // C)
     else: per = 3 * U * p * P

@@ -76,9 +76,7 @@ def hvp(self: Problems, V: Tensor, # (P,) the point, a layer scope's variables
     zero = torch.zeros(1, dtype=torch.long, device=W.device)
     p, C = self.D[0].shape[1], self.D[4].shape[-1]
     step = max(1, self.chunk_bytes // (8 * (8 * p + 2 * C)))  # small temporaries per sample: the design is a view
-    if self.fmt == 'convf':  # J and x in float64, the move and its adjoint
-        J = self.D.J; K1 = len(V) // J.shape[2]  # J, x and the patches in float64, the moves and the adjoint
-        step = max(1, self.chunk_bytes // (8 * (2 * J[0].numel() + 3 * J[0, 0].numel() + self.D.x[0].numel() + 2 * K1 * J.shape[-1])))
+    if self.fmt == 'convf': step = max(1, self.chunk_bytes // (8 * self._convf_per()))
     for i in range(0, self.n, step):
         sl = slice(i, i + step)
         base, des = self._design(sl, zero)
