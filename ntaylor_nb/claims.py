@@ -127,10 +127,20 @@ def window_exponent(N, # prefix lengths
     return dict(exponent=a, window=int(w.sum()), nonpositive=int((w & (R <= 0)).sum()))
 
 # %% ../nbs/15_claims.ipynb #46720671
+def _under(d):
+    "(fits, unchecked): the rows of a hindsight table whose scope fits its prefix exactly (`hindsight.interpolating`), and those the table cannot tell (no counts)."
+    from ntaylor_nb.hindsight import interpolating
+    u = interpolating(d)
+    return u.eq(1.0), u.isna()
+
 def _c1_seeds(df, lo, band):
     rows = []
     for seed, d in df.groupby('seed'):
         low = lo if lo is not None else max(2.0, np.sqrt(d.N.max()))
+        last = float(d.groupby('N').regret.mean().iloc[-1])
+        under, unchecked = _under(d)
+        n_under, n_win, n_unchecked = int((under & (d.N >= low)).sum()), int((d.N >= low).sum()), int((unchecked & (d.N >= low)).sum())
+        d = d[~under]  # no more Taylor rows than variables: the optimum interpolates, the regret is the cumulative loss by construction
         curve = d.groupby('N').regret.mean()
         e = window_exponent(curve.index, curve.values, low)
         ex = [window_exponent(g.N, g.regret, low)['exponent'] for _, g in d.groupby('neuron')]
@@ -138,7 +148,7 @@ def _c1_seeds(df, lo, band):
         gap = float((fit.optimum_gap * fit.N / fit.regret.abs()).max()) if 'optimum_gap' in fit and len(fit) else 0.0
         unc = int((~fit.certified.astype(bool)).sum()) if 'certified' in fit else 0  # solves that did not meet their stop rule
         ok = [a for a in ex if np.isfinite(a)]
-        rows.append(dict(seed=seed, **e, last=float(curve.iloc[-1]), share=float(np.mean([band[0] <= a <= band[1] for a in ok])) if ok else np.nan,
+        rows.append(dict(seed=seed, **e, last=last, under=n_under, in_window=n_win, unchecked=n_unchecked, share=float(np.mean([band[0] <= a <= band[1] for a in ok])) if ok else np.nan,
                          no_exponent=len(ex) - len(ok), neurons=len(ex), solver_share=gap,
                          fitted=len(fit), uncertified=unc))
     return pd.DataFrame(rows).set_index('seed')
@@ -185,6 +195,10 @@ def growth_rows(df: pd.DataFrame, # one configuration's regret tables, with task
         verdict, why = c1_verdict(iv, len(s), bool((s['last'] <= 0).all()), band)
         noexp = list(s.index[s.exponent.isna()])
         note = _join(why, f'{s.nonpositive.sum()} of {s.window.sum()} fitted prefixes have regret <= 0',
+                     f'{s.under.sum()} of {s.in_window.sum()} solves in the window left out: no more Taylor rows than variables and a Taylor '
+                     'optimum of 0 (the scope fits the prefix exactly, so their regret is the cumulative loss by construction); record more rounds' if s.under.sum() else '',
+                     f'{s.unchecked.sum()} of {s.in_window.sum()} solves in the window have no rows/variables counts (tables made before they were kept): '
+                     'whether they fit their prefix exactly was not checked' if s.unchecked.sum() else '',
                      f'seed(s) {noexp}: fewer than 3 positive prefixes, no exponent' if noexp else '',
                      f"the solver's optimum_gap is up to {s.solver_share.max():.1%} of a fitted regret" if s.solver_share.max() > 0.01 else '',
                      f"{s.uncertified.sum()} of {s.fitted.sum()} fitted solves did not meet their stop rule (their optimum_gap only an estimate)" if s.uncertified.sum() else '',
@@ -235,10 +249,12 @@ def loss_rows(runs: pd.DataFrame, # one (task, dataset) of a checked runs table
 
 # %% ../nbs/15_claims.ipynb #88346c7e
 def _gap(t, layer):
+    "The gap of the layer scope at the largest prefix; NaN where not recorded, or where it has no more Taylor rows than variables (its optimum 0 by count), then also True."
     d = t[(t.kind == 'layer') & (t.layer_number == layer)] if t is not None else ()
-    if len(d) == 0: return np.nan
+    if len(d) == 0: return np.nan, False
     d = d[d.N == d.N.max()]
-    return float((d.average_loss - d.taylor_optimum).iloc[0])
+    if bool(_under(d)[0].iloc[0]): return np.nan, True
+    return float((d.average_loss - d.taylor_optimum).iloc[0]), False
 
 def gap_rows(runs: pd.DataFrame, # one (task, dataset) of a checked runs table, with a `path` column
              tables: callable, # path -> hindsight's table (or None)
@@ -247,17 +263,23 @@ def gap_rows(runs: pd.DataFrame, # one (task, dataset) of a checked runs table, 
             ) -> list[dict]:
     "C3: the gap (average loss - Taylor optimum, layer scope, largest N) per configuration that recorded it, and d = gap(SGD tuned) - gap(opt)."
     key = tuple(runs[['task', 'dataset']].iloc[0]); claim, paper = 'C3: the gap to the Taylor optimum is smaller for adaptive optimizers', 'fig 4(c)'
-    runs = runs.assign(gap=[_gap(tables(p), layer) for p in runs.path])
+    gaps = [_gap(tables(p), layer) for p in runs.path]
+    runs = runs.assign(gap=[g for g, _ in gaps], fits=[u for _, u in gaps])
+    why_fits = f'layer {layer} fits its largest prefix exactly (no more Taylor rows than variables, optimum 0): no gap to measure'
+    left = lambda g: f'{int(g.fits.sum())} run(s) left out: {why_fits}' if g.fits.any() else ''
     if runs.gap.isna().all(): return [_row(key, claim, paper, '', seed_interval([]), NOT_MEASURED, '',
+                                           f'{int(runs.fits.sum())} run(s): {why_fits}' if runs.fits.any() else
                                            f'layer {layer} (figure 4(c)) was not recorded; no other layer is substituted', layer_number=layer)]
     rows = [_row(key, 'C3: gap (average loss - Taylor optimum)', paper, f'{g.optimizer.iloc[0]} ({g.lr_label.iloc[0]})', iv, SHOWN,
-                 f'gap {_fmt(iv)}', '', measure='gap', kind='layer', layer_number=layer)
+                 f'gap {_fmt(iv)}', left(g), measure='gap', kind='layer', layer_number=layer)
             for g in _configs(runs, ('sgd',) + ADAPTIVE) if g.gap.notna().any() for iv in [seed_interval(_series(g, 'gap'), level)]]
     base = _configs(runs, ['sgd'], 'tuned')
     recorded = [g for g in _configs(runs, ADAPTIVE) if g.gap.notna().any()]
     negative = {f'{g.optimizer.iloc[0]} ({g.lr_label.iloc[0]})' for g in recorded if g.gap.mean() < 0}
     why = 'its gap is negative: the loss incurred is below the Taylor optimum (the negative regret of C1), not a small gap'
-    if base: rows += [dict(r, kind='layer', layer_number=layer, note=_join(r['note'], why if r['compared'].split(' vs ')[1] in negative else ''))
+    fits = {f'{g.optimizer.iloc[0]} ({g.lr_label.iloc[0]})': left(g) for g in [*base, *recorded]}
+    if base: rows += [dict(r, kind='layer', layer_number=layer, note=_join(r['note'], why if r['compared'].split(' vs ')[1] in negative else '',
+                                                                          *(f'{c}: {fits[c]}' for c in r['compared'].split(' vs ') if fits.get(c))))
                       for r in _against(key, base[0], recorded, 'gap', level, claim, paper)]
     return rows
 

@@ -78,10 +78,10 @@ def hindsight_generic(model: nn.Module, # the network that was recorded (its arc
     mse = mf['loss'] == 'mse'
     losses, steps = rec.column('loss'), rec.column('step')
     st = {s: dict(Q=0, q=0, c=0.0, parts=[], V=None) for s in scopes}
-    rows, done, pi = [], 0, 0
+    rows, done, pi, B_all = [], 0, 0, []
     bar = tqdm(total=R, desc='generic hindsight', disable=not progress)
     for d in rec.chunks():
-        offs = np.concatenate([[0], np.cumsum(d['B'])])
+        offs = np.concatenate([[0], np.cumsum(d['B'])]); B_all.append(d['B'])
         for r in range(len(d['B'])):
             if pi >= len(prefixes): break
             wr = WeightsRecord.from_arrays(d)
@@ -97,4 +97,4 @@ def hindsight_generic(model: nn.Module, # the network that was recorded (its arc
                 rows += [_row(sc, nums, done, steps, cum, *_generic_solve(st[sc], mse)) for sc in scopes]
                 pi += 1
     bar.close()
-    return _table(rows)
+    return _table(rows, mf, np.concatenate(B_all))

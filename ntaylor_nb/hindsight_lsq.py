@@ -64,10 +64,11 @@ def _dual_min(blocks, c):
     y = W[:, ok] @ (z[ok] / w[ok]); del W
     V = -(Lr * y[:, None]).T @ X[idx]
     # the value attained by V (rows' residuals A V + r, evaluated directly), and how far it is from the projection's
-    # c - sum z^2 (the eigenvectors' rounding): the value may lie that far, plus the left-out share, above the infimum
+    # c - sum z^2 (the eigenvectors' rounding): the value may lie that far, plus the left-out share, above the infimum; and each
+    # counted direction's own share of rounding, (eta / w)^2 z^2: w is known to eta, and the value is stationary in the step
     res = (Lr * (X[idx] @ V.T)).sum(1) + rr
     v = float(c) - float(rr @ rr) + float(res @ res)
-    return v, V, float((z[band] ** 2).sum()) + abs(v - (float(c) - float((z[ok] ** 2).sum())))
+    return v, V, float((z[band] ** 2).sum()) + abs(v - (float(c) - float((z[ok] ** 2).sum()))) + float(((eta / w[ok]) ** 2 * z[ok] ** 2).sum())
 
 # %% ../nbs/07_hindsight_lsq.ipynb #028cc1bf
 def _free_hvp(blocks):

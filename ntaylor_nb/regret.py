@@ -5,6 +5,7 @@
 # %% ../nbs/06_regret.ipynb #39e8b438
 from __future__ import annotations
 import contextlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -204,6 +205,7 @@ def _fields(self: RegretRecorder, x, rounds, optimizer):
         raise ValueError(f'the recording would take about {disk / 1e9:.2f} GB on disk ({per_round / 1e6:.3f} MB a round x {rounds} rounds; '
                          f'budget {self.disk_budget / 1e9:.2f} GB) and {mem / 1e9:.2f} GB of memory per chunk (budget {self.memory_budget / 1e9:.2f} GB): '
                          'record fewer scopes, fewer rounds (a schedule) or smaller chunks (chunk_size), or raise the budgets')
+    self._warn_under(rounds * shapes['B'] * (shapes['n_out'] - (self.loss == 'cross_entropy')))
     numbers = {n: i for i, n in weight_layers(self.model).items()}
     layers = {l: dict(number=numbers[l], kind=layer_kind(self.mods[l]), record=self.records[l], units=p['units'], layer_scope=p['layer_scope'])
               for l, p in self.plan.items()}
@@ -216,6 +218,20 @@ def _fields(self: RegretRecorder, x, rounds, optimizer):
     return dict(loss=self.loss, scopes=[str(s) for s in self.scopes], layers=layers, fast=self.fast, gauss_newton=gn, layer_numbers=numbers,
                 n_outputs=shapes['n_out'], estimate=dict(bytes_per_round=per_round, rounds=rounds), model=repr(self.model),
                 param_shapes={k: list(v.shape) for k, v in self.model.named_parameters()}, optimizer=opt, store_weights=self.store_weights)
+
+# %% ../nbs/06_regret.ipynb #726a3f58
+@patch
+def _warn_under(self: RegretRecorder, rows: int, # Taylor rows of the whole recording: samples x outputs (one fewer for cross-entropy)
+               ):
+    "Warn of scopes with no more variables than the recording has Taylor rows: their optimum interpolates (0), and their regret is the cumulative loss by construction."
+    params = dict(self.model.named_parameters())
+    size = lambda s: sum(params[k].numel() // (params[k].shape[0] if r is not None else 1) for k, r in resolve_scope(self.model, s).items())
+    under = [f'{s} ({size(s):,} variables)' for s in self.scopes if size(s) >= rows]
+    if under: warnings.warn(f'{len(under)} scope(s) have at least as many variables as the whole recording has Taylor rows ({rows:,}: recorded samples x '
+                            f'outputs{", one fewer for cross-entropy" if self.loss == "cross_entropy" else ""}): {", ".join(under[:4])}{" ..." if len(under) > 4 else ""}. '
+                            'Their Taylor optimum will generically be 0 (unless their Jacobian has lower rank) and their regret the cumulative loss, '
+                            'whatever the optimizer did; record more rounds (a denser schedule, or a longer run) or smaller scopes', UserWarning, stacklevel=3)
+
 
 # %% ../nbs/06_regret.ipynb #da20d902
 @patch

@@ -313,3 +313,44 @@ def test_c1_uncertified_solves_are_counted():
         unc, total = sum(int((~f.certified).sum()) for f in fit), sum(len(f) for f in fit)
         if frac: assert unc > 0 and f'{unc} of {total} fitted solves did not meet their stop rule' in note, note
         else: assert 'stop rule' not in note
+
+
+def test_c1_under_determined_prefixes_are_left_out_and_counted():
+    """Prefixes with no more Taylor rows than variables interpolate: their regret is the cumulative loss, here growing like N.
+    C1 leaves them out of the fit and counts them (by hand here); the determined prefixes grow like sqrt(N), so the verdict
+    is 'consistent'. A table without the counts is fitted whole (the linear part bends the exponent away from 0.5) and says so;
+    a configuration whose prefixes are all under-determined gets no exponent and is inconclusive."""
+    cut = 60  # prefixes N < cut are under-determined: rows = 9 N <= variables = 9 cut - 1
+    def tabs(variables):
+        out = {}
+        for s in range(3):
+            d = hindsight_table({k: np.where(N < cut, 5.0 * N, 5 * (1 + k) * np.sqrt(N)) for k in range(3)})
+            d = d.assign(taylor_optimum=np.where(d.N < cut, 0.0, 0.1))  # the under-determined prefixes interpolate: optimum 0
+            out[f'autoencoder/digits/sgd/tuned/{s}'] = d if variables is None else d.assign(rows=9 * d.N, variables=variables)
+        return out
+    runs = runs_table({('sgd', 'tuned'): dict(x=[0, 0, 0])})
+    row = lambda tb: claims_table(runs, regret_table=tb.get, measures=None).set_index('claim').loc['C1: regret grows like sqrt(N)']
+    tb = tabs(9 * cut - 1)
+    r = row(tb)
+    under = sum(int(((d.N >= LO) & (d.N < cut)).sum()) for d in tb.values()); window = sum(int((d.N >= LO).sum()) for d in tb.values())
+    assert under > 0 and f'{under} of {window} solves in the window left out' in r.note, r.note
+    assert r.verdict == CONSISTENT and abs(r.estimate - 0.5) < 0.01, (r.verdict, r.estimate)
+    legacy = row(tabs(None))
+    assert abs(legacy.estimate - 0.5) > 0.1 and legacy.verdict != CONSISTENT and f'{window} of {window} solves in the window have no rows/variables counts' in legacy.note
+    assert 'not checked' not in r.note and 'left out' not in legacy.note and 'not checked' in legacy.note
+    none = row({k: v.assign(variables=10 ** 9, taylor_optimum=0.0) for k, v in tb.items()})  # every prefix fits exactly
+    assert none.verdict == INCONCLUSIVE and f'{window} of {window} solves in the window left out' in none.note
+
+
+def test_c3_under_determined_layer_is_not_a_gap():
+    "A layer-3 scope with no more Taylor rows than variables at its largest prefix has optimum 0 by count: its run is left out of C3 and counted."
+    load = gap_tables({'sgd': [0.3, 0.31, 0.29], 'rmsprop': [0.1, 0.12, 0.11]})
+    under = 'autoencoder/digits/rmsprop/tuned/0'
+    tabs = lambda p: load(p).assign(rows=10, variables=10, taylor_optimum=0.0) if p == under else load(p).assign(rows=10, variables=1)
+    runs = runs_table({('sgd', 'tuned'): dict(x=[0, 0, 0]), ('rmsprop', 'tuned'): dict(x=[0, 0, 0])})
+    out = claims_table(runs, regret_table=tabs, measures=None)
+    gap = out[out.claim.str.startswith('C3: gap')].set_index('compared')
+    assert gap.loc['rmsprop (tuned)'].seeds == 2 and '1 run(s) left out' in gap.loc['rmsprop (tuned)'].note
+    assert 'left out' not in gap.loc['sgd (tuned)'].note  # counted per configuration
+    cmp = out[out.claim.str.startswith('C3: the gap')].set_index('compared').loc['sgd (tuned) vs rmsprop (tuned)']
+    assert 'rmsprop (tuned): 1 run(s) left out' in cmp.note and 'sgd (tuned): ' not in cmp.note
