@@ -285,7 +285,7 @@ def scope_variables(param_shapes: dict, # {parameter name: shape}, as a recordin
     sc = scope if isinstance(scope, Scope) else Scope.parse(scope)
     size = lambda k: int(np.prod(param_shapes[k]))
     if sc.kind == 'network': return sum(size(k) for k in param_shapes if sc.bias or not k.endswith('bias'))
-    w, b = f'{sc.layer}.weight', f'{sc.layer}.bias'
+    w, b = (f'{sc.layer}.{k}' if sc.layer else k for k in ('weight', 'bias'))  # a bare layer's parameters have no path
     if w not in param_shapes: raise ValueError(f'scope {sc}: the model has no parameter {w!r}')
     bias = sc.bias and b in param_shapes
     if sc.kind == 'layer': return size(w) + (size(b) if bias else 0)

@@ -230,7 +230,7 @@ def _warn_under(self: RegretRecorder, rows: int, # Taylor rows of the whole reco
     if under: warnings.warn(f'{len(under)} scope(s) have at least as many variables as the whole recording has Taylor rows ({rows:,}: recorded samples x '
                             f'outputs{", one fewer for cross-entropy" if self.loss == "cross_entropy" else ""}): {", ".join(under[:4])}{" ..." if len(under) > 4 else ""}. '
                             'Their Taylor optimum will generically be 0 (unless their Jacobian has lower rank) and their regret the cumulative loss, '
-                            'whatever the optimizer did; record more rounds (a denser schedule, or a longer run) or smaller scopes', UserWarning, stacklevel=3)
+                            'whatever the optimizer did; record more rounds (a denser schedule, or a longer run) or smaller scopes', UserWarning, stacklevel=4)  # the caller that made the recorder
 
 
 # %% ../nbs/06_regret.ipynb #da20d902

@@ -93,8 +93,8 @@ class RunConfig:
 # %% ../nbs/12_train.ipynb #44a7db2d
 FIGURES = {'figure3': dict(task='convnet', dataset='cifar10', optimizer='rmsprop', epochs=2, layers=[], neuron_layers=[1, 2, 3],
                            neurons_per_layer=50, regret_every=20, regret_chunk=8, disk_budget=5e9),
-           'figure4a': dict(task='convnet', dataset='cifar10', epochs=2, layers=[1, 2, 3, 4], neuron_layers=[],
-                            regret_every=25, regret_chunk=8, disk_budget=5e9)}
+           'figure4a': dict(task='convnet', dataset='cifar10', epochs=2, layers=[1], neuron_layers=[],
+                            regret_every=4, regret_chunk=8, disk_budget=6e9)}
 
 def figure_config(name: str, # "figure3" or "figure4a"
                   **kw, # any other RunConfig field (figure 4(a): the optimizer; lr, epochs, data_root, ...)

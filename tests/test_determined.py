@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from ntaylor_nb.hindsight import hindsight, interpolating, scope_variables
-from ntaylor_nb.hindsight_generic import _taylor_affine
+from ntaylor_nb.hindsight_generic import _taylor_affine, hindsight_generic
 from ntaylor_nb.regret import RegretRecording
 from ntaylor_nb.taylor import Scope
 
@@ -34,6 +34,14 @@ def test_scope_variables_are_the_taylor_jacobians_columns(make, x_shape, layers)
         M, _ = _taylor_affine(m64, Scope.parse(s), W, x, 3)
         assert scope_variables(shapes, s) == M.shape[-1], s
     with pytest.raises(ValueError, match='no parameter'): scope_variables(shapes, 'layer:1')
+
+
+def test_scope_variables_of_a_bare_layer():
+    "A model that is one Linear layer: its parameters have no module path (\"weight\", \"bias\"); the layer's path is ''."
+    lin = nn.Linear(4, 3).double(); W = {k: v.detach().clone() for k, v in lin.named_parameters()}
+    shapes = {k: list(v.shape) for k, v in W.items()}
+    for s in (Scope('layer', ''), Scope('neuron', '', 1), Scope('neuron', '', 1, bias=False)):
+        assert scope_variables(shapes, s) == _taylor_affine(lin, s, W, torch.randn(2, 4, dtype=torch.float64), 3)[0].shape[-1]
 
 
 @pytest.fixture(scope='module')
@@ -66,5 +74,57 @@ def test_recorder_warns_of_a_recording_too_short(ce_run, tmp_path):
     "Layer 2's scope (111 variables) over 8 rounds of 12 samples (192 rows) is not warned of; over 4 rounds (96 rows) it is, and only it."
     _, w = ce_run
     assert not [x for x in w if 'Taylor rows' in str(x.message)]
-    with pytest.warns(UserWarning, match=r'1 scope\(s\) .* \(96: .*layer:2 \(111 variables\)'):
+    with pytest.warns(UserWarning, match=r'1 scope\(s\) .* \(96: .*layer:2 \(111 variables\)') as w:
         train(two_convs, 'cross_entropy', ['layer:2', 'neuron:2:0'], tmp_path / 'r', rounds=4, B=12, chunk_rounds=3)
+    assert [x.filename for x in w if 'Taylor rows' in str(x.message)][0].endswith('test_regret.py')  # points at the code that made the recorder
+
+
+def scheduled(loss, path, steps=12, sizes=(10, 10, 7), scopes=('layer:0', 'neuron:4:0', 'network')):
+    "An MLP trained `steps` steps on batches of cycling `sizes`, recorded every 2nd step with its weights; returns the sizes of the recorded batches."
+    from ntaylor_nb.regret import RegretRecorder
+    from ntaylor_nb.schedules import every
+    torch.manual_seed(0)
+    net = mlp().double(); opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(100, 6, generator=g, dtype=torch.float64); Y = torch.randint(0, 3, (100,), generator=g) if loss == 'cross_entropy' else X[:, :3] * 0.5
+    recorded = []
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        with RegretRecorder(net, loss, list(scopes), path, X[:10], steps // 2, schedule=every(2), store_weights=True) as rec:
+            for step in range(steps):
+                b = sizes[step % len(sizes)]; i = torch.randint(0, 100, (b,), generator=g)
+                out = net(X[i]); l = nn.functional.mse_loss(out, Y[i]) if loss == 'mse' else nn.functional.cross_entropy(out, Y[i])
+                opt.zero_grad(); l.backward()
+                if rec.maybe(step, X[i], Y[i]): recorded.append(b)
+                opt.step()
+    return net, np.array(recorded)
+
+
+@pytest.mark.parametrize('loss,per', [('mse', 3), ('cross_entropy', 2)])
+def test_rows_follow_the_recorded_batches(loss, per, tmp_path):
+    """Recorded every 2nd step, batches of 10, 10 and 7 in turn: rows are the recorded batches' samples (counted here as
+    they were recorded) x outputs (MSE, 3) or classes - 1 (cross-entropy, 3 classes), in both the fast and the generic
+    path; the network scope counts every parameter (6*5+5 + 5*4+4 + 4*3+3 = 74)."""
+    net, sizes = scheduled(loss, tmp_path / 'r')
+    assert len(set(sizes)) > 1  # the schedule and the cycle give uneven recorded batches
+    fast = hindsight(tmp_path / 'r', np.arange(1, len(sizes) + 1), ['layer:0', 'neuron:4:0'], progress=False)
+    # the generic path on every scope for MSE; for cross-entropy on the neuron only (its L-BFGS takes tens of seconds on the separable layer and network scopes)
+    gen = hindsight_generic(net, tmp_path / 'r', np.arange(1, len(sizes) + 1), None if loss == 'mse' else ['neuron:4:0'], progress=False)
+    for df in (fast, gen):
+        np.testing.assert_array_equal(df.rows, np.cumsum(sizes)[df.N - 1] * per)
+    if loss == 'mse': assert set(gen[gen.kind == 'network'].variables) == {74}
+    both = fast.merge(gen, on=['scope', 'N'])
+    assert len(both) and (both.variables_x == both.variables_y).all()
+
+
+def test_a_count_alone_is_not_interpolation(tmp_path):
+    """A Linear neuron's Taylor map has rank one a sample: neuron 0 of the last layer (5 variables) over one recorded batch
+    of 2 samples (4 logit differences) is under-determined by count, yet keeps a positive optimum (2 samples of rank one
+    cannot fit 4 differences): not marked `interpolating`, which follows its rule row by row."""
+    net, sizes = scheduled('cross_entropy', tmp_path / 'r', steps=2, sizes=(2,), scopes=('neuron:4:0', 'layer:4'))
+    df = hindsight(tmp_path / 'r', [1], progress=False).set_index('scope')
+    n = df.loc['neuron:4:0']
+    assert n.rows == 4 and n.variables == 5 and n.rows <= n.variables  # under-determined by count ...
+    assert n.taylor_optimum > 1e-3 and n.certified  # ... but one rank a sample: 2 samples cannot fit 4 logit differences
+    assert interpolating(df.reset_index()).tolist() == [float(v) for v in (df.rows <= df.variables) & (df.taylor_optimum <= 1e-6 * df.average_loss + df.optimum_gap)]
+    assert interpolating(df.reset_index())[list(df.index).index('neuron:4:0')] == 0.0

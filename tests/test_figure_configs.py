@@ -9,6 +9,11 @@ from ntaylor_nb.regret import RegretRecorder
 from ntaylor_nb.train import FIGURES, build_model, figure_config, run_scopes
 
 
+def recorded_rounds(cfg):
+    "Rounds a figure's run records: train.py's epochs of floor(50,000 / 128) CIFAR-10 batches (the last, partial one dropped), every regret_every-th."
+    return math.ceil(cfg.epochs * (50000 // 128) / cfg.regret_every)
+
+
 def per_round(cfg, tmp_path, name, **kw):
     model = build_model(cfg, (3, 32, 32))
     x = torch.randn(128, 3, 32, 32)
@@ -21,7 +26,7 @@ def per_round(cfg, tmp_path, name, **kw):
 def test_figure_configuration_fits_its_disk_budget(name, tmp_path):
     cfg = figure_config(name, optimizer='rmsprop')
     b, layers = per_round(cfg, tmp_path, 'new')
-    rounds = math.ceil(cfg.epochs * 50000 // 128 / cfg.regret_every)
+    rounds = recorded_rounds(cfg)
     print(name, b, rounds, b * rounds, {l: e['record'] for l, e in layers.items()})
     assert b * rounds <= cfg.disk_budget and b * cfg.regret_chunk <= 2e9
     if name == 'figure3':
@@ -29,3 +34,23 @@ def test_figure_configuration_fits_its_disk_budget(name, tmp_path):
         print('format 2', old)
         assert [layers[l]['record'] for l in ('0', '3', '6')] == ['conv', 'conv_compact', 'conv_compact']
         assert old / b >= 4
+
+
+def test_figure_4a_layer_scopes_are_determined_by_the_end(tmp_path):
+    """Every layer scope figure 4(a) records has fewer variables than its whole recording fixes Taylor rows (recorded rounds
+    x 128 samples x 9 logit differences), so its Taylor optimum is not 0 by count at the later prefixes. Conv layers 2
+    and 3 (102,464 variables) would be too, but their records at this schedule are over the disk budget by themselves;
+    the fully connected layer (196,800) is determined by count at one of 16 log-spaced prefixes only."""
+    from ntaylor_nb.hindsight import scope_variables
+    from ntaylor_nb.taylor import weight_layers
+    cfg = figure_config('figure4a', optimizer='adam')
+    model = build_model(cfg, (3, 32, 32)); paths = weight_layers(model)
+    shapes = {k: list(v.shape) for k, v in model.named_parameters()}
+    rows = recorded_rounds(cfg) * 128 * 9
+    variables = {n: scope_variables(shapes, f'layer:{paths[n]}') for n in cfg.layers}
+    assert all(v < rows for v in variables.values()), (rows, variables)
+    conv23, _ = per_round(figure_config('figure4a', optimizer='adam', layers=[2, 3]), tmp_path, 'c23')
+    assert conv23 * rows / (128 * 9) > cfg.disk_budget  # why they are left out
+    from ntaylor_nb.growth import log_prefixes
+    fc = scope_variables(shapes, f'layer:{paths[4]}')
+    assert (log_prefixes(recorded_rounds(cfg), 16) * 128 * 9 > fc).sum() <= 1

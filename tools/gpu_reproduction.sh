@@ -7,7 +7,7 @@
 # The tasks run side by side (one GPU, the machine's cores shared: THREADS each notebook), each within TASK_SECONDS:
 #   autoencoder  the paper's autoencoder on MNIST, SGD, RMSProp and Adam at tuned rates, regret and exploration
 #   convnet      the paper's convnet on CIFAR-10 (figure 4(a)'s configuration with SIZE=full: layer-wise regret of
-#                conv layers 1-3 and the fully connected layer), the three optimizers at tuned rates, and exploration
+#                conv layer 1), the three optimizers at tuned rates, and exploration
 #   figure3      figure 3's configuration (RMSProp at its tuned rate, 50 neurons of each convolution); its own folder,
 #                outside the report's runs (its neuron scopes are not a seed of the convnet configuration above)
 #   gputests     tests/test_gpu.py and the CUDA tests (pytest, where the machine has it): CUDA values against the CPU's;
