@@ -61,11 +61,16 @@ def regret_exponents(df: pd.DataFrame, # hindsight's table (optionally with a `s
                      n_boot: int = 1000, # bootstrap resamples
                      seed: int = 0, # seeds the bootstrap
                     ) -> pd.DataFrame:
-    "Fitted growth exponent of the regret per (kind, layer), with a bootstrap CI over neurons and seeds."
+    """Fitted growth exponent of the regret per (kind, layer), with a bootstrap CI over neurons and seeds. Prefixes at which every
+    scope of the group fits its prefix exactly (`hindsight.interpolating`: the regret is the cumulative loss by construction) are
+    left out of the fit; `left_out` counts those with N >= lo."""
+    from ntaylor_nb.hindsight import interpolating
     rows, df = [], df.assign(seed=df['seed'] if 'seed' in df else 0)
     for (kind, layer), g in df.groupby(['kind', 'layer'], sort=False):
+        fits = interpolating(g).eq(1.0).groupby(g.N).all()
         R = g.pivot_table(index=['scope', 'seed'], columns='N', values='regret')
+        R = R.loc[:, ~fits.loc[R.columns].to_numpy()]
         try: est, a, b = bootstrap_exponent(R.columns.values, R.values, lo=lo, n_boot=n_boot, seed=seed)
         except ValueError: est = a = b = np.nan
-        rows.append(dict(kind=kind, layer=layer, runs=len(R), exponent=est, ci_low=a, ci_high=b))
+        rows.append(dict(kind=kind, layer=layer, runs=len(R), exponent=est, ci_low=a, ci_high=b, left_out=int((fits & (fits.index >= lo)).sum())))
     return pd.DataFrame(rows)

@@ -15,7 +15,7 @@ from fastcore.basics import patch
 
 from .exploration import ExplorationRecording, exploration_measures, layer_summary
 from .growth import log_prefixes, regret_exponents
-from .hindsight import hindsight
+from .hindsight import hindsight, interpolating
 from .regret import RegretRecording
 
 # %% auto #0
@@ -173,8 +173,9 @@ def _analyze_regret(run: Run, prefixes: int, progress: bool, device: str) -> dic
     ex = regret_exponents(df, lo=max(2, len(rec) // 50), n_boot=300)
     ex.to_csv(run.file('exponents'), index=False)
     for r in ex.itertuples(): s[f'exponent_{r.kind}_{r.layer}'] = r.exponent
-    last = df[df.N == df.N.max()]
-    for r in last[last.kind == 'layer'].itertuples(): s[f'gap_layer_{r.layer}'] = r.average_loss - r.taylor_optimum
+    last = df[df.N == df.N.max()]; fits = interpolating(last).eq(1.0)
+    for r, f in zip(last[last.kind == 'layer'].itertuples(), fits[last.kind == 'layer']):  # no gap where the scope fits every sample: None
+        s[f'gap_layer_{r.layer}'] = np.nan if f else r.average_loss - r.taylor_optimum
     return s
 
 # %% ../nbs/13_run.ipynb #60852447

@@ -5,6 +5,7 @@ import copy
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn as nn
@@ -128,3 +129,20 @@ def test_a_count_alone_is_not_interpolation(tmp_path):
     assert n.taylor_optimum > 1e-3 and n.certified  # ... but one rank a sample: 2 samples cannot fit 4 logit differences
     assert interpolating(df.reset_index()).tolist() == [float(v) for v in (df.rows <= df.variables) & (df.taylor_optimum <= 1e-6 * df.average_loss + df.optimum_gap)]
     assert interpolating(df.reset_index())[list(df.index).index('neuron:4:0')] == 0.0
+
+
+def test_run_summary_has_no_gap_where_the_layer_fits_every_sample(ce_run, tmp_path):
+    """A run's summary gives the layer scope's gap (average loss - Taylor optimum at the last prefix) only where it does not
+    fit every sample: 8 rounds (192 rows, 111 variables) a number, 4 rounds (96 rows) NaN; the exponents leave out the
+    interpolating prefixes and say how many."""
+    from ntaylor_nb.run import _analyze_regret
+    class FakeRun:  # what _analyze_regret uses of a Run
+        def __init__(self, rec, d): self.regret_recording, self.d = rec, d
+        def file(self, name): return self.d / f'{name}.csv'
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        train(two_convs, 'cross_entropy', ['layer:2'], tmp_path / 'short', rounds=4, B=12, chunk_rounds=3)
+    long, short = (_analyze_regret(FakeRun(r, tmp_path), 8, False, 'cpu') for r in (ce_run[0], RegretRecording(tmp_path / 'short')))
+    assert np.isfinite(long['gap_layer_2']) and np.isnan(short['gap_layer_2'])
+    ex = pd.read_csv(tmp_path / 'exponents.csv').set_index('kind')
+    assert ex.loc['layer', 'left_out'] == 3 and np.isnan(ex.loc['layer', 'exponent'])  # every prefix of the short run fits exactly (N = 2..4 in the fit's range N >= 2)
