@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .growth import interpolating
 from .run import Run
 
 # %% auto #0
@@ -128,8 +129,7 @@ def window_exponent(N, # prefix lengths
 
 # %% ../nbs/15_claims.ipynb #46720671
 def _under(d):
-    "(fits, unchecked): the rows of a hindsight table whose scope fits its prefix exactly (`hindsight.interpolating`), and those the table cannot tell (no counts)."
-    from ntaylor_nb.hindsight import interpolating
+    "(fits, unchecked): the rows of a hindsight table whose scope fits its prefix exactly (`growth.interpolating`), and those the table cannot tell (no counts)."
     u = interpolating(d)
     return u.eq(1.0), u.isna()
 
@@ -140,7 +140,7 @@ def _c1_seeds(df, lo, band):
         last = float(d.groupby('N').regret.mean().iloc[-1])
         under, unchecked = _under(d)
         n_under, n_win, n_unchecked = int((under & (d.N >= low)).sum()), int((d.N >= low).sum()), int((unchecked & (d.N >= low)).sum())
-        d = d[~under]  # no more Taylor rows than variables: the optimum interpolates, the regret is the cumulative loss by construction
+        d = d[~under]  # solves that fit their prefix exactly: their regret is the cumulative loss by construction
         curve = d.groupby('N').regret.mean()
         e = window_exponent(curve.index, curve.values, low)
         ex = [window_exponent(g.N, g.regret, low)['exponent'] for _, g in d.groupby('neuron')]

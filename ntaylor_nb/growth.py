@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['log_prefixes', 'growth_exponent', 'bootstrap_exponent', 'regret_exponents']
+__all__ = ['log_prefixes', 'growth_exponent', 'bootstrap_exponent', 'interpolating', 'regret_exponents']
 
 # %% ../nbs/03_growth.ipynb #bc5702ad
 def log_prefixes(N: int, # number of rounds
@@ -55,6 +55,18 @@ def bootstrap_exponent(N: np.ndarray, # prefix lengths
     a = (1 - level) / 2
     return est, float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a))
 
+# %% ../nbs/03_growth.ipynb #6c116b0d
+def interpolating(df: pd.DataFrame, # a hindsight table
+                 ) -> pd.Series:
+    """1.0 where a scope fits the prefix exactly: no more Taylor rows than variables and a Taylor optimum of 0 (at most its optimum_gap and
+    1e-6 of the average loss), so that its regret is the cumulative loss by construction; 0.0 where not; NaN where the table has no counts.
+    The count alone is not enough: a scope whose stacked Jacobian has lower rank (a Linear neuron's is one a sample, dead units) can keep a positive optimum."""
+    if not {'rows', 'variables'} <= set(df.columns): return pd.Series(np.nan, index=df.index)
+    gap = df.optimum_gap.fillna(0) if 'optimum_gap' in df else 0.0
+    fits = ((df.rows <= df.variables) & (df.taylor_optimum <= gap + 1e-6 * df.average_loss)).astype(float)
+    return fits.where(df.rows.notna() & df.variables.notna())
+
+
 # %% ../nbs/03_growth.ipynb #4a40bcdd
 def regret_exponents(df: pd.DataFrame, # hindsight's table (optionally with a `seed` column)
                      lo: float = 10, # fit over N >= lo
@@ -62,9 +74,8 @@ def regret_exponents(df: pd.DataFrame, # hindsight's table (optionally with a `s
                      seed: int = 0, # seeds the bootstrap
                     ) -> pd.DataFrame:
     """Fitted growth exponent of the regret per (kind, layer), with a bootstrap CI over neurons and seeds. Prefixes at which every
-    scope of the group fits its prefix exactly (`hindsight.interpolating`: the regret is the cumulative loss by construction) are
+    scope of the group fits its prefix exactly (`interpolating`: the regret is the cumulative loss by construction) are
     left out of the fit; `left_out` counts those with N >= lo."""
-    from ntaylor_nb.hindsight import interpolating
     rows, df = [], df.assign(seed=df['seed'] if 'seed' in df else 0)
     for (kind, layer), g in df.groupby(['kind', 'layer'], sort=False):
         fits = interpolating(g).eq(1.0).groupby(g.N).all()

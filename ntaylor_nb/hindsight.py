@@ -19,10 +19,10 @@ from .regret import ConvCompactRecord, ConvRecord, LinearJacobianRecord, OutputR
 from .conv_solvers import CompactConv, conv_newton
 from .solvers import MAX_DIRECT, ConvFactoredSamples, ConvSamples, LinearSamples, _conv_k1, _conv_rows, _patches, Problems, _tri, lbfgs, loss_terms, newton, quad_min, quad_min_shared
 from .solvers_free import kfac_precond, newton_cg, quad_cg
-from .taylor import Scope
+from .taylor import Scope, scope_variables, taylor_rows
 
 # %% auto #0
-__all__ = ['SOLVERS', 'GAP_TOL', 'scope_variables', 'interpolating', 'hindsight']
+__all__ = ['SOLVERS', 'GAP_TOL', 'hindsight']
 
 # %% ../nbs/07_hindsight.ipynb #c292e4a8
 def _xt(x): return np.concatenate([x.astype(np.float64), np.ones((len(x), 1))], 1)
@@ -278,19 +278,6 @@ def _row(sc, nums, N, steps, cum, v, cert, gap):
                 taylor_optimum=v / N, regret=cum - v, grad_norm=cert, optimum_gap=gap / N, certified=bool(gap <= GAP_TOL * N))
 
 # %% ../nbs/07_hindsight.ipynb #7f4d3e7f
-def scope_variables(param_shapes: dict, # {parameter name: shape}, as a recording's manifest holds them
-                    scope: Scope | str, # the scope
-                   ) -> int:
-    "Variables of a scope's Taylor loss: every parameter (network), a layer's weight and bias, or one neuron's share of them (biases only where the scope has them)."
-    sc = scope if isinstance(scope, Scope) else Scope.parse(scope)
-    size = lambda k: int(np.prod(param_shapes[k]))
-    if sc.kind == 'network': return sum(size(k) for k in param_shapes if sc.bias or not k.endswith('bias'))
-    w, b = (f'{sc.layer}.{k}' if sc.layer else k for k in ('weight', 'bias'))  # a bare layer's parameters have no path
-    if w not in param_shapes: raise ValueError(f'scope {sc}: the model has no parameter {w!r}')
-    bias = sc.bias and b in param_shapes
-    if sc.kind == 'layer': return size(w) + (size(b) if bias else 0)
-    return size(w) // param_shapes[w][0] + int(bias)
-
 def _table(rows, mf=None, B=None):
     """The table, with `variables` and `rows` where the manifest tells them (`mf`, the rounds' batch sizes `B`): the Taylor outputs a prefix
     fixes, samples x (outputs - 1 for cross-entropy, which ignores a shift of the logits; outputs for MSE)."""
@@ -298,20 +285,10 @@ def _table(rows, mf=None, B=None):
     if not len(df): return df
     df['regret_sqrtN'] = df.regret / np.sqrt(df.N)
     df['average_loss'] = df.cumulative_loss / df.N
-    if mf is not None and mf.get('param_shapes') and len(df):
+    if mf is not None and mf.get('param_shapes'):
         df['variables'] = [scope_variables(mf['param_shapes'], s) for s in df.scope]
-        df['rows'] = np.cumsum(B)[df.N.to_numpy() - 1] * (mf['n_outputs'] - (mf['loss'] == 'cross_entropy'))
+        df['rows'] = np.cumsum(B)[df.N.to_numpy() - 1] * taylor_rows(mf['loss'], mf['n_outputs'])
     return df
-
-def interpolating(df: pd.DataFrame, # a hindsight table
-                 ) -> pd.Series:
-    """1.0 where a scope fits the prefix exactly: no more Taylor rows than variables and a Taylor optimum of 0 (at most its optimum_gap and
-    1e-6 of the average loss), so that its regret is the cumulative loss by construction; 0.0 where not; NaN where the table has no counts.
-    The count alone is not enough: a scope whose stacked Jacobian has lower rank (a Linear neuron's is one a sample, dead units) can keep a positive optimum."""
-    if not {'rows', 'variables'} <= set(df.columns): return pd.Series(np.nan, index=df.index)
-    gap = df.optimum_gap.fillna(0) if 'optimum_gap' in df else 0.0
-    fits = ((df.rows <= df.variables) & (df.taylor_optimum <= gap + 1e-6 * df.average_loss)).astype(float)
-    return fits.where(df.rows.notna() & df.variables.notna())
 
 def _check_prefixes(prefixes, R):
     if R < 1: raise ValueError('the recording holds no rounds')

@@ -17,7 +17,7 @@ from fastcore.basics import patch
 from .gauss_newton import LinearGNRecord, encode_round, mlp_chain, weight_layout
 from .schedules import Schedule
 from .storage import ArrayRecord, Recorder, Recording, stored_array
-from .taylor import Scope, layer_jacobian, loss_fn, resolve_scope, weight_layers
+from .taylor import Scope, layer_jacobian, loss_fn, resolve_scope, scope_variables, taylor_rows, weight_layers
 
 # %% auto #0
 __all__ = ['PRESETS', 'LOSS_NAMES', 'LAYER_KINDS', 'RECORDS', 'regret_scopes', 'layer_kind', 'record_kind', 'conv_numbers',
@@ -205,7 +205,7 @@ def _fields(self: RegretRecorder, x, rounds, optimizer):
         raise ValueError(f'the recording would take about {disk / 1e9:.2f} GB on disk ({per_round / 1e6:.3f} MB a round x {rounds} rounds; '
                          f'budget {self.disk_budget / 1e9:.2f} GB) and {mem / 1e9:.2f} GB of memory per chunk (budget {self.memory_budget / 1e9:.2f} GB): '
                          'record fewer scopes, fewer rounds (a schedule) or smaller chunks (chunk_size), or raise the budgets')
-    self._warn_under(rounds * shapes['B'] * (shapes['n_out'] - (self.loss == 'cross_entropy')))
+    self._warn_under(rounds * shapes['B'] * taylor_rows(self.loss, shapes['n_out']))
     numbers = {n: i for i, n in weight_layers(self.model).items()}
     layers = {l: dict(number=numbers[l], kind=layer_kind(self.mods[l]), record=self.records[l], units=p['units'], layer_scope=p['layer_scope'])
               for l, p in self.plan.items()}
@@ -223,10 +223,10 @@ def _fields(self: RegretRecorder, x, rounds, optimizer):
 @patch
 def _warn_under(self: RegretRecorder, rows: int, # Taylor rows of the whole recording: samples x outputs (one fewer for cross-entropy)
                ):
-    "Warn of scopes with no more variables than the recording has Taylor rows: their optimum interpolates (0), and their regret is the cumulative loss by construction."
-    params = dict(self.model.named_parameters())
-    size = lambda s: sum(params[k].numel() // (params[k].shape[0] if r is not None else 1) for k, r in resolve_scope(self.model, s).items())
-    under = [f'{s} ({size(s):,} variables)' for s in self.scopes if size(s) >= rows]
+    "Warn of scopes with at least as many variables as the recording has Taylor rows: their optimum generically interpolates (0), their regret is the cumulative loss by construction."
+    shapes = {k: list(v.shape) for k, v in self.model.named_parameters()}
+    sizes = {s: scope_variables(shapes, s) for s in self.scopes}
+    under = [f'{s} ({n:,} variables)' for s, n in sizes.items() if n >= rows]
     if under: warnings.warn(f'{len(under)} scope(s) have at least as many variables as the whole recording has Taylor rows ({rows:,}: recorded samples x '
                             f'outputs{", one fewer for cross-entropy" if self.loss == "cross_entropy" else ""}): {", ".join(under[:4])}{" ..." if len(under) > 4 else ""}. '
                             'Their Taylor optimum will generically be 0 (unless their Jacobian has lower rank) and their regret the cumulative loss, '

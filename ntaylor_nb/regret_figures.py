@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .growth import interpolating
+
 # %% auto #0
 __all__ = ['UNDER_LABEL', 'plot_figure3', 'plot_figure4']
 
@@ -32,8 +34,7 @@ def _mark_under(ax, N, y, under, color):
     ax.plot(np.asarray(N)[under], np.asarray(y)[under], 'x', color=color, ms=7, mew=1.5, label=label)
 
 def _under_by_N(g):
-    "Per N (sorted), whether every scope of `g` fits its prefix exactly (`hindsight.interpolating`; False for a table without the counts)."
-    from ntaylor_nb.hindsight import interpolating
+    "Per N (sorted), whether every scope of `g` fits its prefix exactly (`growth.interpolating`; False for a table without the counts)."
     return interpolating(g).eq(1.0).groupby(g.N).all()
 
 

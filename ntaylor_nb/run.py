@@ -14,8 +14,8 @@ import pandas as pd
 from fastcore.basics import patch
 
 from .exploration import ExplorationRecording, exploration_measures, layer_summary
-from .growth import log_prefixes, regret_exponents
-from .hindsight import hindsight, interpolating
+from .growth import interpolating, log_prefixes, regret_exponents
+from .hindsight import hindsight
 from .regret import RegretRecording
 
 # %% auto #0

@@ -4,6 +4,7 @@
 
 # %% ../nbs/01_taylor.ipynb #0b1e70e0
 from __future__ import annotations
+import math
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -14,9 +15,9 @@ from torch import Tensor
 from torch.func import functional_call, jvp, vjp, vmap
 
 # %% auto #0
-__all__ = ['SCOPE_KINDS', 'LOSSES', 'current_weights', 'Scope', 'weight_layers', 'resolve_scope', 'scope_weights', 'substitute',
-           'taylor_output', 'loss_fn', 'taylor_loss', 'LayerJacobian', 'layer_jacobian', 'ActivationConfig',
-           'activation_configuration', 'clamped_output']
+__all__ = ['SCOPE_KINDS', 'LOSSES', 'current_weights', 'Scope', 'weight_layers', 'resolve_scope', 'scope_variables',
+           'taylor_rows', 'scope_weights', 'substitute', 'taylor_output', 'loss_fn', 'taylor_loss', 'LayerJacobian',
+           'layer_jacobian', 'ActivationConfig', 'activation_configuration', 'clamped_output']
 
 # %% ../nbs/01_taylor.ipynb #10084341
 def current_weights(model: nn.Module, # any network
@@ -100,6 +101,27 @@ def resolve_scope(model: nn.Module, # the network
         raise IndexError(f'neuron {sc.neuron} is out of range for layer {sc.layer!r} '
                          f'({type(mod).__name__} with {n} output units): allowed 0..{n - 1}')
     return {k: sc.neuron for k in names}
+
+# %% ../nbs/01_taylor.ipynb #88726961
+def scope_variables(param_shapes: dict, # {parameter name: shape}, as a recording's manifest holds them
+                    scope: Scope | str, # the scope
+                   ) -> int:
+    "Variables of a scope's Taylor loss: every parameter (network), a layer's weight and bias, or one neuron's share of them (biases only where the scope has them)."
+    sc = scope if isinstance(scope, Scope) else Scope.parse(scope)
+    size = lambda k: math.prod(param_shapes[k])
+    if sc.kind == 'network': return sum(size(k) for k in param_shapes if sc.bias or not k.endswith('bias'))
+    w, b = (f'{sc.layer}.{k}' if sc.layer else k for k in ('weight', 'bias'))  # a bare layer's parameters have no path
+    if w not in param_shapes: raise ValueError(f'scope {sc}: the model has no parameter {w!r}')
+    bias = sc.bias and b in param_shapes
+    if sc.kind == 'layer': return size(w) + (size(b) if bias else 0)
+    return size(w) // param_shapes[w][0] + int(bias)
+
+def taylor_rows(loss: str, # "mse" or "cross_entropy"
+                n_outputs: int, # the network's outputs a sample
+               ) -> int:
+    "Taylor outputs one sample fixes: its outputs, one fewer for cross-entropy (a shift of the logits changes nothing)."
+    return n_outputs - (loss == 'cross_entropy')
+
 
 # %% ../nbs/01_taylor.ipynb #9be2e27a
 def scope_weights(model: nn.Module, # the network

@@ -59,7 +59,8 @@ def test_papermill_smoke(nb, tmp_path):
                                             ('convnet', dict(lr=-1.0), "lr=-1.0: a positive number or 'tune'"),
                                             ('convnet', dict(figure='figure9'), "figure='figure9'; allowed: None, figure3, figure4a"),
                                             ('convnet', dict(figure='figure4a', figure_settings={'layerz': [4]}), r"figure_settings: unknown field\(s\) \['layerz'\]"),
-                                            ('convnet', dict(figure_settings={'layers': [4]}), 'give figure too')])
+                                            ('convnet', dict(figure_settings={'layers': [4]}), 'give figure too'),
+                                            ('convnet', dict(figure='figure4a', figure_settings=8), 'figure_settings=8 must be a dict')])
 def test_notebooks_reject_bad_parameters(nb, bad, message, tmp_path):
     with pytest.raises(pm.PapermillExecutionError, match=message):
         pm.execute_notebook(str(ROOT / f'nbs/experiments/{nb}.ipynb'), str(tmp_path / 'o.ipynb'),

@@ -41,8 +41,7 @@ def test_figure_4a_layer_scopes_are_determined_by_the_end(tmp_path):
     x 128 samples x 9 logit differences), so its Taylor optimum is not 0 by count at the later prefixes. Conv layers 2
     and 3 (102,464 variables) would be too, but their records at this schedule are over the disk budget by themselves;
     the fully connected layer (196,800) is determined by count at one of 16 log-spaced prefixes only."""
-    from ntaylor_nb.hindsight import scope_variables
-    from ntaylor_nb.taylor import weight_layers
+    from ntaylor_nb.taylor import scope_variables, weight_layers
     cfg = figure_config('figure4a', optimizer='adam')
     model = build_model(cfg, (3, 32, 32)); paths = weight_layers(model)
     shapes = {k: list(v.shape) for k, v in model.named_parameters()}
@@ -50,7 +49,7 @@ def test_figure_4a_layer_scopes_are_determined_by_the_end(tmp_path):
     variables = {n: scope_variables(shapes, f'layer:{paths[n]}') for n in cfg.layers}
     assert all(v < rows for v in variables.values()), (rows, variables)
     conv23, _ = per_round(figure_config('figure4a', optimizer='adam', layers=[2, 3]), tmp_path, 'c23')
-    assert conv23 * rows / (128 * 9) > cfg.disk_budget  # why they are left out
+    assert conv23 * recorded_rounds(cfg) > cfg.disk_budget  # why they are left out
     from ntaylor_nb.growth import log_prefixes
     fc = scope_variables(shapes, f'layer:{paths[4]}')
     assert (log_prefixes(recorded_rounds(cfg), 16) * 128 * 9 > fc).sum() <= 1
