@@ -9,7 +9,7 @@ import torch
 from fastcore.basics import patch
 from scipy.linalg import blas
 from torch import Tensor
-from .devices import _spare
+from .devices import _eigh, _spare
 from .solvers import _check_loss, _patches, _factor, _step, line_search, loss_terms
 
 
@@ -273,7 +273,7 @@ def hessian(self: CompactConv, V: Tensor, # (U', K+1) points
                 else:
                     Jp = Jg * pi[smp][:, None, :]; a = Jp.sum(-1)
                     Q = sg[:, None, None] * (Jp @ Jg.transpose(1, 2) - a[:, :, None] * a[:, None, :])
-                lam, E = torch.linalg.eigh(Q)  # Q = F F', F = E sqrt(lam): the sample's rows of Z are F' X_b
+                lam, E = _eigh(Q)  # Q = F F', F = E sqrt(lam): the sample's rows of Z are F' X_b
                 F_ = E * lam.clamp_min(0).sqrt()[:, None, :]
                 if nb.get('by_count'): torch.bmm(F_.transpose(1, 2), X[ri].view(len(smp), c, self.K1), out=Z[ri].view(len(smp), c, self.K1))
                 else: Z[ri] = (F_.transpose(1, 2) @ X[ri].view(len(smp), c, self.K1)).reshape(-1, self.K1)

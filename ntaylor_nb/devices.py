@@ -57,3 +57,13 @@ def _or_none(f, *args, **kw):
     except torch.OutOfMemoryError: pass
     torch.cuda.empty_cache()  # (here, not in the except clause, whose traceback still holds the failed call's tensors)
     return None
+
+# %% ../nbs/92_devices.ipynb #ef832776
+def _eigh(A: torch.Tensor, # (..., n, n) symmetric matrices
+         ) -> tuple:
+    "torch.linalg.eigh(A) (eigenvalues ascending, eigenvectors), on the CPU where the device's solver does not converge."
+    try: return torch.linalg.eigh(A)
+    except torch.linalg.LinAlgError:
+        if A.device.type == 'cpu': raise
+    lam, E = torch.linalg.eigh(A.cpu())
+    return lam.to(A.device), E.to(A.device)

@@ -360,6 +360,26 @@ def test_harness_catches_the_h200_bug(ce_rec, monkeypatch):
     hindsight(ce_rec, prefixes=[2, 6], scopes=['layer:8'], progress=False, device='cpu')  # the CPU never sees it
 
 
+def test_eigh_that_fails_on_the_device(ce_rec, monkeypatch):
+    """CUDA's batched eigensolver stopped without converging on conv layer 2's per-sample blocks on an H200 (twelfth
+    session, in CompactConv.hessian), which ended the figure-3 analysis. Made to fail here for every input on the device,
+    the blocks go to the CPU's solver (devices._eigh) and the hindsight values are the CPU's."""
+    real, failed = torch.linalg.eigh, []
+
+    def eigh(A, *a, **k):
+        if A.is_cuda:
+            failed.append(tuple(A.shape))
+            raise torch.linalg.LinAlgError('linalg.eigh: (Batch element 0): The algorithm failed to converge (raised by the test)')
+        return real(A, *a, **k)
+    pre = [2, 6]
+    cpu = hindsight(ce_rec, prefixes=pre, progress=False, device='cpu')
+    monkeypatch.setattr(torch.linalg, 'eigh', eigh)
+    with VirtualCuda():
+        gpu = hindsight(ce_rec, prefixes=pre, progress=False, device='cuda')
+    assert failed  # the device's solver was asked, and failed
+    same(cpu, gpu, 1e-7)
+
+
 # ------------------------------------------------------------------------------------------------- recording on the device
 
 RECORDS = {  # (model, loss, scopes, recorder options): every record kind the recorder writes
