@@ -4,6 +4,7 @@
 
 # %% ../nbs/07_hindsight.ipynb #e64996af
 from __future__ import annotations
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -198,10 +199,10 @@ def _start(self: _DenseAcc, prob, keys, idx, P):
 def _solve_compact(self: _DenseAcc, tol: float):
     "The neuron scopes of a conv_compact record by `conv_newton`, warm-started as `_start` does."
     cc, U = self.cc, len(self.units)
-    idx = torch.arange(U, device=self.device)
-    zero = torch.zeros(U, cc.K1, dtype=torch.float64, device=self.device); V0 = zero
+    idx = torch.arange(U, device=cc.device)  # (the compact samples' device: the layer's other samples may have gone to the CPU)
+    zero = torch.zeros(U, cc.K1, dtype=torch.float64, device=cc.device); V0 = zero
     if all(u in self.V for u in self.units):
-        last = torch.stack([self.V[u] for u in self.units])
+        last = torch.stack([self.V[u].to(cc.device) for u in self.units])
         V0 = torch.where((cc.evaluate(last, idx, grad=False)[0] <= cc.evaluate(zero, idx, grad=False)[0])[:, None], last, zero)
     V, f, gn, lam, _ = conv_newton(cc, idx, V0, tol)
     out = {}
@@ -213,10 +214,25 @@ def _solve_compact(self: _DenseAcc, tol: float):
 @patch
 def solve(self: _DenseAcc, tol: float):
     """{scope: (minimum of the summed Taylor losses, gradient norm there, estimated distance to the infimum)}, each stopped once its estimated distance is at most `tol`:
-    batched damped Newton (conv_compact neurons by `conv_newton`; matrix-free Newton-CG for a layer scope beyond MAX_DIRECT variables, or with solver="newton-cg")."""
+    batched damped Newton (conv_compact neurons by `conv_newton`; matrix-free Newton-CG for a layer scope beyond MAX_DIRECT variables, or with solver="newton-cg").
+    Where the device runs out of memory (a card shared with other runs), this layer's kept samples go on on the CPU."""
     out = self._solve_compact(tol) if self.cc is not None else {}
     if self.cc is not None and not self.layer_scope: return out
-    kind = ConvFactoredSamples if self.factored else LinearSamples if self.fmt == 'linear' else ConvSamples
+    try: return {**out, **self._solve_kept(tol)}
+    except torch.OutOfMemoryError:
+        if self.device.type == 'cpu': raise
+    torch.cuda.empty_cache()  # (outside the except clause, whose traceback holds the failed solve's tensors)
+    warnings.warn(f'layer {self.layer}: out of device memory at {sum(len(p[0]) for p in self.parts)} samples (is the card shared?); '
+                  "this layer's solves go on on the CPU", stacklevel=2)
+    cpu = torch.device('cpu')
+    self.parts = [tuple(t.to(cpu) for t in p) if type(p) is tuple else type(p)(*(t.to(cpu) for t in p)) for p in self.parts]
+    self.V, self.device = {k: v.to(cpu) for k, v in self.V.items()}, cpu  # (the compact neurons' samples stay on the device)
+    return {**out, **self._solve_kept(tol)}
+
+@patch
+def _solve_kept(self: _DenseAcc, tol: float):
+    "`solve` for the scopes solved from the kept samples: the neurons of records other than conv_compact, and the layer scope."
+    out, kind = {}, ConvFactoredSamples if self.factored else LinearSamples if self.fmt == 'linear' else ConvSamples
     D = kind(*(torch.cat([t.to(self.device) for t in z]) for z in zip(*self.parts)))  # the last solve's samples are on the device already
     self.parts = [D]
     if self.solver == 'lbfgs': return self._solve_lbfgs(D)

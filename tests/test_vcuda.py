@@ -346,14 +346,14 @@ def test_cross_entropy_matrix_free_on_the_device(tmp_path):
 
 
 def test_harness_catches_the_h200_bug(ce_rec, monkeypatch):
-    """The device mix a review found on an H200 (6f4026d): _DenseAcc.solve joined the last solve's samples (on the device)
-    with new ones (on the CPU) by torch.cat before moving them. Put back, it raises here; the fixed line does not."""
-    src = textwrap.dedent(inspect.getsource(hs._DenseAcc.solve))
+    """The device mix a review found on an H200 (6f4026d): _DenseAcc.solve (now _solve_kept) joined the last solve's samples
+    (on the device) with new ones (on the CPU) by torch.cat before moving them. Put back, it raises here; the fixed line does not."""
+    src = textwrap.dedent(inspect.getsource(hs._DenseAcc._solve_kept))
     fixed = 'torch.cat([t.to(self.device) for t in z])'
-    if fixed not in src: pytest.skip('_DenseAcc.solve no longer has the line this test puts the bug back into')
+    assert fixed in src, '_DenseAcc._solve_kept no longer has the line this test puts the bug back into: update the test'
     ns = dict(vars(hs))
     exec(compile('\n'.join(l for l in src.replace(fixed, 'torch.cat(z).to(self.device)').splitlines() if not l.startswith('@')), hs.__file__, 'exec'), ns)
-    monkeypatch.setattr(hs._DenseAcc, 'solve', ns['solve'])
+    monkeypatch.setattr(hs._DenseAcc, '_solve_kept', ns['_solve_kept'])
     with VirtualCuda():
         with pytest.raises(VirtualCudaError, match='cat'):
             hindsight(ce_rec, prefixes=[2, 6], scopes=['layer:8'], progress=False, device='cuda')
@@ -378,6 +378,34 @@ def test_eigh_that_fails_on_the_device(ce_rec, monkeypatch):
         gpu = hindsight(ce_rec, prefixes=pre, progress=False, device='cuda')
     assert failed  # the device's solver was asked, and failed
     same(cpu, gpu, 1e-7)
+
+
+def test_out_of_memory_in_a_layer_solve_goes_on_on_the_cpu(ce_rec, monkeypatch):
+    """On an H200 shared by seven notebooks and P2b, one convnet run's layer solve ran out of device memory and its whole
+    analysis was lost (twelfth session). Now that layer's kept samples go on on the CPU, with a warning: here the
+    device's Newton solves run out of memory from the second prefix on; the values are the CPU's, the compact neurons'
+    solves stay on the device, and the later solves run on the CPU."""
+    real, ran = hs.newton, []
+
+    def newton(prob, idx, V0, tol, *a, **k):
+        ran.append(V0.is_cuda)
+        if V0.is_cuda and len(ran) > 2: raise torch.OutOfMemoryError('CUDA out of memory. (raised by the test)')
+        return real(prob, idx, V0, tol, *a, **k)
+    made = []
+
+    class Spy(hs.CompactConv):
+        def __init__(self, *a, **k): super().__init__(*a, **k); made.append(self)
+    pre = [2, 4, 6]
+    cpu = hindsight(ce_rec, prefixes=pre, progress=False, device='cpu')
+    monkeypatch.setattr(hs, 'newton', newton); monkeypatch.setattr(hs, 'CompactConv', Spy)
+    with VirtualCuda(), pytest.warns(UserWarning, match='out of device memory'):
+        gpu = hindsight(ce_rec, prefixes=pre, progress=False, device='cuda')
+    assert ran[:2] == [True, True] and True in ran[3:] and ran[-1] is False  # some on the device, the failed ones again on the CPU
+    assert made and all(c.device.type == 'cuda' for c in made)
+    same(cpu, gpu, 1e-7)
+    monkeypatch.setattr(hs, 'newton', lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError('CUDA out of memory. (raised by the test)')))
+    with pytest.raises(torch.OutOfMemoryError):  # on the CPU there is nowhere to go: the error stands
+        hindsight(ce_rec, prefixes=pre, progress=False, device='cpu')
 
 
 # ------------------------------------------------------------------------------------------------- recording on the device
