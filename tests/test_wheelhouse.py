@@ -100,14 +100,14 @@ def test_gpu_script_end_to_end_at_tiny_size(gpu_like, tmp_path):
     out = tmp_path / 'p4'
     env = dict(gpu_like['env'], PYTHON=str(gpu_like['py']), BASE_PATH=str(gpu_like['tmp'] / 'base'), WHEELS=str(LOCAL), DEVDATA=str(devdata),
                SITE=str(tmp_path / 'site'), DATA_ROOT=str(tmp_path / 'data'), OUT_DIR=str(out), SIZE='tiny', PACK=str(tmp_path / 'pack'),
-               TASK_SECONDS='900', REPORT_SECONDS='900')  # the tasks within limits, as in the full run (timeout, bash -c, the exported functions)
+               TASK_SECONDS='900', REPORT_SECONDS='900', GPUTESTS_SECONDS='900', WORKERS='2')  # the tasks within limits, as in the full run (timeout, bash -c, the exported functions)
     env['PYTHONPATH'] = ''
     r = subprocess.run(['bash', 'tools/gpu_reproduction.sh'], capture_output=True, text=True, env=env, cwd=ROOT)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     timing = json.loads((out / 'timing.json').read_text())
-    steps = list(timing['steps'])  # the tasks ran side by side: listed as they ended
-    assert steps[:3] == ['install', 'kernel', 'data'] and steps[-1] == 'report'
-    assert sorted(steps[3:-1]) == ['autoencoder', 'convnet', 'figure3', 'gputests']
+    steps = list(timing['steps'])  # gputests first and alone, then the tasks side by side: listed as they ended
+    assert steps[:4] == ['install', 'kernel', 'data', 'gputests'] and steps[-1] == 'report'
+    assert sorted(steps[4:-1]) == ['autoencoder', 'convnet', 'figure3']
     assert all(s['status'] == 'ok' for s in timing['steps'].values()) and timing['size'] == 'tiny'
     for folder, dataset, runs in (('runs/autoencoder', 'mnist', 3), ('runs/convnet', 'cifar10', 3), ('figure3', 'cifar10', 1)):
         rows = (out / folder / 'results.csv').read_text().splitlines()

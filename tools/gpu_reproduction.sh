@@ -4,7 +4,9 @@
 # experiment notebooks with the batch runner and the report notebook with papermill, and write results and timings under
 # OUT_DIR. See benchmarks/RESULTS.md, "How to run P4 on a GPU". Run from the repo root.
 #
-# The tasks run side by side (one GPU, the machine's cores shared: THREADS each notebook), each within TASK_SECONDS:
+# gputests, when asked for, runs first and alone (within GPUTESTS_SECONDS): on a GPU shared with the notebooks its solves
+# crawled (twelfth session, benchmarks/RESULTS.md). The other tasks run side by side (one GPU, the machine's cores shared:
+# THREADS each notebook), each within TASK_SECONDS:
 #   autoencoder  the paper's autoencoder on MNIST, SGD, RMSProp and Adam at tuned rates, regret and exploration
 #   convnet      the paper's convnet on CIFAR-10 (figure 4(a)'s configuration with SIZE=full: layer-wise regret of
 #                conv layer 1), the three optimizers at tuned rates, and exploration
@@ -21,7 +23,7 @@
 #   TASKS=autoencoder,convnet,figure3,gputests   PYTHON=python3   OUT_DIR=runs/p4   WHEELS=.whl/gpu-py312   DEVDATA=.devdata
 #   SITE=/tmp/ntaylor-site (the install target)  DATA_ROOT=/tmp/ntaylor-data (the data, extracted)
 #   TASK_SECONDS (full: 420; tiny: 0, no limit)  P2B_SECONDS (the p2b task's: 540)  REPORT_SECONDS (full: 100; tiny: 0)
-#   THREADS (cores / 7)
+#   WORKERS (3: the notebooks of a task at once)   THREADS (cores / the notebooks running at once)   GPUTESTS_SECONDS (150)
 #   BASE_PATH=          extra path after the repo on PYTHONPATH (the CPU test's stand-in for the GPU's site-packages)
 #   PACK=               a folder: write p4_results.tar.gz there (figures, tables, executed notebooks, timings; no recordings)
 #   AE_PARAMS, CONV_PARAMS, FIG3_PARAMS   override the notebook parameters of each task ("name=value name=value ...")
@@ -35,11 +37,11 @@ case $SIZE in
   full) AE_DEFAULT="dataset=mnist epochs=5 lr=tune tune_fraction=0.2 snapshots=101 probe_size=1000 neurons_per_layer=50 prefixes=64"
         CONV_DEFAULT="figure=figure4a lr=tune tune_fraction=0.2 $SHOW prefixes=16"
         FIG3_DEFAULT="figure=figure3 lr=tune tune_fraction=0.2 $SHOW prefixes=16"
-        TASK_SECONDS=${TASK_SECONDS:-420}; REPORT_SECONDS=${REPORT_SECONDS:-100} ;;
+        TASK_SECONDS=${TASK_SECONDS:-420}; REPORT_SECONDS=${REPORT_SECONDS:-100}; GPUTESTS_SECONDS=${GPUTESTS_SECONDS:-150} ;;
   tiny) AE_DEFAULT="dataset=mnist rounds=12 lr=0.01 neurons_per_layer=2 probe_size=30 prefixes=4"
         CONV_DEFAULT="dataset=cifar10 rounds=4 batch_size=16 lr=0.001 neurons_per_layer=2 probe_size=10 exploration_units=10 prefixes=2"
         FIG3_DEFAULT="dataset=cifar10 rounds=4 batch_size=16 lr=0.001 layers=[] neuron_layers=[1,2,3] neurons_per_layer=2 regret_every=1 probe_size=10 exploration_units=10 prefixes=2"
-        TASK_SECONDS=${TASK_SECONDS:-0}; REPORT_SECONDS=${REPORT_SECONDS:-0} ;;
+        TASK_SECONDS=${TASK_SECONDS:-0}; REPORT_SECONDS=${REPORT_SECONDS:-0}; GPUTESTS_SECONDS=${GPUTESTS_SECONDS:-0} ;;
   *) echo "SIZE must be full or tiny, got $SIZE" >&2; exit 2 ;;
 esac
 AE_PARAMS=${AE_PARAMS:-$AE_DEFAULT}; CONV_PARAMS=${CONV_PARAMS:-$CONV_DEFAULT}; FIG3_PARAMS=${FIG3_PARAMS:-$FIG3_DEFAULT}
@@ -49,11 +51,13 @@ for t in ${TASKS//[, ]/ }; do
   [[ " ${TASK_LIST[*]} " == *" $t "* ]] && { echo "TASKS: $t is named twice" >&2; exit 2; }
   TASK_LIST+=("$t")
 done
-for v in TASK_SECONDS REPORT_SECONDS P2B_SECONDS THREADS; do
-  [ -z "${!v:-}" ] || [[ ${!v} =~ ^[0-9]+$ ]] || { echo "$v=${!v}: a whole number of seconds (threads) is wanted" >&2; exit 2; }
+for v in TASK_SECONDS REPORT_SECONDS P2B_SECONDS GPUTESTS_SECONDS THREADS WORKERS; do
+  [ -z "${!v:-}" ] || [[ ${!v} =~ ^[0-9]+$ ]] || { echo "$v=${!v}: a whole number of seconds (threads, workers) is wanted" >&2; exit 2; }
 done
+WORKERS=${WORKERS:-3}; [ "$WORKERS" -ge 1 ] || { echo "WORKERS=$WORKERS: at least 1" >&2; exit 2; }
 ls "$WHEELS"/*.whl >/dev/null || { echo "no wheels in $WHEELS: build them with 'make wheelhouse' and carry the folder" >&2; exit 2; }
-CORES=$(nproc); export OMP_NUM_THREADS=${THREADS:-$(( CORES / 7 > 0 ? CORES / 7 : 1 ))}  # seven notebooks at once in the full run
+NB=0; for t in "${TASK_LIST[@]}"; do case $t in autoencoder|convnet) NB=$((NB + WORKERS)) ;; figure3|p2b) NB=$((NB + 1)) ;; esac; done
+CORES=$(nproc); export OMP_NUM_THREADS=${THREADS:-$(( NB > 0 && CORES / NB > 0 ? CORES / NB : 1 ))}  # the notebooks (and p2b) at once
 mkdir -p "$OUT_DIR"; OUT_DIR=$(cd "$OUT_DIR" && pwd)
 TIMES="$OUT_DIR/timing.tsv"; : > "$TIMES"; T0=$SECONDS; FAILED=0
 RUN_ID="$$-$RANDOM"  # each task's programs carry NTAYLOR_P4_TASK=$RUN_ID-<task> (jupyter kernels start sessions of their own)
@@ -87,11 +91,11 @@ batch() {
   local nb=$1 out=$2 grid=$3; shift 3; local args=()
   for p in "$@"; do args+=(--param "$p"); done
   "$PY" -c 'import sys; from ntaylor_nb.batch import main; sys.exit(main())' "nbs/experiments/$nb.ipynb" --out "$out" \
-    --grid "$grid" --workers 3 --kernel "$KERNEL" --param "data_root=$DATA_ROOT" "${args[@]}"
+    --grid "$grid" --workers "$WORKERS" --kernel "$KERNEL" --param "data_root=$DATA_ROOT" "${args[@]}"
 }
 gputests() {  # CUDA values against the CPU's; where pytest is missing they are not run: the step says skipped, not ok
   "$PY" -c 'import pytest' 2>/dev/null || { echo "no pytest here: the GPU tests were not run"; return 99; }
-  local rc=0
+  local rc=0; export OMP_NUM_THREADS=$(nproc)  # alone: every core for the CPU's side of the comparisons
   "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_taylor.py tests/test_exploration.py -k 'cuda or gpu' || rc=$?
   # the virtual CUDA harness's device rules (which mixes raise, which pass) on the real card: where they differ, the harness is wrong
   "$PY" -m pytest -q -p no:cacheprovider tests/test_vcuda.py -k real || rc=$?
@@ -107,18 +111,18 @@ task() {
            && cp benchmarks/results.json "$OUT_DIR/p2b_results.json" ;;
   esac
 }
-export -f task batch gputests; export PY KERNEL DATA_ROOT OUT_DIR AE_PARAMS CONV_PARAMS FIG3_PARAMS  # for `timeout bash -c`
+export -f task batch gputests; export PY KERNEL DATA_ROOT OUT_DIR WORKERS AE_PARAMS CONV_PARAMS FIG3_PARAMS  # for `timeout bash -c`
 # what a stopped task left running (its kernels, in sessions of their own): every process marked with its name
 leftovers() { for p in /proc/[0-9]*; do grep -qxz "NTAYLOR_P4_TASK=$1" "$p/environ" 2>/dev/null && echo "${p#/proc/}"; done; return 0; }
 stop_leftovers() { local ps; ps=$(leftovers "$1"); [ -z "$ps" ] && return 0
                    echo "stopping what $1 left running: $ps"; kill $ps 2>/dev/null || true  # (some may have ended since the scan)
                    sleep 3; ps=$(leftovers "$1"); [ -z "$ps" ] || kill -9 $ps 2>/dev/null || true; }
+run_task() { local t=$1 limit=$TASK_SECONDS
+             case $t in p2b) limit=${P2B_SECONDS:-540} ;; gputests) limit=$GPUTESTS_SECONDS ;; esac
+             ( export NTAYLOR_P4_TASK="$RUN_ID-$t"; step "$t" "$limit" task "$t" && rc=0 || rc=$?; stop_leftovers "$RUN_ID-$t"; exit $rc ) > "$OUT_DIR/$t.log" 2>&1; }
+[[ " ${TASK_LIST[*]} " == *" gputests "* ]] && { run_task gputests || FAILED=1; }  # first, alone on the GPU
 pids=()
-for t in "${TASK_LIST[@]}"; do
-  limit=$TASK_SECONDS; [ "$t" = p2b ] && limit=${P2B_SECONDS:-540}
-  ( export NTAYLOR_P4_TASK="$RUN_ID-$t"; step "$t" "$limit" task "$t" && rc=0 || rc=$?; stop_leftovers "$RUN_ID-$t"; exit $rc ) > "$OUT_DIR/$t.log" 2>&1 &
-  pids+=($!)
-done
+for t in "${TASK_LIST[@]}"; do [ "$t" = gputests ] || { run_task "$t" & pids+=($!); }; done
 for p in "${pids[@]}"; do wait "$p" || FAILED=1; done
 cat "$TIMES"
 for t in "${TASK_LIST[@]}"; do echo "--- $t.log, last lines:"; tail -n 4 "$OUT_DIR/$t.log" | cut -c1-300; done
