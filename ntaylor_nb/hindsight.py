@@ -221,12 +221,12 @@ def solve(self: _DenseAcc, tol: float):
     try: return {**out, **self._solve_kept(tol)}
     except torch.OutOfMemoryError:
         if self.device.type == 'cpu': raise
-    torch.cuda.empty_cache()  # (outside the except clause, whose traceback holds the failed solve's tensors)
     warnings.warn(f'layer {self.layer}: out of device memory at {sum(len(p[0]) for p in self.parts)} samples (is the card shared?); '
                   "this layer's solves go on on the CPU", stacklevel=2)
-    cpu = torch.device('cpu')
+    cpu = torch.device('cpu')  # (outside the except clause, whose traceback holds the failed solve's tensors)
     self.parts = [tuple(t.to(cpu) for t in p) if type(p) is tuple else type(p)(*(t.to(cpu) for t in p)) for p in self.parts]
     self.V, self.device = {k: v.to(cpu) for k, v in self.V.items()}, cpu  # (the compact neurons' samples stay on the device)
+    torch.cuda.empty_cache()  # what this layer held on the device, given back to a card others share
     return {**out, **self._solve_kept(tol)}
 
 @patch

@@ -9,6 +9,7 @@ On a machine with a GPU the harness's device rules (which mixes raise, which pas
 import inspect
 import json
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import ntaylor_nb.hindsight as hs
+from ntaylor_nb.devices import _eigh
 from ntaylor_nb.hindsight import hindsight
 from ntaylor_nb.regret import RegretRecorder, RegretRecording
 from vcuda import VirtualCuda, VirtualCudaError, on_virtual_cuda
@@ -378,34 +380,71 @@ def test_eigh_that_fails_on_the_device(ce_rec, monkeypatch):
         gpu = hindsight(ce_rec, prefixes=pre, progress=False, device='cuda')
     assert failed  # the device's solver was asked, and failed
     same(cpu, gpu, 1e-7)
+    with VirtualCuda():  # a matrix with NaN keeps the device's error (the CPU's solver would give NaN without one)
+        with pytest.raises(torch.linalg.LinAlgError, match='raised by the test'):
+            _eigh(torch.full((2, 3, 3), float('nan'), dtype=torch.float64, device='cuda'))
+
+
+def _oom_where(when, arg=0):
+    "A stand-in that raises CUDA's out-of-memory error where its positional argument `arg` is on the device and when(it) holds, else calls through."
+    def wrap(real, ran):
+        def f(*a, **k):
+            t = a[arg]; ran.append((t.shape[-1], t.is_cuda))
+            if t.is_cuda and when(t): raise torch.OutOfMemoryError('CUDA out of memory. (raised by the test)')
+            return real(*a, **k)
+        return f
+    return wrap
+
+
+@pytest.fixture(scope='module')
+def ce_rec_both(tmp_path_factory):
+    "Layers with neuron and layer scopes solved from kept samples (the linear one), and a conv layer with compact neurons and its layer scope."
+    p = tmp_path_factory.mktemp('vboth') / 'rec'
+    record(convnet2, 'cross_entropy', ['neuron:6:1', 'neuron:6:2', 'layer:6', 'neuron:3:0', 'layer:3'], p, rounds=6, conv_record='conv_compact')
+    return p
 
 
 def test_out_of_memory_in_a_layer_solve_goes_on_on_the_cpu(ce_rec, monkeypatch):
     """On an H200 shared by seven notebooks and P2b, one convnet run's layer solve ran out of device memory and its whole
-    analysis was lost (twelfth session). Now that layer's kept samples go on on the CPU, with a warning: here the
-    device's Newton solves run out of memory from the second prefix on; the values are the CPU's, the compact neurons'
-    solves stay on the device, and the later solves run on the CPU."""
-    real, ran = hs.newton, []
-
-    def newton(prob, idx, V0, tol, *a, **k):
-        ran.append(V0.is_cuda)
-        if V0.is_cuda and len(ran) > 2: raise torch.OutOfMemoryError('CUDA out of memory. (raised by the test)')
-        return real(prob, idx, V0, tol, *a, **k)
-    made = []
-
-    class Spy(hs.CompactConv):
-        def __init__(self, *a, **k): super().__init__(*a, **k); made.append(self)
-    pre = [2, 4, 6]
+    analysis was lost (twelfth session). Now that layer's kept samples go on on the CPU, with a warning: here every
+    device Newton solve from the third on runs out of memory (the first prefix's last); the values are the CPU's, the
+    compact neurons' solves stay on the device, and the failed layers' later solves run on the CPU."""
+    ran, devices, pre = [], [], [2, 4, 6]
     cpu = hindsight(ce_rec, prefixes=pre, progress=False, device='cpu')
-    monkeypatch.setattr(hs, 'newton', newton); monkeypatch.setattr(hs, 'CompactConv', Spy)
+    real_conv_newton = hs.conv_newton
+    monkeypatch.setattr(hs, 'conv_newton', lambda cc, *a, **k: devices.append(cc.device.type) or real_conv_newton(cc, *a, **k))
+    monkeypatch.setattr(hs, 'newton', _oom_where(lambda V0: len(ran) > 2, arg=2)(hs.newton, ran))
     with VirtualCuda(), pytest.warns(UserWarning, match='out of device memory'):
         gpu = hindsight(ce_rec, prefixes=pre, progress=False, device='cuda')
-    assert ran[:2] == [True, True] and True in ran[3:] and ran[-1] is False  # some on the device, the failed ones again on the CPU
-    assert made and all(c.device.type == 'cuda' for c in made)
+    on = [c for _, c in ran]
+    assert on[:2] == [True, True] and True in on[3:] and on[-1] is False  # some on the device, the failed ones again on the CPU
+    assert len(devices) == 2 * len(pre) and set(devices) == {'cuda'}  # the compact neurons of both convolutions, every prefix
     same(cpu, gpu, 1e-7)
-    monkeypatch.setattr(hs, 'newton', lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError('CUDA out of memory. (raised by the test)')))
-    with pytest.raises(torch.OutOfMemoryError):  # on the CPU there is nowhere to go: the error stands
-        hindsight(ce_rec, prefixes=pre, progress=False, device='cpu')
+    monkeypatch.setattr(hs, 'newton', _oom_where(lambda V0: True, arg=2)(lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError('CUDA out of memory. (raised by the test on the CPU)')), []))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # no fallback on the CPU: no warning, and the error stands
+        with pytest.raises(torch.OutOfMemoryError, match='on the CPU'):
+            hindsight(ce_rec, prefixes=pre, progress=False, device='cpu')
+
+
+@pytest.mark.parametrize('where', ['layer scope after its neurons', 'joining the samples'])
+def test_out_of_memory_part_way_through_a_layer(ce_rec_both, monkeypatch, where):
+    """The fallback where the error comes part way: in the linear layer's layer-scope solve after its neurons' solves
+    updated their points at the same prefix, or while a prefix's new samples are joined (still plain tuples then)."""
+    pre, ran = [2, 4, 6], []
+    cpu = hindsight(ce_rec_both, prefixes=pre, progress=False, device='cpu')
+    if where.startswith('layer'):
+        monkeypatch.setattr(hs, 'newton', _oom_where(lambda V0: V0.shape[-1] == 4 * 13, arg=2)(hs.newton, ran))  # layer 6: 4 x (12 + 1) variables
+    else:
+        monkeypatch.setattr(hs, 'LinearSamples', _oom_where(lambda x: len(ran) > 1)(hs.LinearSamples, ran))
+    with VirtualCuda(), pytest.warns(UserWarning, match='layer 6: out of device memory'):
+        gpu = hindsight(ce_rec_both, prefixes=pre, progress=False, device='cuda')
+    if where.startswith('layer'):  # layer 6's layer scope: on the device once (the error), then on the CPU; layer 3's stays on the device
+        six = [c for P, c in ran if P == 4 * 13]
+        assert six[0] is True and not any(six[1:]) and len(six) == 1 + len(pre) and any(c for P, c in ran if P != 4 * 13)
+    else:  # the join of layer 6's samples at the second prefix: every later one on the CPU
+        assert [c for _, c in ran] == [True, True] + [False] * (len(pre) - 1)
+    same(cpu, gpu, 1e-7)
 
 
 # ------------------------------------------------------------------------------------------------- recording on the device
