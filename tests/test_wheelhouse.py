@@ -126,3 +126,20 @@ def test_gpu_script_end_to_end_at_tiny_size(gpu_like, tmp_path):
     assert './timing.json' in names and './report/figure6.png' in names and './figure3.log' in names
     assert not any('recordings' in n for n in names)
     assert len((out / 'report' / 'runs.csv').read_text().splitlines()) == 1 + 6, 'the report reads the six protocol runs, not figure 3\'s'
+
+
+@pytest.mark.parametrize('setting, message', [
+    ({'TASKS': 'autoencoder,nonsense'}, 'TASKS: unknown task nonsense'),
+    ({'TASKS': 'convnet,convnet'}, 'TASKS: convnet is named twice'),
+    ({'SIZE': 'huge'}, 'SIZE must be full or tiny'),
+    ({'TASK_SECONDS': '5m'}, 'TASK_SECONDS=5m: a whole number'),
+    ({'GPUTESTS_SECONDS': '-1'}, 'GPUTESTS_SECONDS=-1: a whole number'),
+    ({'WORKERS': '0'}, 'WORKERS=0: a whole number, at least 1'),
+    ({'WORKERS': '08'}, 'WORKERS=08: a whole number, at least 1 (no leading zeros)'),  # bash arithmetic would read it as octal and abort
+])
+def test_gpu_script_refuses_bad_settings(tmp_path, setting, message):
+    "tools/gpu_reproduction.sh checks its settings before any work: a clear message, exit status 2, nothing written."
+    env = dict(os.environ, OUT_DIR=str(tmp_path / 'out'), SITE=str(tmp_path / 'site'), DATA_ROOT=str(tmp_path / 'data'), **setting)
+    r = subprocess.run(['bash', 'tools/gpu_reproduction.sh'], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert r.returncode == 2 and message in r.stderr, (r.returncode, r.stdout, r.stderr)
+    assert not any(tmp_path.iterdir())
