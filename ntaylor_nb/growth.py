@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['log_prefixes', 'growth_exponent', 'bootstrap_exponent', 'interpolating', 'regret_exponents']
+__all__ = ['log_prefixes', 'growth_exponent', 'bootstrap_exponent', 'interpolating', 'interpolating_by_N', 'regret_exponents']
 
 # %% ../nbs/03_growth.ipynb #bc5702ad
 def log_prefixes(N: int, # number of rounds
@@ -66,6 +66,11 @@ def interpolating(df: pd.DataFrame, # a hindsight table
     fits = ((df.rows <= df.variables) & (df.taylor_optimum <= gap + 1e-6 * df.average_loss)).astype(float)
     return fits.where(df.rows.notna() & df.variables.notna())
 
+def interpolating_by_N(df: pd.DataFrame, # a hindsight table (one group of scopes)
+                      ) -> pd.Series:
+    "Per N (sorted), whether every scope of the table fits that prefix exactly (`interpolating`; False for a table without the counts)."
+    return interpolating(df).eq(1.0).groupby(df.N).all()
+
 
 # %% ../nbs/03_growth.ipynb #4a40bcdd
 def regret_exponents(df: pd.DataFrame, # hindsight's table (optionally with a `seed` column)
@@ -78,7 +83,7 @@ def regret_exponents(df: pd.DataFrame, # hindsight's table (optionally with a `s
     left out of the fit; `left_out` counts those with N >= lo."""
     rows, df = [], df.assign(seed=df['seed'] if 'seed' in df else 0)
     for (kind, layer), g in df.groupby(['kind', 'layer'], sort=False):
-        fits = interpolating(g).eq(1.0).groupby(g.N).all()
+        fits = interpolating_by_N(g)
         R = g.pivot_table(index=['scope', 'seed'], columns='N', values='regret')
         R = R.loc[:, ~fits.loc[R.columns].to_numpy()]
         try: est, a, b = bootstrap_exponent(R.columns.values, R.values, lo=lo, n_boot=n_boot, seed=seed)

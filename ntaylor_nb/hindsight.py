@@ -224,10 +224,9 @@ def solve(self: _DenseAcc, tol: float):
     warnings.warn(f'layer {self.layer}: out of device memory at {sum(len(p[0]) for p in self.parts)} samples (is the card shared?); '
                   "this layer's solves go on on the CPU", stacklevel=2)
     cpu = torch.device('cpu')  # (outside the except clause, whose traceback holds the failed solve's tensors)
-    self.parts = [tuple(t.to(cpu) for t in p) if type(p) is tuple else type(p)(*(t.to(cpu) for t in p)) for p in self.parts]
-    self.V, self.device = {k: v.to(cpu) for k, v in self.V.items()}, cpu  # (the compact neurons' samples stay on the device)
-    torch.cuda.empty_cache()  # what this layer held on the device, given back to a card others share
-    return {**out, **self._solve_kept(tol)}
+    self.V, self.device = {k: v.to(cpu) for k, v in self.V.items()}, cpu  # the kept samples move in _solve_kept's join; the compact neurons' stay
+    try: return {**out, **self._solve_kept(tol)}
+    finally: torch.cuda.empty_cache()  # what this layer held on the device, given back to a card others share
 
 @patch
 def _solve_kept(self: _DenseAcc, tol: float):
@@ -302,7 +301,7 @@ def _table(rows, mf=None, B=None):
     df['regret_sqrtN'] = df.regret / np.sqrt(df.N)
     df['average_loss'] = df.cumulative_loss / df.N
     if mf is not None and mf.get('param_shapes'):
-        df['variables'] = [scope_variables(mf['param_shapes'], s) for s in df.scope]
+        df['variables'] = df.scope.map({s: scope_variables(mf['param_shapes'], s) for s in df.scope.unique()})
         df['rows'] = np.cumsum(B)[df.N.to_numpy() - 1] * taylor_rows(mf['loss'], mf['n_outputs'])
     return df
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .growth import interpolating
+from .growth import interpolating_by_N
 
 # %% auto #0
 __all__ = ['UNDER_LABEL', 'plot_figure3', 'plot_figure4']
@@ -33,10 +33,6 @@ def _mark_under(ax, N, y, under, color):
     label = '_nolegend_' if any(l.get_label() == UNDER_LABEL for l in ax.lines) else UNDER_LABEL
     ax.plot(np.asarray(N)[under], np.asarray(y)[under], 'x', color=color, ms=7, mew=1.5, label=label)
 
-def _under_by_N(g):
-    "Per N (sorted), whether every scope of `g` fits its prefix exactly (`growth.interpolating`; False for a table without the counts)."
-    return interpolating(g).eq(1.0).groupby(g.N).all()
-
 
 # %% ../nbs/08_regret_figures.ipynb #8f20b075
 def plot_figure3(df: pd.DataFrame, # hindsight's table for one run
@@ -56,7 +52,7 @@ def plot_figure3(df: pd.DataFrame, # hindsight's table for one run
         for _, h in g.groupby('scope'): axs[0].plot(h.N, h.regret_sqrtN, '--', color=c, lw=0.5, alpha=0.5)
         m = g.groupby('N').regret_sqrtN.agg(['mean', 'std'])
         axs[0].plot(m.index, m['mean'], color=c, label=name(l))
-        _mark_under(axs[0], m.index, m['mean'], _under_by_N(g).loc[m.index], c)
+        _mark_under(axs[0], m.index, m['mean'], interpolating_by_N(g).loc[m.index], c)
         axs[0].fill_between(m.index, m['mean'] - m['std'], m['mean'] + m['std'], color=c, alpha=0.2)
     axs[0].set(xscale='log', xlabel='N (rounds)', ylabel=r'Regret$(N)/\sqrt{N}$', title='(a) neuron regret by layer'); axs[0].legend()
     for ax, l in zip(axs[1:], detail):
@@ -87,7 +83,7 @@ def plot_figure4(runs: dict, # label (optimizer) -> hindsight table
         c, ld = sns.color_palette()[i % 10], df[df.kind == 'layer']
         for j, (l, g) in enumerate(ld.groupby('layer', sort=False)):
             axs[0].plot(g.N, g.regret_sqrtN, color=c, lw=1, ls=['-', '--', ':', '-.'][j % 4], label=f'{label}, {_layer_name(df)(l)}')
-            _mark_under(axs[0], g.N, g.regret_sqrtN, _under_by_N(g).loc[g.N].to_numpy(), c)
+            _mark_under(axs[0], g.N, g.regret_sqrtN, interpolating_by_N(g).loc[g.N].to_numpy(), c)
         g = ld[ld.layer.astype(str) == str(layer)]
         axs[1].plot(g.N, g.cumulative_loss, color=c, label=f'{label}: loss incurred')
         axs[1].plot(g.N, g.N * g.taylor_optimum, color=c, ls='--', label=f'{label}: Taylor optimum')
