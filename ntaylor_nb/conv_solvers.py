@@ -9,7 +9,7 @@ import torch
 from fastcore.basics import patch
 from scipy.linalg import blas
 from torch import Tensor
-from .devices import _eigh, _spare
+from .devices import _spare
 from .solvers import _check_loss, _patches, _factor, _step, line_search, loss_terms
 
 
@@ -164,7 +164,7 @@ def evaluate(self: CompactConv, V: Tensor, # (U', K+1) points
             ) -> tuple:
     "Summed losses (U',), and gradients (U', K+1) with the curvature kept for `hvp`, of neurons idx at V."
     f, g = V.new_zeros(len(V)), (V.new_zeros(V.shape) if grad else None)
-    if grad: self._pi, self._idx = [], idx
+    if grad: self._pi, self._idx = [], idx.tolist()
     for k, u in enumerate(idx.tolist()):
         pis = []
         for nb in self._segments(u):
@@ -186,30 +186,51 @@ def hvp(self: CompactConv, W: Tensor, # (len(k), K+1) directions
     "The Hessians at the last point evaluated with grad, problems k of it (positions), applied to W (len(k), K+1)."
     out = torch.zeros_like(W)
     for i, kk in enumerate(k.tolist()):
-        for nb, pi in zip(self._segments(int(self._idx[kk])), self._pi[kk]):
+        for nb, pi in zip(self._segments(self._idx[kk]), self._pi[kk]):
             X = self._rows(nb)
             c = _curv(self.loss, pi, nb['s'], _outs(nb, X @ W[i]))
             out[i] += X.T @ (nb['j'] * c[nb['rs']]).sum(-1)
     return out
+
+def _per_sample(z, y, loss):
+    "Each sample's loss (n,) at outputs z (n, p), unweighted: cross-entropy against class indices y, or squared error against targets y."
+    if loss == 'cross_entropy': return torch.logsumexp(z, -1) - z.gather(1, y[:, None])[:, 0]
+    return ((z - y) ** 2).sum(-1)
 
 @patch
 def along(self: CompactConv, V: Tensor, # (U', K+1) points
           D: Tensor, # (U', K+1) directions
           idx: Tensor, # (U',) which neurons
          ):
-    "(step sizes t (m,), positions k (m,)) -> summed losses at V[k] - t D[k]: the outputs at V and their moves along D made once, for a line search."
-    zs = []
+    """(step sizes t (m,), positions k (m,)) -> summed losses at V[k] - t D[k]: the outputs at V and their moves along D made
+    once, every neuron's samples in one batch (a value costs a few operations however many neurons), for a line search."""
+    z0, zd, ys, ss, lens, const = [], [], [], [], [], []
     for v, d, u in zip(V, D, idx.tolist()):
-        zs.append([])
+        n_u, c_u = 0, 0.0
         for nb in self._segments(u):
             w = self._rows(nb) @ torch.stack([v, d], 1)  # (R, 2): the rows made once
-            zs[-1].append((nb['base'] + _outs(nb, w[:, 0]), _outs(nb, w[:, 1]), nb))
+            z0.append(nb['base'] + _outs(nb, w[:, 0])); zd.append(_outs(nb, w[:, 1])); ys.append(nb['y']); ss.append(nb['s'])
+            n_u += len(nb['gi']); c_u += nb['const']
+        lens.append(n_u); const.append(c_u)
+    cat = lambda a, like: torch.cat(a) if a else like
+    z0, zd = cat(z0, V.new_zeros(0, self.p)), cat(zd, V.new_zeros(0, self.p))
+    ys, ss = cat(ys, torch.zeros(0, dtype=torch.long, device=V.device)), cat(ss, V.new_zeros(0))
+    off, const = np.cumsum([0] + lens), torch.tensor(const, dtype=V.dtype, device=V.device)
+    at = torch.arange(len(z0), device=V.device)
     def value(t, k):
-        out = t.new_zeros(len(t))
-        for i, (tt, kk) in enumerate(zip(t.tolist(), k.tolist())):
-            for z0, zd, nb in zs[kk]: out[i] += loss_terms((z0 - tt * zd)[None], nb['y'], nb['s'], self.loss)[0][0] + nb['const']
-        return out
+        ks = k.tolist()
+        n_k = [lens[kk] for kk in ks]
+        sm = torch.cat([at[off[kk]:off[kk + 1]] for kk in ks]) if ks else at[:0]  # the pairs' samples, pair by pair
+        pair = torch.repeat_interleave(torch.arange(len(ks), device=V.device), torch.tensor(n_k, device=V.device))
+        loss = _per_sample(z0[sm] - t[pair, None] * zd[sm], ys[sm], self.loss) * ss[sm]
+        return t.new_zeros(len(t)).index_add_(0, pair, loss) + const[k]
     return value
+
+@patch
+def floor(self: CompactConv, idx: Tensor, # (U',) which neurons
+         ) -> Tensor:
+    "A lower bound (U',) of the summed losses of neurons idx: the loss of their inactive samples, a constant (every other term is at least 0)."
+    return torch.tensor([float(sum(nb['const'] for nb in self._segments(u))) for u in idx.tolist()], dtype=torch.float64, device=self.device)
 
 # %% ../nbs/04_solvers_conv.ipynb #316f3701
 @patch
@@ -226,7 +247,7 @@ def _drop(Z: Tensor, # (R, K+1) rows, changed in place
           frac: float, # how much of Z'Z's mean diagonal entry the rows left out may sum to (squared norms)
          ) -> Tensor:
     """Z's leading rows without its smallest: those whose squared norms sum to at most frac times the mean diagonal entry of
-    Z'Z (saturated samples' rows, the softmax's null direction), the kept rows of the tail moved into their places. Z'Z then
+    Z'Z (saturated samples' rows), the kept rows of the tail moved into their places. Z'Z then
     moves by a PSD matrix of trace at most frac mean diag(Z'Z) <= frac max diag(Z'Z): at `_NEGLIGIBLE` a hundredth of `newton`'s
     ridge (1e-13 max diag), so Newton decrements with it are at most 1/0.99 times the exact ones and never below them (in exact
     arithmetic: syrk's own rounding, about sqrt(R) eps max diag, is of the ridge's order)."""
@@ -242,15 +263,38 @@ def _drop(Z: Tensor, # (R, K+1) rows, changed in place
     return Z[:R]
 
 # %% ../nbs/04_solvers_conv.ipynb #01c1dfdf
+def _half(loss, pi, s, j, rs):
+    """Each row's coefficients (R, p) against a factor A_b of its sample's loss Hessian, s_b H_b = A_b A_b' (p x p): A_b' j_r.
+    Cross-entropy: s_b (diag(pi) - pi pi') = A A' with A = sqrt(s_b) (I - pi 1') diag(sqrt(pi)) (as sum(pi) = 1), so
+    A' j = sqrt(s_b pi) * (j - pi'j), a direct formula (no eigensolver); MSE: 2 s_b I, A = sqrt(2 s_b) I."""
+    if loss == 'cross_entropy':
+        pr = pi[rs]
+        return (s[rs, None] * pr).sqrt() * (j - (pr * j).sum(-1, keepdim=True))
+    return (2 * s[rs, None]).sqrt() * j
+
+def _groups(nb):
+    """A segment's samples by their number of rows c, made once and kept with it: (c, samples, rows) per c, slices where its
+    samples are ordered by that number (a merged segment) else index tensors (each sample's rows are consecutive)."""
+    if 'groups' not in nb:
+        cnt = torch.bincount(nb['rs'], minlength=len(nb['gi']))
+        start, out = torch.cumsum(cnt, 0) - cnt, []
+        for c in torch.unique(cnt).tolist():
+            if not c: continue
+            smp = (cnt == c).nonzero()[:, 0]
+            if nb.get('by_count'): out.append((c, slice(int(smp[0]), int(smp[-1]) + 1), slice(int(start[smp[0]]), int(start[smp[-1]]) + c)))
+            else: out.append((c, smp, (start[smp, None] + torch.arange(c, device=smp.device)).reshape(-1)))
+        nb['groups'] = out
+    return nb['groups']
+
 @patch
 def hessian(self: CompactConv, V: Tensor, # (U', K+1) points
             idx: Tensor, # (U',) which neurons
             m_max: int | None = None, # at most this many samples, every ceil(n / m_max)-th, scaled to the whole sum of weights
            ) -> tuple:
-    """The Hessians (U', K+1, K+1) at V, and their diagonals from all samples (less `_drop`'s rows): over a neuron's rows X, X' Q X with Q
-    block-diagonal, a block Q_b = J_b H_b J_b' per sample (its rows' coefficients against the loss's Hessian); as Z' Z with
-    Z_b = F_b' X_b, F_b F_b' = Q_b (eigh, made for the samples with the same number of rows at once), by a symmetric rank-k update
-    of about R (K+1)^2 multiply-adds for R rows; rows of Z too small to matter are left out (`_drop`)."""
+    """The Hessians (U', K+1, K+1) at V, and their diagonals from all samples (less `_drop`'s rows): over a neuron's samples,
+    sum_b M_b' (s_b H_b) M_b with M_b = sum_r j_r x_r' over the sample's rows, as Z' Z with Z_b = A_b' M_b = sum_r (A_b' j_r) x_r'
+    (p rows a sample; `_half`'s factor A_b), made for the samples with the same number of rows by one batched product; then a
+    symmetric rank-k update of about m p (K+1)^2 multiply-adds for m samples; rows of Z too small to matter are left out (`_drop`)."""
     H, dg = V.new_zeros(len(V), self.K1, self.K1), V.new_zeros(len(V), self.K1)
     stride = 1 if m_max is None else max(1, -(-self.n // m_max))
     s_all = torch.cat([b['s'] for b in self.blocks])
@@ -260,26 +304,17 @@ def hessian(self: CompactConv, V: Tensor, # (U', K+1) points
             if not len(nb['gi']): continue
             X = self._rows(nb)
             z = nb['base'] + _outs(nb, X @ V[k])
-            cnt = torch.bincount(nb['rs'], minlength=len(nb['gi']))
-            start = torch.cumsum(cnt, 0) - cnt
             pi = torch.softmax(z, -1) if self.loss == 'cross_entropy' else None
-            Z = self._work(len(X))
-            for c in torch.unique(cnt).tolist():
-                smp = (cnt == c).nonzero()[:, 0]
-                if nb.get('by_count'): ri = slice(int(start[smp[0]]), int(start[smp[-1]]) + c)  # the group's rows: one slice
-                else: ri = (start[smp, None] + torch.arange(c, device=V.device)).reshape(-1)  # each sample's rows together
-                Jg, sg = nb['j'][ri].view(len(smp), c, self.p), nb['s'][smp]  # (m_g, c, p)
-                if pi is None: Q = 2 * sg[:, None, None] * (Jg @ Jg.transpose(1, 2))
-                else:
-                    Jp = Jg * pi[smp][:, None, :]; a = Jp.sum(-1)
-                    Q = sg[:, None, None] * (Jp @ Jg.transpose(1, 2) - a[:, :, None] * a[:, None, :])
-                lam, E = _eigh(Q)  # Q = F F', F = E sqrt(lam): the sample's rows of Z are F' X_b
-                F_ = E * lam.clamp_min(0).sqrt()[:, None, :]
-                if nb.get('by_count'): torch.bmm(F_.transpose(1, 2), X[ri].view(len(smp), c, self.K1), out=Z[ri].view(len(smp), c, self.K1))
-                else: Z[ri] = (F_.transpose(1, 2) @ X[ri].view(len(smp), c, self.K1)).reshape(-1, self.K1)
+            w = _half(self.loss, pi, nb['s'], nb['j'], nb['rs'])  # (R, p)
+            Z = self._work(len(nb['gi']) * self.p).view(len(nb['gi']), self.p, self.K1)  # Z_b: rows b p ... b p + p - 1
+            for c, smp, ri in _groups(nb):
+                Wg, Xg = w[ri].view(-1, c, self.p).transpose(1, 2), X[ri].view(-1, c, self.K1)  # (m_g, p, c), (m_g, c, K+1)
+                if nb.get('by_count'): torch.bmm(Wg, Xg, out=Z[smp])
+                else: Z[smp] = Wg @ Xg
+            Z = Z.view(-1, self.K1)
             if stride > 1:
                 dg[k] += (Z * Z).sum(0)
-                Z = Z[(nb['gi'][nb['rs']] % stride) == 0]
+                Z = Z[((nb['gi'] % stride) == 0).repeat_interleave(self.p)]
             G = _gram(_drop(Z, _NEGLIGIBLE)); H[k] += G  # each segment within its own trace: the neuron's within its own
             if stride == 1: dg[k] += G.diagonal()
     return H * scale, dg
@@ -302,7 +337,9 @@ def batched_pcg(hvp, # (W, k) -> the matrices of rows k applied to W
                ) -> tuple:
     "Batched PCG on H d = g, each row its own problem; returns d, decrement estimates g'H^-1 g (from above), products made (batches of rows), whether every row met its stop rule."
     d = torch.zeros_like(g); r = g.clone(); allk = torch.arange(len(g), device=g.device); z = M(r, allk); pdir = z.clone(); rz = (r * z).sum(-1)
-    U = len(g); dec = [[] for _ in range(U)]; val = torch.zeros(U, dtype=g.dtype, device=g.device)
+    U = len(g); val = torch.zeros(U, dtype=g.dtype, device=g.device)
+    steps = g.new_zeros(U, max(max_iter, 1))  # steps[u, i]: the decrease of row u's CG objective at iteration i + 1
+    n = torch.zeros(U, dtype=torch.long, device=g.device)  # iterations each row ran (a row runs from the first until it stops)
     act = torch.ones(U, dtype=torch.bool, device=g.device); it = 0
     for _ in range(max_iter):
         a_idx = act.nonzero()[:, 0]
@@ -316,11 +353,11 @@ def batched_pcg(hvp, # (W, k) -> the matrices of rows k applied to W
         step = a * rz; val -= step
         zn = M(r, allk); rzn = (r * zn).sum(-1)
         pdir = zn + torch.where(ok, rzn / torch.where(rz > 0, rz, torch.ones_like(rz)), torch.zeros_like(rz))[:, None] * pdir; rz = torch.where(ok, rzn, rz)
-        for u in a_idx.tolist():
-            dec[u].append(float(step[u]))
-            gap = sum(dec[u][-delay:])
-            if not ok[u] or (len(dec[u]) >= delay and (gap <= tol or gap <= rtol * abs(float(val[u])))): act[u] = False
-    gaps = torch.tensor([sum(x[-delay:]) for x in dec], dtype=g.dtype, device=g.device)
+        steps[a_idx, it - 1] = step[a_idx]; n[a_idx] = it
+        gap = steps[:, max(0, it - delay):it].sum(1)  # the rows still running: their last `delay` decreases
+        act &= ok & ~((it >= delay) & ((gap <= tol) | (gap <= rtol * val.abs())))  # the stop rule, every row at once
+    cols = n[:, None] - delay + torch.arange(delay, device=g.device)  # each row's last `delay` iterations
+    gaps = (steps.gather(1, cols.clamp(0, steps.shape[1] - 1)) * (cols >= 0)).sum(1)
     return d, -val + gaps, it, not bool(act.any())
 
 
@@ -328,7 +365,7 @@ def batched_pcg(hvp, # (W, k) -> the matrices of rows k applied to W
 def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
                 idx: Tensor, # (U,) the neurons to solve (positions among the recorded ones)
                 V0: Tensor, # (U, K+1) starting points
-                tol: float, # stop once half the Newton decrement is at most this
+                tol: float, # stop once half the Newton decrement, or the value's height above `CompactConv.floor`, is at most this
                 max_iter: int = 100, # Newton iterations
                 m_max: int | None = None, # samples of the first factor's Hessian (None: all)
                 rtol: float = 1e-4, # relative accuracy of a CG solve preconditioned by a kept factor
@@ -343,15 +380,23 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
     took the full step (a damped or expanded step: the curvature moved too much; one such neuron decides for the batch), and at
     the first step with m_max; after it failed k times running, only 2^k steps later. A stop is taken on an exact direction only
     (from a factor made at that point), and the decrements returned are exact (made again at the end for a neuron that ended on
-    a CG estimate). Returns V, values, gradient norms, Newton decrements, iterations."""
+    a CG estimate). A neuron whose value comes within tol of its floor stops there before its next direction (the height
+    bounds its distance to the infimum: separable neurons, whose decrement stays large on the way out), its decrement
+    then inf (not made). Returns V, values, gradient norms, Newton decrements, iterations."""
     V, U = V0.clone(), len(V0)
     lam = torch.full((U,), float('inf'), dtype=V.dtype, device=V.device)
     iters = torch.zeros(U, dtype=torch.long)
     act, pre, fails, next_try = torch.arange(U, device=V.device), None, 0, 0
     full = True  # did every neuron still running take the full step last time (neither damped nor expanded: the model held)?
     by_cg = torch.zeros(U, dtype=torch.bool, device=V.device)  # is lam a CG estimate (a neuron ending at the cap, or with no decrease)?
-    f, g = V.new_zeros(U), torch.zeros_like(V)  # at V[act], the first iteration's
+    f, g, fl = prob.evaluate(V, idx, grad=False)[0], torch.zeros_like(V), prob.floor(idx)  # f: at V[act], from the line search after the first
     for it in range(max_iter + 1):
+        low = f[act] - fl[act] <= tol  # within tol of the infimum: stop without a direction
+        if bool(low.any()):
+            lam[act[low]], by_cg[act[low]] = float('inf'), False
+            act = act[~low]
+            if pre is not None: pre = (pre[0][~low], pre[1][~low])
+            if not len(act): break
         f[act], g[act] = prob.evaluate(V[act], idx[act])  # the curvature kept for hvp is at V[act]
         if pre is None and m_max is not None: pre = _precond(prob, V[act], idx[act], m_max)  # a first factor from a subsample
         done = False
@@ -375,11 +420,11 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
         if not len(act): break
         pre = (pre[0][keep], pre[1][keep])
         iters[act.cpu()] += 1
-        Vn, _, acc = line_search(prob.along(V[act], d, idx[act]), V[act], d, f[act], lam2, expand, along=True)  # lam2 from CG: from above
+        Vn, fn, acc = line_search(prob.along(V[act], d, idx[act]), V[act], d, f[act], lam2, expand, along=True)  # lam2 from CG: from above
         moved = act[acc]
         if not len(moved): break
         full = bool((Vn[acc] == V[moved] - d[acc]).all())  # the full step, bit for bit (line_search makes V - 1.0 d): neither damped nor expanded
-        V[moved] = Vn[acc]
+        V[moved], f[moved] = Vn[acc], fn[acc]
         pre = (pre[0][acc], pre[1][acc])
         act = moved
     f, g = prob.evaluate(V, idx)

@@ -57,14 +57,3 @@ def _or_none(f, *args, **kw):
     except torch.OutOfMemoryError: pass
     torch.cuda.empty_cache()  # (here, not in the except clause, whose traceback still holds the failed call's tensors)
     return None
-
-# %% ../nbs/92_devices.ipynb #ef832776
-def _eigh(A: torch.Tensor, # (..., n, n) symmetric matrices
-         ) -> tuple:
-    """torch.linalg.eigh(A) (eigenvalues ascending, eigenvectors), on the CPU where the device's solver does not converge
-    on finite matrices (a matrix with NaN or infinity keeps the device's error: on the CPU it would give NaN silently)."""
-    try: return torch.linalg.eigh(A)
-    except torch.linalg.LinAlgError:
-        if A.device.type == 'cpu' or not bool(torch.isfinite(A).all()): raise
-    lam, E = torch.linalg.eigh(A.cpu())
-    return lam.to(A.device), E.to(A.device)

@@ -148,6 +148,11 @@ class _DenseAcc:
         self.layer, self.units, self.cols, self.layer_scope, self.fmt, self.loss = layer, list(units), list(cols), layer_scope, fmt, loss
         self.parts, self.V, self.device, self.solver, self.cc, self.factored = [], {}, torch.device(device), solver, None, None
 
+def _gap(lam, f, floor=0.0) -> float:
+    """A solve's certificate: half its Newton decrement lam (an estimate of the distance to the infimum), or its value f's height
+    above a lower bound of the loss (0; a conv neuron's inactive samples' loss), a bound on that distance, where that is smaller."""
+    return min(float(lam) / 2, max(float(f) - float(floor), 0.0))
+
 _COMPACT_NEWTON = True  # neuron scopes of conv_compact records by conv_solvers.conv_newton; False: M formed again, dense Newton (the baseline)
 
 # %% ../nbs/07_hindsight.ipynb #e60d8ece
@@ -205,9 +210,9 @@ def _solve_compact(self: _DenseAcc, tol: float):
         last = torch.stack([self.V[u].to(cc.device) for u in self.units])
         V0 = torch.where((cc.evaluate(last, idx, grad=False)[0] <= cc.evaluate(zero, idx, grad=False)[0])[:, None], last, zero)
     V, f, gn, lam, _ = conv_newton(cc, idx, V0, tol)
-    out = {}
+    out, fl = {}, cc.floor(idx)
     for k, u in enumerate(self.units):
-        self.V[u] = V[k]; out[Scope('neuron', self.layer, int(u))] = (float(f[k]), float(gn[k]), float(lam[k]) / 2)
+        self.V[u] = V[k]; out[Scope('neuron', self.layer, int(u))] = (float(f[k]), float(gn[k]), _gap(lam[k], f[k], fl[k]))
     return out
 
 # %% ../nbs/07_hindsight.ipynb #b9badff3
@@ -245,16 +250,16 @@ def _solve_kept(self: _DenseAcc, tol: float):
             V, f, gn, lam, _ = newton(prob, idx, self._start(prob, us, idx, P), tol)
             for k, u in enumerate(us):
                 self.V[u] = V[k]
-                out[Scope('neuron', self.layer, int(u))] = (float(f[k]), float(gn[k]), float(lam[k]) / 2)
+                out[Scope('neuron', self.layer, int(u))] = (float(f[k]), float(gn[k]), _gap(lam[k], f[k]))
     if self.layer_scope:
         prob = Problems(D, self.loss, geom=self.geom if self.factored else None)
         P, one = prob.size(), torch.zeros(1, dtype=torch.long, device=self.device)
         if P <= MAX_DIRECT and self.solver != 'newton-cg':
             V, f, gn, lam, _ = newton(prob, one, self._start(prob, ['layer'], one, P), tol)
-            self.V['layer'], v, g, gap = V[0], float(f[0]), float(gn[0]), float(lam[0]) / 2
+            self.V['layer'], v, g, gap = V[0], float(f[0]), float(gn[0]), _gap(lam[0], f[0])
         else:  # too many variables for a Hessian: matrix-free Newton-CG (Hessian-vector products, preconditioned)
             V, v, g, lam, _ = newton_cg(prob, self._start(prob, ['layer'], one, P)[0], tol)
-            self.V['layer'], gap = V, lam / 2
+            self.V['layer'], gap = V, _gap(lam, v)
         out[Scope('layer', self.layer)] = (v, g, gap)
     return out
 

@@ -211,13 +211,14 @@ def _pairs(self: Problems, C):
 def _z(self: Problems, V, base, des):
     "The Taylor outputs at V from the design of `_design`."
     if des[0] == 'rank1': return base + des[1] * (des[2] @ V.T).T[..., None]
-    if des[0] == 'kron':
+    if des[0] == 'kron':  # (a layer scope: one problem, any number of points)
         J, X = des[1:]
-        return base + torch.einsum('noc,nc->no', J, X @ V.reshape(J.shape[2], -1).T)[None]
+        return base + torch.einsum('noc,unc->uno', J, X @ V.reshape(len(V), J.shape[2], -1).transpose(1, 2))
     if des[0] == 'convf':
         J, Xt = des[1:]
         return base + torch.stack([torch.einsum('mpcq,mcq->mp', J, _conv_move(Xt, v.reshape(J.shape[2], -1))) for v in V])
-    return base + torch.einsum('umpk,uk->ump', des[1], V)
+    Phi = des[1]  # (U, m, p, P), or (1, m, p, P) for a layer scope's points
+    return base + (torch.einsum('mpk,uk->ump', Phi[0], V) if len(Phi) == 1 else torch.einsum('umpk,uk->ump', Phi, V))
 
 # %% ../nbs/04_solvers.ipynb #b0b13ee0
 @patch
@@ -225,9 +226,11 @@ def evaluate(self: Problems, V: Tensor, # (U, P) points, one per problem
              idx: Tensor, # (U,) which problems (positions in `cols`; 0 for the layer scope)
              hess: bool = True, # also the Hessians
             ) -> tuple:
-    "Summed loss (U,), gradient (U, P) and Hessian (U, P, P) of problems idx at V (U, P), chunk by chunk."
+    """Summed loss (U,), gradient (U, P) and Hessian (U, P, P) of problems idx at V (U, P), chunk by chunk. A layer scope
+    (idx [0]) takes any number of points (a line search's step sizes), its Hessian one point at a time."""
     y, s = self.D[1], self.D[2]
     U, P = V.shape
+    if hess and U > 1 and self.cols is None: raise ValueError(f"a layer scope's Hessian is made at one point at a time, got {U} points: hess=False, or one call a point")
     p = self.D[0].shape[1]
     if self.fmt == 'convf':
         if hess: raise ValueError('ConvFactoredSamples form no Hessian: solve their layer scope matrix-free (newton_cg), hess=False')
@@ -248,7 +251,7 @@ def evaluate(self: Problems, V: Tensor, # (U, P) points, one per problem
             if hess: H += (X.T[None] * (j * h(j[..., None])[..., 0]).sum(-1)[:, None, :]) @ X
         elif des[0] == 'kron':  # Hessian sum_b A_b (x) x_b x_b^T: one K1 x K1 block per pair c <= c' (A_b symmetric)
             J, X = des[1:]
-            g += (torch.einsum('no,noc->nc', r[0], J).T @ X).reshape(1, -1)
+            g += (torch.einsum('uno,noc->ucn', r, J) @ X).reshape(U, -1)
             if hess:
                 A = torch.einsum('npc,npd->ncd', J, h(J[None])[0])
                 (i0, i1), pair = self._pairs(J.shape[2])
@@ -259,7 +262,7 @@ def evaluate(self: Problems, V: Tensor, # (U, P) points, one per problem
             g += torch.stack([_conv_back(Xt, torch.einsum('mp,mpcq->mcq', ru, J)).reshape(-1) for ru in r])
         else:
             Phi = des[1]
-            g += torch.einsum('ump,umpk->uk', r, Phi)
+            g += torch.einsum('ump,mpk->uk', r, Phi[0]) if len(Phi) == 1 else torch.einsum('ump,umpk->uk', r, Phi)
             if hess: H += Phi.reshape(U, -1, P).transpose(1, 2) @ h(Phi).reshape(U, -1, P)
     return f, g, H
 
@@ -296,41 +299,57 @@ def line_search(value, # (points (m, P), positions (m,) in the batch) -> values 
                ) -> tuple:
     """Armijo backtracking (sufficient decrease 1e-4 t slope) for a batch of problems at once, from the full step t = 1;
     with `expand`, a full step that was accepted is doubled while the doubled step still meets the same sufficient
-    decrease and lowers the value further (separable directions; rounding noise near a minimum cannot pass the test).
+    decrease and lowers the value further (separable directions; rounding noise near a minimum cannot pass the test);
+    the halvings and the doublings are valued in batches of 1, 2, 4 and then 8 step sizes at once (one `value` call each: on a
+    GPU a call costs its launches more than its arithmetic), with the decisions of one at a time.
     Returns the new points, their values and which problems moved (those that found no decrease keep V and f)."""
     U = len(V)
     t = torch.ones(U, dtype=V.dtype, device=V.device)
     acc = torch.zeros(U, dtype=torch.bool, device=V.device)
     Vn, fn = V.clone(), f.clone()
-    for _ in range(max_halvings):
-        w = (~acc).nonzero()[:, 0]
-        trial = V[w] - t[w, None] * d[w]
-        ft = value(t[w], w) if along else value(trial, w)
-        ok = ft <= f[w] - 1e-4 * t[w] * slope[w]
-        Vn[w[ok]], fn[w[ok]] = trial[ok], ft[ok]; acc[w[ok]] = True
-        t[w[~ok]] /= 2
-        if bool(acc.all()): break
-    grow = acc & (t == 1) if expand else torch.zeros_like(acc)
-    for _ in range(max_doublings):
-        w = grow.nonzero()[:, 0]
-        if not len(w): break
-        trial = V[w] - 2 * t[w, None] * d[w]
-        ft = value(2 * t[w], w) if along else value(trial, w)
-        better = (ft < fn[w]) & (ft <= f[w] - 2e-4 * t[w] * slope[w])
-        Vn[w[better]], fn[w[better]] = trial[better], ft[better]; t[w[better]] *= 2
-        grow[w[~better]] = False
+    w, done, J = torch.arange(U, device=V.device), 0, 1
+    while len(w) and done < max_halvings:  # J step sizes at once (1, 2, 4, 8, 8, ...), the first that decreases enough taken
+        J = min(J, max_halvings - done)
+        tj = t[w, None] * 2.0 ** -torch.arange(J, dtype=V.dtype, device=V.device)  # (m, J)
+        wj = w.repeat_interleave(J)
+        trial = V[wj] - tj.reshape(-1, 1) * d[wj]
+        ft = (value(tj.reshape(-1), wj) if along else value(trial, wj)).view(len(w), J)
+        ok = ft <= f[w, None] - 1e-4 * tj * slope[w, None]
+        hit, first = ok.any(1), ok.long().argmax(1)
+        if bool(hit.any()):
+            wm, sel = w[hit], first[hit]
+            Vn[wm], fn[wm], t[wm], acc[wm] = trial.view(len(w), J, -1)[hit, sel], ft[hit, sel], tj[hit, sel], True
+        t[w[~hit]] = tj[~hit, -1] / 2
+        w, done, J = w[~hit], done + J, min(2 * J, 8)
+    w, done, J = (acc & (t == 1)).nonzero()[:, 0] if expand else acc.nonzero()[:0, 0], 0, 1
+    while len(w) and done < max_doublings:  # J doublings at once (1, 2, 4, 8, 8, ...): the same points and decisions as one at a time
+        J = min(J, max_doublings - done)
+        tj = (t[w, None] * 2.0 ** torch.arange(1, J + 1, dtype=V.dtype, device=V.device)).reshape(-1)  # (m J) steps, problem by problem
+        wj = w.repeat_interleave(J)
+        ft = (value(tj, wj) if along else value(V[wj] - tj[:, None] * d[wj], wj)).view(len(w), J)
+        prev = torch.cat([fn[w, None], ft[:, :-1]], 1)
+        better = (ft < prev) & (ft <= f[w, None] - 1e-4 * tj.view(len(w), J) * slope[w, None])  # each doubling as the loop made it
+        a = better.long().cumprod(1).sum(1)  # doublings taken in a row
+        m = a > 0
+        if bool(m.any()):
+            wm, am = w[m], a[m]
+            t[wm] = tj.view(len(w), J)[m, am - 1]
+            Vn[wm], fn[wm] = V[wm] - t[wm, None] * d[wm], ft[m, am - 1]
+        w, done, J = w[a == J], done + J, min(2 * J, 8)
     return Vn, fn, acc
 
 # %% ../nbs/04_solvers.ipynb #682d3f1c
 def newton(prob: Problems, # the batch of problems
            idx: Tensor, # (U,) the problems to solve (positions in prob's columns; 0 for a layer scope)
            V0: Tensor, # (U, P) starting points
-           tol: float, # stop once half the Newton decrement is at most this
+           tol: float, # stop once half the Newton decrement, or the value, is at most this
            max_iter: int = 100, # iteration cap
            expand: bool = True, # let the line search go past the full step while the value falls (`line_search`)
           ) -> tuple:
     """Damped Newton on a batch of convex problems, each stopped once half its Newton decrement is at most `tol`
-    (an estimate of its distance to the infimum, also where the infimum is only approached at infinity).
+    (an estimate of its distance to the infimum, also where the infimum is only approached at infinity), or once its value is
+    at most `tol` (a bound on that distance, every loss here being at least 0: the stop of separable problems, whose
+    decrement can stay large on the way out).
     `idx`: the problems of `prob` to solve, `V0` their starting points. Returns V, values, gradient norms, Newton
     decrements and iterations (all per problem)."""
     V = V0.clone()
@@ -342,7 +361,7 @@ def newton(prob: Problems, # the batch of problems
     for it in range(max_iter):
         d, lam2 = _direction(H[act], g[act])
         lam[act] = lam2
-        keep = lam2 / 2 > tol
+        keep = (lam2 / 2 > tol) & (f[act] > tol)
         act, d, lam2 = act[keep], d[keep], lam2[keep]
         if not len(act): break
         iters[act.cpu()] += 1

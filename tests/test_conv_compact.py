@@ -224,3 +224,113 @@ def test_hindsight_keeps_large_conv_layer_scopes_factored(recs, monkeypatch):
     big = hindsight(r['auto'], [3, 8], ['layer:2'], progress=False).set_index(['scope', 'N'])
     assert not formed and big.certified.all()
     np.testing.assert_allclose(big.taylor_optimum, dense.taylor_optimum, rtol=1e-7)
+
+
+def _compact_problem(loss, cache_bytes):
+    """A CompactConv of 2 neurons of a small convolution (2 input channels, 3x3, padding 1, 4x4 input: 16 positions, K+1 = 19),
+    3 outputs, 14 samples added in two blocks: some samples with no active position (a constant loss), some with more
+    active positions than outputs (kept as the p rows of M_b), the rest with 1 to 3; and an independent reference of each
+    neuron's summed loss, its outputs' move made by nn.functional.conv2d (not the package's patches)."""
+    import torch.nn.functional as F
+    from ntaylor_nb.conv_solvers import CompactConv
+    g = torch.Generator().manual_seed(3)
+    n, p, U, P, geom = 14, 3, 2, 16, dict(kernel_size=[3, 3], stride=[1, 1], padding=[1, 1], dilation=[1, 1])
+    x = torch.randn(n, 2, 4, 4, generator=g, dtype=torch.float64)
+    J = torch.randn(n, p, U, P, generator=g, dtype=torch.float64)
+    act = torch.zeros(n, U, P, dtype=torch.bool)
+    for b in range(n):
+        for u in range(U):
+            c = [0, 0, 1, 2, 3, 5, 9, 16][(b + 3 * u) % 8]  # active positions of this sample
+            act[b, u, torch.randperm(P, generator=g)[:c]] = True
+    J = J * act[:, None]
+    f0, m0 = torch.randn(n, p, generator=g, dtype=torch.float64), torch.randn(n, p, U, generator=g, dtype=torch.float64)
+    y = torch.randint(0, p, (n,), generator=g) if loss == 'cross_entropy' else torch.randn(n, p, generator=g, dtype=torch.float64)
+    s = torch.rand(n, generator=g, dtype=torch.float64) + 0.1
+    cc = CompactConv(geom, loss, cache_bytes=cache_bytes)
+    for sl in (slice(0, 6), slice(6, n)): cc.add(f0[sl], y[sl], s[sl], x[sl], J[sl], m0[sl])
+
+    def ref(u, keep=None):  # keep: the samples summed (all)
+        def f(v):
+            move = F.conv2d(x, v[:-1].reshape(1, 2, 3, 3), v[-1:], padding=1).reshape(n, P)  # the neuron's pre-activation move
+            z = f0 - m0[:, :, u] + torch.einsum('bpq,bq->bp', J[:, :, u], move)
+            per = F.cross_entropy(z, y, reduction='none') if loss == 'cross_entropy' else ((z - y) ** 2).sum(1)
+            return (per * s * (1.0 if keep is None else keep)).sum()
+        return f
+    inactive = ~act.any(2)  # (n, U): samples where the neuron moves no output
+    return cc, ref, inactive, (f0, m0, y, s)
+
+
+@pytest.mark.parametrize('loss', ['cross_entropy', 'mse'])
+@pytest.mark.parametrize('cache_bytes', [None, 0])  # rows kept (and merged), or made again from the input at every product
+def test_compact_conv_products_equal_autograd(loss, cache_bytes):
+    "CompactConv's value, gradient, Hessian products, Hessian (all samples, and a subsample's with the full diagonal) and floor against the reference by autograd."
+    import torch.nn.functional as F
+    from torch.func import grad, hessian
+    cc, ref, inactive, (f0, m0, y, s) = _compact_problem(loss, cache_bytes)
+    g = torch.Generator().manual_seed(4)
+    V, W = (torch.randn(2, 19, generator=g, dtype=torch.float64) * 0.3 for _ in range(2))
+    idx = torch.tensor([1, 0])  # neurons in another order than stored
+    f, gr = cc.evaluate(V, idx)
+    Hv, (H, dg) = cc.hvp(W, torch.arange(2)), cc.hessian(V, idx)
+    for k, u in enumerate(idx.tolist()):
+        torch.testing.assert_close(f[k], ref(u)(V[k]), rtol=1e-12, atol=0)
+        torch.testing.assert_close(gr[k], grad(ref(u))(V[k]), rtol=1e-11, atol=1e-13)
+        Href = hessian(ref(u))(V[k])
+        torch.testing.assert_close(Hv[k], Href @ W[k], rtol=1e-11, atol=1e-13)
+        torch.testing.assert_close(H[k], Href, rtol=1e-10, atol=1e-13 * float(Href.abs().max()))
+        torch.testing.assert_close(dg[k], Href.diagonal(), rtol=1e-10, atol=1e-13 * float(Href.abs().max()))
+        # the floor: the loss of the samples where the neuron moves nothing, whatever v is
+        z = f0[inactive[:, u]] - m0[inactive[:, u]][:, :, u]
+        per = F.cross_entropy(z, y[inactive[:, u]], reduction='none') if loss == 'cross_entropy' else ((z - y[inactive[:, u]]) ** 2).sum(1)
+        assert float(cc.floor(idx)[k]) == pytest.approx(float((per * s[inactive[:, u]]).sum()), rel=1e-12)
+    # a subsample's Hessian (every 3rd sample, scaled to all the weights) with the diagonal from all samples
+    Hs, dgs = cc.hessian(V, idx, m_max=5)
+    torch.testing.assert_close(dgs, dg, rtol=1e-10, atol=1e-13 * float(dg.abs().max()))
+    keep = (torch.arange(14) % 3 == 0).double()
+    for k, u in enumerate(idx.tolist()):
+        Href = hessian(ref(u, keep))(V[k]) * float(s.sum() / (s * keep).sum())
+        torch.testing.assert_close(Hs[k], Href, rtol=1e-10, atol=1e-13 * float(Href.abs().max()))
+
+
+def test_count_ops_tool(recs, capsys):
+    """tools/count_ops.py (operations and synchronisations of hindsight by solver phase, a proxy for its time on a GPU): views
+    and allocations are not counted as operations, a value read on the host is a synchronisation; on a recording its table
+    is hindsight's, and a bad prefix list is refused with what is allowed."""
+    import importlib.util
+    import pathlib
+    spec = importlib.util.spec_from_file_location('count_ops', pathlib.Path(__file__).parents[1] / 'tools' / 'count_ops.py')
+    co = importlib.util.module_from_spec(spec); spec.loader.exec_module(co)
+    a, b = torch.ones(3, dtype=torch.float64), torch.arange(3.0, dtype=torch.float64)
+    c = co.Counter()
+    with c:
+        s = torch.add(a, b).view(-1, 1).sum()
+        assert float(s) == 6.0
+    assert (sum(c.ops.values()), sum(c.syncs.values())) == (2, 1)  # add and sum; the view is none; float() waits for the value
+    _, r, _ = recs
+    df = co.main([str(r['auto'].path), '1,3'])
+    out = capsys.readouterr().out
+    assert out.startswith('ops=') and ' hessian ' in out and ' evaluate ' in out
+    pd.testing.assert_frame_equal(df, hindsight(r['auto'], [1, 3], progress=False))
+    from ntaylor_nb.conv_solvers import CompactConv, batched_pcg
+    assert CompactConv.hessian.__module__ == 'ntaylor_nb.conv_solvers' and batched_pcg.__doc__  # the counted functions put back
+    with pytest.raises(SystemExit, match='whole numbers separated by commas'): co.main([str(r['auto'].path), '1;3'])
+
+
+def test_conv_newton_stops_a_separable_neuron_by_its_value(monkeypatch):
+    """Neuron 0 of the small problem fits its active samples exactly (its infimum is its floor, the loss of its inactive
+    samples, approached only as |v| grows): conv_newton stops it once its value is within tol of the floor, after one
+    iteration, with no decrement made, and hindsight's certificate is that height; without the floor it ran to the
+    100-iteration cap with half a decrement of 1e-2 (uncertified) at the same value. Neuron 1 stops by its decrement."""
+    from ntaylor_nb.conv_solvers import CompactConv, conv_newton
+    cc, ref, _, _ = _compact_problem('cross_entropy', None)
+    idx, tol, V0 = torch.arange(2), 1e-9, torch.zeros(2, 19, dtype=torch.float64)
+    V, f, gn, lam, it = conv_newton(cc, idx, V0, tol)
+    fl = cc.floor(idx)
+    assert 0 <= float(f[0] - fl[0]) <= tol and lam[0] == float('inf') and int(it[0]) <= 2
+    assert float(lam[1]) / 2 <= tol and float(f[1] - fl[1]) > 0.1
+    for k in range(2): assert float(f[k]) == pytest.approx(float(ref(k)(V[k])), rel=1e-12)  # the values, by the reference
+    assert hs._gap(lam[0], f[0], fl[0]) == pytest.approx(float(f[0] - fl[0]), abs=1e-15) and hs._gap(lam[1], f[1], fl[1]) == float(lam[1]) / 2
+    monkeypatch.setattr(CompactConv, 'floor', lambda self, idx: torch.full((len(idx),), -float('inf'), dtype=torch.float64))
+    V2, f2, _, lam2, it2 = conv_newton(cc, idx, V0, tol)
+    assert int(it2[0]) == 100 and float(lam2[0]) / 2 > 1e3 * tol and float(f2[0] - fl[0]) <= tol
+    torch.testing.assert_close(f2[1], f[1], rtol=1e-12, atol=0)

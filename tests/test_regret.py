@@ -262,6 +262,13 @@ def test_problem_value_gradient_hessian_equal_autograd(fmt, loss, chunk_bytes):
     torch.testing.assert_close(f[0], ref(W[0]), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(gr[0], fgrad(ref)(W[0]), rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(H[0], fhessian(ref)(W[0]), rtol=1e-10, atol=1e-12)
+    # several points of the layer scope at once (a line search's step sizes): each point's value and gradient
+    W3 = torch.cat([W, torch.randn(2, layer.size(), generator=g, dtype=torch.float64)])
+    f3, g3, _ = layer.evaluate(W3, torch.zeros(1, dtype=torch.long), hess=False)
+    for k in range(3):
+        torch.testing.assert_close(f3[k], ref(W3[k]), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(g3[k], fgrad(ref)(W3[k]), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match='one point at a time'): layer.evaluate(W3, torch.zeros(1, dtype=torch.long))
 
 
 @pytest.mark.parametrize('fmt', ['linear', 'conv'])
@@ -305,14 +312,15 @@ def test_newton_on_separable_data_approaches_the_infimum():
 
 
 def test_newton_cg_on_separable_data_reaches_the_infimum():
-    "The matrix-free Newton with the expanding line search: one Newton step to the infimum 0 (backtracking alone needs many), a stop confirmed by a tight CG solve."
+    "The matrix-free Newton with the expanding line search: one Newton step to the infimum 0 (backtracking alone needs many); each stops by its value (within tol of 0) or by a decrement confirmed by a tight CG solve."
     from ntaylor_nb.solvers_free import newton_cg
     D = random_data('linear', n=6, p=3, C=2, K1=12, seed=2)
     prob = Problems(D, 'cross_entropy')
     tol = 1e-9 * float(D[2].sum())
     V, f, gn, lam2, it = newton_cg(prob, torch.zeros(prob.size(), dtype=torch.float64), tol)
     Vp, fp, _, lamp, itp = newton_cg(prob, torch.zeros(prob.size(), dtype=torch.float64), tol, expand=False)
-    assert 0 <= f <= 2 * tol and lam2 / 2 <= tol and 0 < fp <= 2 * tol and lamp / 2 <= tol and it < itp
+    assert 0 <= f <= tol and lam2 == float('inf')  # stopped by its value: no direction made at the point returned
+    assert 0 < fp <= 2 * tol and min(lamp / 2, fp) <= tol and it < itp
     ref = reference_loss(D, 'linear', None, 'cross_entropy')
     assert fp == pytest.approx(float(ref(Vp.reshape(-1))), rel=1e-12)
     _, fd, *_ = _newton(prob, torch.zeros(1, dtype=torch.long), torch.zeros(1, prob.size(), dtype=torch.float64), tol)
@@ -358,3 +366,57 @@ def test_layers_are_numbered_from_the_input_as_in_the_paper(tmp_path):
     mf = RegretRecording(tmp_path / 'n').manifest
     assert {l: e['number'] for l, e in mf['layers'].items()} == {'2': 2, '4': 3, '6': 4}
     assert _layer_name(df)('4') == 'layer 3 (module 4)' and _layer_name(df.drop(columns='layer_number'))('4') == 'layer 4'
+
+
+def _line_search_one_at_a_time(value, V, d, f, slope, expand, along):
+    "The line search as it was written before its doublings were batched: one doubling a value call (the reference)."
+    U = len(V)
+    t = torch.ones(U, dtype=V.dtype); acc = torch.zeros(U, dtype=torch.bool); Vn, fn = V.clone(), f.clone()
+    for _ in range(60):
+        w = (~acc).nonzero()[:, 0]
+        trial = V[w] - t[w, None] * d[w]
+        ft = value(t[w], w) if along else value(trial, w)
+        ok = ft <= f[w] - 1e-4 * t[w] * slope[w]
+        Vn[w[ok]], fn[w[ok]] = trial[ok], ft[ok]; acc[w[ok]] = True
+        t[w[~ok]] /= 2
+        if bool(acc.all()): break
+    grow = acc & (t == 1) if expand else torch.zeros_like(acc)
+    for _ in range(40):
+        w = grow.nonzero()[:, 0]
+        if not len(w): break
+        trial = V[w] - 2 * t[w, None] * d[w]
+        ft = value(2 * t[w], w) if along else value(trial, w)
+        better = (ft < fn[w]) & (ft <= f[w] - 2e-4 * t[w] * slope[w])
+        Vn[w[better]], fn[w[better]] = trial[better], ft[better]; t[w[better]] *= 2
+        grow[w[~better]] = False
+    return Vn, fn, acc
+
+
+@pytest.mark.parametrize('along', [False, True])
+def test_line_search_batched_doublings_decide_as_one_at_a_time(along):
+    """The line search values its halvings and doublings in batches (1, 2, 4, 8 step sizes at once); on problems that take no
+    doubling, a few, exactly a batch's worth, more, and all 40 (separable ones: the value falls all the way, or underflows to 0
+    and stops), 3 halvings, a batch's worth, and no decrease in 60, its points, values and acceptances equal a one-at-a-time
+    loop's, bit for bit."""
+    from ntaylor_nb.solvers import line_search
+    g = torch.Generator().manual_seed(5)
+    U, P = 13, 3
+    a = torch.rand(U, generator=g, dtype=torch.float64) + 0.5
+    m = torch.tensor([0, 0, 0, 0, 1, 2, 0.3, 5, 1e-3, 1e-14, 0, 0, -1], dtype=torch.float64)  # margins: 0 a bounded problem, > 0 one that falls along d
+    c = torch.tensor([1, 3, 8, 128, 1, 1, 1, 1, 1, 1, 2 ** -3, 2 ** -7, 1], dtype=torch.float64)  # the minimum of a bounded problem along d, in steps
+    V, d = torch.zeros(U, P, dtype=torch.float64), -torch.randn(U, P, generator=g, dtype=torch.float64)
+
+    def f_at(t, k):  # along -d: a parabola with its minimum at step c (m = 0), a logistic tail log(1 + e^(a - m t)) (m > 0), rising (m < 0)
+        return torch.where(m[k] == 0, a[k] * (t - c[k]) ** 2, torch.where(m[k] > 0, torch.nn.functional.softplus(a[k] - m[k] * t), t))
+    value = (lambda t, k: f_at(t, k)) if along else (lambda W, k: f_at(((V[k] - W) * d[k]).sum(-1) / (d[k] * d[k]).sum(-1), k))
+    f0 = f_at(torch.zeros(U, dtype=torch.float64), torch.arange(U))
+    slope = torch.where(m == 0, 2 * a * c, torch.where(m > 0, m * torch.sigmoid(a), 1.0))  # the rising one: a slope it never meets
+    for expand in (False, True):
+        got = line_search(value, V, d, f0, slope, expand, along=along)
+        want = _line_search_one_at_a_time(value, V, d, f0, slope, expand, along)
+        for x, y in zip(got, want): assert torch.equal(x, y)
+    t = ((V - got[0]) * d).sum(-1) / (d * d).sum(-1)
+    # doublings taken: none, one, a batch's end (1 + 2, 1 + 2 + 4), past it, and the cap (40: a value that keeps falling)
+    assert t[:4].tolist() == [1, 2, 8, 128] and (t[4:9] >= 2 ** 8).all() and t[9] == 2.0 ** 40
+    # halvings taken: 3, and a batch's end (1 + 2 + 4: t = 2^-7 is the 8th size tried); no decrease in 60 halvings: not moved
+    assert t[10:12].tolist() == [2 ** -3, 2 ** -7] and t[12] == 0 and not got[2][12] and got[2][:12].all()

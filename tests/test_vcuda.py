@@ -18,7 +18,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import ntaylor_nb.hindsight as hs
-from ntaylor_nb.devices import _eigh
 from ntaylor_nb.hindsight import hindsight
 from ntaylor_nb.regret import RegretRecorder, RegretRecording
 from vcuda import VirtualCuda, VirtualCudaError, on_virtual_cuda
@@ -362,27 +361,24 @@ def test_harness_catches_the_h200_bug(ce_rec, monkeypatch):
     hindsight(ce_rec, prefixes=[2, 6], scopes=['layer:8'], progress=False, device='cpu')  # the CPU never sees it
 
 
-def test_eigh_that_fails_on_the_device(ce_rec, monkeypatch):
+def test_compact_neurons_need_no_eigensolver(ce_rec, monkeypatch):
     """CUDA's batched eigensolver stopped without converging on conv layer 2's per-sample blocks on an H200 (twelfth
-    session, in CompactConv.hessian), which ended the figure-3 analysis. Made to fail here for every input on the device,
-    the blocks go to the CPU's solver (devices._eigh) and the hindsight values are the CPU's."""
-    real, failed = torch.linalg.eigh, []
+    session, in CompactConv.hessian), which ended the figure-3 analysis. The Hessians of compact neurons now come from a
+    closed-form factor of the loss's Hessian: with the device's eigensolver failing on every input, no solve asks for it
+    and the hindsight values are the CPU's."""
+    real, asked = torch.linalg.eigh, []
 
     def eigh(A, *a, **k):
-        if A.is_cuda:
-            failed.append(tuple(A.shape))
-            raise torch.linalg.LinAlgError('linalg.eigh: (Batch element 0): The algorithm failed to converge (raised by the test)')
+        asked.append(tuple(A.shape))
+        if A.is_cuda: raise torch.linalg.LinAlgError('linalg.eigh: (Batch element 0): The algorithm failed to converge (raised by the test)')
         return real(A, *a, **k)
     pre = [2, 6]
     cpu = hindsight(ce_rec, prefixes=pre, progress=False, device='cpu')
     monkeypatch.setattr(torch.linalg, 'eigh', eigh)
     with VirtualCuda():
         gpu = hindsight(ce_rec, prefixes=pre, progress=False, device='cuda')
-    assert failed  # the device's solver was asked, and failed
+    assert not asked
     same(cpu, gpu, 1e-7)
-    with VirtualCuda():  # a matrix with NaN keeps the device's error (the CPU's solver would give NaN without one)
-        with pytest.raises(torch.linalg.LinAlgError, match='raised by the test'):
-            _eigh(torch.full((2, 3, 3), float('nan'), dtype=torch.float64, device='cuda'))
 
 
 def _oom_where(when, arg=0):

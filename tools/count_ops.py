@@ -1,0 +1,73 @@
+"""Count the device operations and host synchronisations of `hindsight` on a recording, by solver phase: a proxy for its
+time on a GPU where the solves are small and each operation's launch costs more than its arithmetic (figure 3's neuron
+scopes: benchmarks/RESULTS.md, "Figure 3's solver on a GPU"). Runs on the CPU; counts what would be a kernel launch
+(every ATen operation except views and allocations) and what would wait for the device (`.item()`, `.tolist()`, `bool()`
+of a tensor, `nonzero`, `unique`, `repeat_interleave`, copies to the host).
+
+    python tools/count_ops.py RECORDING [PREFIXES]        # PREFIXES: recorded rounds, comma-separated (default: 1)
+
+To count an earlier revision, run it from a worktree of that revision: `PYTHONPATH=/tmp/base python tools/count_ops.py ...`
+after `git worktree add /tmp/base REV` (run from outside the checkout, so that its ntaylor_nb is the one imported).
+"""
+import collections
+import contextlib
+import functools
+import sys
+import time
+
+from torch.utils._python_dispatch import TorchDispatchMode
+
+VIEWS = {'view', '_unsafe_view', 'slice', 'select', 'unsqueeze', 'squeeze', 'expand', 'transpose', 't', 'permute', 'as_strided',
+         'alias', 'detach', '_reshape_alias', 'split', 'unbind', 'chunk', 'narrow', 'diagonal', 'lift_fresh', 'empty',
+         'empty_strided', 'resize_', 'split_with_sizes', '_local_scalar_dense', 'unfold', 'set_'}  # no kernel of their own
+SYNCS = {'_local_scalar_dense', 'nonzero', '_unique2', 'unique_dim', 'masked_select', 'repeat_interleave', '_to_copy'}
+PHASES = {'CompactConv': ('evaluate', 'hvp', 'hessian', 'along'), 'module': ('batched_pcg', 'line_search', '_step', '_factor')}
+
+
+class Counter(TorchDispatchMode):
+    "Operations (no views) and synchronisations, each put to the innermost phase running."
+    def __init__(self):
+        super().__init__()
+        self.phase, self.ops, self.syncs, self.seconds = ['other'], collections.Counter(), collections.Counter(), collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func.overloadpacket).split('.')[-1]
+        if name not in VIEWS: self.ops[self.phase[-1]] += 1
+        if name in SYNCS: self.syncs[self.phase[-1]] += 1
+        return func(*args, **(kwargs or {}))
+
+    @contextlib.contextmanager
+    def phases(self, where):
+        "Put each of `where`'s (object, name) functions in a phase of its name while in the block; they are restored after."
+        saved = [(obj, name, getattr(obj, name)) for obj, name in where]
+        for obj, name, f in saved:
+            def g(*a, _f=f, _name=name, **k):
+                self.phase.append(_name); t = time.perf_counter()
+                try: return _f(*a, **k)
+                finally: self.phase.pop(); self.seconds[_name] += time.perf_counter() - t
+            setattr(obj, name, functools.wraps(f)(g))
+        try: yield self
+        finally:
+            for obj, name, f in saved: setattr(obj, name, f)
+
+
+def main(argv):
+    if not 1 <= len(argv) <= 2: raise SystemExit(__doc__)
+    import ntaylor_nb.conv_solvers as cs
+    from ntaylor_nb.hindsight import hindsight
+    from ntaylor_nb.regret import RegretRecording
+    try: prefixes = [int(p) for p in (argv[1] if len(argv) > 1 else '1').split(',')]
+    except ValueError: raise SystemExit(f'PREFIXES={argv[1]!r}: recorded rounds, whole numbers separated by commas (e.g. 1,2,4)')
+    c, rec = Counter(), RegretRecording(argv[0])
+    where = [(cs.CompactConv, n) for n in PHASES['CompactConv']] + [(cs, n) for n in PHASES['module']]
+    t = time.perf_counter()
+    with c.phases(where), c: df = hindsight(rec, prefixes, progress=False)
+    s = time.perf_counter() - t
+    print(f'ops={sum(c.ops.values())} syncs={sum(c.syncs.values())} seconds={s:.1f} (counting slows it; the seconds of a phase include those inside it) '
+          f'rows={len(df)} certified={int(df.certified.sum())} max_optimum_gap={df.optimum_gap.max():.3g}')
+    for ph in sorted(c.ops, key=c.ops.get, reverse=True):
+        print(f'  {ph:12s} ops={c.ops[ph]:8d} syncs={c.syncs[ph]:6d} seconds={c.seconds.get(ph, float("nan")):.1f}')
+    return df
+
+
+if __name__ == '__main__': main(sys.argv[1:])
