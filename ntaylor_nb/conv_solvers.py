@@ -164,8 +164,9 @@ def evaluate(self: CompactConv, V: Tensor, # (U', K+1) points
             ) -> tuple:
     "Summed losses (U',), and gradients (U', K+1) with the curvature kept for `hvp`, of neurons idx at V."
     f, g = V.new_zeros(len(V)), (V.new_zeros(V.shape) if grad else None)
-    if grad: self._pi, self._idx = [], idx.tolist()
-    for k, u in enumerate(idx.tolist()):
+    ids = idx.tolist()
+    if grad: self._pi, self._idx = [], ids
+    for k, u in enumerate(ids):
         pis = []
         for nb in self._segments(u):
             X = self._rows(nb)
@@ -221,7 +222,7 @@ def along(self: CompactConv, V: Tensor, # (U', K+1) points
         ks = k.tolist()
         n_k = [lens[kk] for kk in ks]
         sm = torch.cat([at[off[kk]:off[kk + 1]] for kk in ks]) if ks else at[:0]  # the pairs' samples, pair by pair
-        pair = torch.repeat_interleave(torch.arange(len(ks), device=V.device), torch.tensor(n_k, device=V.device))
+        pair = torch.repeat_interleave(torch.arange(len(ks), device=V.device), torch.tensor(n_k, dtype=torch.long, device=V.device))
         loss = _per_sample(z0[sm] - t[pair, None] * zd[sm], ys[sm], self.loss) * ss[sm]
         return t.new_zeros(len(t)).index_add_(0, pair, loss) + const[k]
     return value
@@ -286,15 +287,39 @@ def _groups(nb):
         nb['groups'] = out
     return nb['groups']
 
+_CLOSED_FORM = ('cuda',)  # devices whose Hessians take the closed-form factor (p rows a sample, no eigensolver); elsewhere c_b rows by LAPACK's eigh
+
+@patch
+def _z_rows(self: CompactConv, nb, X, pi):
+    """One segment's rows of Z (Z'Z its Hessian) and each row's sample number. On a GPU (`_CLOSED_FORM`) Z_b = A_b' M_b, p rows a
+    sample, one batched product per number of rows c (launches decide there, and CUDA's batched eigensolver did not converge on
+    these blocks). On the CPU, where flops decide, the fewest rows: c_b a sample, Z_b = F_b' X_b with F_b F_b' = J_b (s_b H_b) J_b'
+    (the sample's c_b x c_b block) from LAPACK's eigh; on P5's conv-2 neurons the closed form's p rows made the solve 1.1 times slower."""
+    w = _half(self.loss, pi, nb['s'], nb['j'], nb['rs'])  # (R, p): each row's coefficients against A_b
+    if X.device.type in _CLOSED_FORM:
+        Z = self._work(len(nb['gi']) * self.p).view(len(nb['gi']), self.p, self.K1)  # Z_b: rows b p ... b p + p - 1
+        for c, smp, ri in _groups(nb):
+            Wg, Xg = w[ri].view(-1, c, self.p).transpose(1, 2), X[ri].view(-1, c, self.K1)  # (m_g, p, c), (m_g, c, K+1)
+            if nb.get('by_count'): torch.bmm(Wg, Xg, out=Z[smp])
+            else: Z[smp] = Wg @ Xg
+        return Z.view(-1, self.K1), nb['gi'].repeat_interleave(self.p)
+    Z = self._work(len(X))
+    for c, smp, ri in _groups(nb):
+        Wg = w[ri].view(-1, c, self.p)
+        lam, E = torch.linalg.eigh(Wg @ Wg.transpose(1, 2))  # the block T T' (T = J_b A_b, c x p) = E diag(lam) E'
+        F_ = E * lam.clamp_min(0).sqrt()[:, None, :]  # the sample's rows of Z are F' X_b
+        if nb.get('by_count'): torch.bmm(F_.transpose(1, 2), X[ri].view(-1, c, self.K1), out=Z[ri].view(-1, c, self.K1))
+        else: Z[ri] = (F_.transpose(1, 2) @ X[ri].view(-1, c, self.K1)).reshape(-1, self.K1)
+    return Z, nb['gi'][nb['rs']]
+
 @patch
 def hessian(self: CompactConv, V: Tensor, # (U', K+1) points
             idx: Tensor, # (U',) which neurons
             m_max: int | None = None, # at most this many samples, every ceil(n / m_max)-th, scaled to the whole sum of weights
            ) -> tuple:
     """The Hessians (U', K+1, K+1) at V, and their diagonals from all samples (less `_drop`'s rows): over a neuron's samples,
-    sum_b M_b' (s_b H_b) M_b with M_b = sum_r j_r x_r' over the sample's rows, as Z' Z with Z_b = A_b' M_b = sum_r (A_b' j_r) x_r'
-    (p rows a sample; `_half`'s factor A_b), made for the samples with the same number of rows by one batched product; then a
-    symmetric rank-k update of about m p (K+1)^2 multiply-adds for m samples; rows of Z too small to matter are left out (`_drop`)."""
+    sum_b M_b' (s_b H_b) M_b with M_b = sum_r j_r x_r' over the sample's rows, as Z' Z (`_z_rows`: p rows a sample on a GPU, c_b on
+    the CPU) by a symmetric rank-k update of about (K+1)^2 multiply-adds a row; rows of Z too small to matter are left out (`_drop`)."""
     H, dg = V.new_zeros(len(V), self.K1, self.K1), V.new_zeros(len(V), self.K1)
     stride = 1 if m_max is None else max(1, -(-self.n // m_max))
     s_all = torch.cat([b['s'] for b in self.blocks])
@@ -305,16 +330,10 @@ def hessian(self: CompactConv, V: Tensor, # (U', K+1) points
             X = self._rows(nb)
             z = nb['base'] + _outs(nb, X @ V[k])
             pi = torch.softmax(z, -1) if self.loss == 'cross_entropy' else None
-            w = _half(self.loss, pi, nb['s'], nb['j'], nb['rs'])  # (R, p)
-            Z = self._work(len(nb['gi']) * self.p).view(len(nb['gi']), self.p, self.K1)  # Z_b: rows b p ... b p + p - 1
-            for c, smp, ri in _groups(nb):
-                Wg, Xg = w[ri].view(-1, c, self.p).transpose(1, 2), X[ri].view(-1, c, self.K1)  # (m_g, p, c), (m_g, c, K+1)
-                if nb.get('by_count'): torch.bmm(Wg, Xg, out=Z[smp])
-                else: Z[smp] = Wg @ Xg
-            Z = Z.view(-1, self.K1)
+            Z, smp = self._z_rows(nb, X, pi)
             if stride > 1:
                 dg[k] += (Z * Z).sum(0)
-                Z = Z[((nb['gi'] % stride) == 0).repeat_interleave(self.p)]
+                Z = Z[(smp % stride) == 0]
             G = _gram(_drop(Z, _NEGLIGIBLE)); H[k] += G  # each segment within its own trace: the neuron's within its own
             if stride == 1: dg[k] += G.diagonal()
     return H * scale, dg
@@ -378,9 +397,9 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
     takes more than max_cg products, straight from the factor of the Hessian made at the current point from all samples (for
     every neuron still running), which is kept. The kept factor is tried only after a step on which every neuron still running
     took the full step (a damped or expanded step: the curvature moved too much; one such neuron decides for the batch), and at
-    the first step with m_max; after it failed k times running, only 2^k steps later. A stop is taken on an exact direction only
-    (from a factor made at that point), and the decrements returned are exact (made again at the end for a neuron that ended on
-    a CG estimate). A neuron whose value comes within tol of its floor stops there before its next direction (the height
+    the first step with m_max; after it failed k times running, only 2^k steps later. A stop by the decrement is taken on an
+    exact direction only (from a factor made at that point), and the decrements returned are exact (made again at the end for a
+    neuron that ended on a CG estimate), or inf for a stop by the value (below). A neuron whose value comes within tol of its floor stops there before its next direction (the height
     bounds its distance to the infimum: separable neurons, whose decrement stays large on the way out), its decrement
     then inf (not made). Returns V, values, gradient norms, Newton decrements, iterations."""
     V, U = V0.clone(), len(V0)

@@ -301,7 +301,8 @@ def line_search(value, # (points (m, P), positions (m,) in the batch) -> values 
     with `expand`, a full step that was accepted is doubled while the doubled step still meets the same sufficient
     decrease and lowers the value further (separable directions; rounding noise near a minimum cannot pass the test);
     the halvings and the doublings are valued in batches of 1, 2, 4 and then 8 step sizes at once (one `value` call each: on a
-    GPU a call costs its launches more than its arithmetic), with the decisions of one at a time.
+    GPU a call costs its launches more than its arithmetic): the same step sizes tried and the same decisions as one at a
+    time, where a point's value does not depend on the batch it is computed in (a matrix product's width can move its last bits).
     Returns the new points, their values and which problems moved (those that found no decrease keep V and f)."""
     U = len(V)
     t = torch.ones(U, dtype=V.dtype, device=V.device)

@@ -143,8 +143,9 @@ def newton_cg(prob: Problems, # the problems; only its layer scope (cols None) i
     the line search and the stop rule of `newton`. An inexact CG solve can understate the decrement (seen after expanded
     steps: a stop 1.2e-7 a round above the minimum while claiming 1e-9), so a decrement that would stop the solve is
     computed again to `confirm_rtol` (relative accuracy only) first, within 4 P CG iterations for P variables (exact
-    arithmetic would need P; past that only rounding is left to chase: the 5,000 iterations it may take otherwise
-    made a 111-variable problem take 45,000 products). A value within tol of the infimum 0 (every loss here is at
+    arithmetic would need P; past that only rounding is left to chase: the 5,000 iterations it could take made a
+    111-variable problem take 45,000 products); one that reaches that cap confirms the stop only if its value fell by at
+    most tol / 10 over its last 10 iterations (the first solve's own stop rule), else Newton goes on with its direction. A value within tol of the infimum 0 (every loss here is at
     least 0) stops the solve without a direction, its decrement then inf (not made). Returns V, value, gradient norm,
     Newton decrement, iterations."""
     V, zero = V0.clone(), torch.zeros(1, dtype=torch.long, device=V0.device)
@@ -154,11 +155,14 @@ def newton_cg(prob: Problems, # the problems; only its layer scope (cols None) i
     for it in range(max_iter + 1):
         if float(f) <= tol: lam2 = float('inf'); break  # the value bounds the distance to the infimum: no direction needed
         M, dmax = prob.precond(V)
+        confirmed = False
         for r, at, cap in ((rtol, tol / 10, 5000), (confirm_rtol, 0.0, min(5000, 4 * V.numel()))):  # the confirmation: relative accuracy only
-            d, val, gap, _, _ = quad_cg(lambda W: prob.hvp(V, W), -g, 0.0, torch.zeros_like(V), M, tol=at, rtol=r, ridge=1e-13 * dmax, max_iter=cap)
+            d, val, gap, _, its = quad_cg(lambda W: prob.hvp(V, W), -g, 0.0, torch.zeros_like(V), M, tol=at, rtol=r,
+                                          ridge=1e-13 * dmax, max_iter=cap)
             lam2 = -val + gap  # the decrement g'H^-1 g, from above (CG's value approaches -g'H^-1 g from above)
+            confirmed = r <= confirm_rtol and (its < cap or gap <= tol / 10)  # at the cap: resolved if its last steps fell by at most tol / 10
             if lam2 / 2 > tol or r <= confirm_rtol: break  # go on with this direction, or the stop is confirmed
-        if lam2 / 2 <= tol or it == max_iter: break
+        if (lam2 / 2 <= tol and confirmed) or it == max_iter: break
         slope = torch.as_tensor(-val, dtype=V.dtype, device=V.device).reshape(1)
         Vn, _, acc = line_search(lambda W, k: prob.evaluate(W, zero, hess=False)[0], V[None], d[None], f.reshape(1), slope, expand)
         if not bool(acc[0]): break  # no decrease: rounding has the last word

@@ -4,7 +4,9 @@ scopes: benchmarks/RESULTS.md, "Figure 3's solver on a GPU"). Runs on the CPU; c
 (every ATen operation except views and allocations) and what would wait for the device (`.item()`, `.tolist()`, `bool()`
 of a tensor, `nonzero`, `unique`, `repeat_interleave`, copies to the host).
 
-    python tools/count_ops.py RECORDING [PREFIXES]        # PREFIXES: recorded rounds, comma-separated (default: 1)
+    python tools/count_ops.py RECORDING [PREFIXES] [--gpu-path]   # PREFIXES: recorded rounds, comma-separated (default: 1)
+
+--gpu-path takes the solvers' GPU paths on the CPU (the compact neurons' closed-form Hessian rows, `conv_solvers._CLOSED_FORM`).
 
 To count an earlier revision, run it from a worktree of that revision: `PYTHONPATH=/tmp/base python tools/count_ops.py ...`
 after `git worktree add /tmp/base REV` (run from outside the checkout, so that its ntaylor_nb is the one imported).
@@ -15,6 +17,7 @@ import functools
 import sys
 import time
 
+import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 VIEWS = {'view', '_unsafe_view', 'slice', 'select', 'unsqueeze', 'squeeze', 'expand', 'transpose', 't', 'permute', 'as_strided',
@@ -38,9 +41,17 @@ class Counter(TorchDispatchMode):
 
     @contextlib.contextmanager
     def phases(self, where):
-        "Put each of `where`'s (object, name) functions in a phase of its name while in the block; they are restored after."
+        """Put each of `where`'s (object, name) functions in a phase of its name while in the block, and count `.tolist()` and
+        `.numpy()` as synchronisations (on the CPU they reach no ATen operation); all are restored after."""
         saved = [(obj, name, getattr(obj, name)) for obj, name in where]
-        for obj, name, f in saved:
+        host = [(torch.Tensor, name, getattr(torch.Tensor, name)) for name in ('tolist', 'numpy')]
+        for obj, name, f in host:
+            def h(*a, _f=f, **k):
+                self.syncs[self.phase[-1]] += 1
+                return _f(*a, **k)
+            setattr(obj, name, h)
+        saved += host
+        for obj, name, f in saved[:len(where)]:
             def g(*a, _f=f, _name=name, **k):
                 self.phase.append(_name); t = time.perf_counter()
                 try: return _f(*a, **k)
@@ -52,6 +63,8 @@ class Counter(TorchDispatchMode):
 
 
 def main(argv):
+    gpu_path = '--gpu-path' in argv
+    argv = [a for a in argv if a != '--gpu-path']
     if not 1 <= len(argv) <= 2: raise SystemExit(__doc__)
     import ntaylor_nb.conv_solvers as cs
     from ntaylor_nb.hindsight import hindsight
@@ -61,7 +74,12 @@ def main(argv):
     c, rec = Counter(), RegretRecording(argv[0])
     where = [(cs.CompactConv, n) for n in PHASES['CompactConv']] + [(cs, n) for n in PHASES['module']]
     t = time.perf_counter()
-    with c.phases(where), c: df = hindsight(rec, prefixes, progress=False)
+    closed = getattr(cs, '_CLOSED_FORM', None)  # (a revision before the thirteenth session has no such switch: one path)
+    if gpu_path and closed is not None: cs._CLOSED_FORM = (*closed, 'cpu')
+    try:
+        with c.phases(where), c: df = hindsight(rec, prefixes, progress=False)
+    finally:
+        if closed is not None: cs._CLOSED_FORM = closed
     s = time.perf_counter() - t
     print(f'ops={sum(c.ops.values())} syncs={sum(c.syncs.values())} seconds={s:.1f} (counting slows it; the seconds of a phase include those inside it) '
           f'rows={len(df)} certified={int(df.certified.sum())} max_optimum_gap={df.optimum_gap.max():.3g}')
