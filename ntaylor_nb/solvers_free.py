@@ -145,9 +145,9 @@ def newton_cg(prob: Problems, # the problems; only its layer scope (cols None) i
     computed again to `confirm_rtol` (relative accuracy only) first, within 4 P CG iterations for P variables (exact
     arithmetic would need P; past that only rounding is left to chase: the 5,000 iterations it could take made a
     111-variable problem take 45,000 products); one that reaches that cap confirms the stop only if its value fell by at
-    most tol / 10 over its last 10 iterations (the first solve's own stop rule), else Newton goes on with its direction. A value within tol of the infimum 0 (every loss here is at
-    least 0) stops the solve without a direction, its decrement then inf (not made). Returns V, value, gradient norm,
-    Newton decrement, iterations."""
+    most tol / 10 over its last 10 iterations (the first solve's own stop rule), else Newton goes on with its direction.
+    A value within tol of the infimum 0 (every loss here is at least 0) stops the solve without a direction, its
+    decrement then inf (not made). Returns V, value, gradient norm, Newton decrement, iterations."""
     V, zero = V0.clone(), torch.zeros(1, dtype=torch.long, device=V0.device)
     ev = lambda V: [t[0] for t in prob.evaluate(V[None], zero, hess=False)[:2]]
     f, g = ev(V)
