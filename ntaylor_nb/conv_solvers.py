@@ -9,12 +9,13 @@ import torch
 from fastcore.basics import patch
 from scipy.linalg import blas
 from torch import Tensor
+import torch.nn.functional as F
 from .devices import _spare
-from .solvers import _check_loss, _patches, _factor, _step, line_search, loss_terms
+from .solvers import ConvSamples, _check_loss, _patches, _per_sample, loss_terms
 
 
 # %% auto #0
-__all__ = ['CompactConv', 'batched_pcg', 'conv_newton']
+__all__ = ['CompactConv']
 
 # %% ../nbs/04_solvers_conv.ipynb #75fdc968
 class CompactConv:
@@ -138,6 +139,22 @@ def _rows(self: CompactConv, nb):
     "A segment's rows (R, K+1): kept, or made again from the stored input."
     return nb['X'] if nb['X'] is not None else self._make_rows(nb)
 
+# %% ../nbs/04_solvers_conv.ipynb #65604113
+def _toy(n=40, p=3, U=2, Cin=2, H=4, seed=0, loss='cross_entropy', sparse=0.0):
+    """Random compact samples of a 3x3 convolution (padding 1) and the same samples as ConvSamples (M formed): each position
+    inactive with probability `sparse`, and neuron 0 inactive on the first 5 samples."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, Cin, H, H, generator=g, dtype=torch.float64).relu()
+    J = torch.randn(n, p, U, H * H, generator=g, dtype=torch.float64)
+    J = J * (torch.rand(n, 1, U, H * H, generator=g) >= sparse); J[:5, :, 0] = 0
+    m0, f0 = torch.randn(n, p, U, generator=g, dtype=torch.float64), torch.randn(n, p, generator=g, dtype=torch.float64)
+    m0 = m0 * (J.abs().amax((1, 3)) > 0)[:, None, :]  # an inactive sample's slice is zero against anything
+    y = torch.randint(0, p, (n,), generator=g) if loss == 'cross_entropy' else torch.randn(n, p, generator=g, dtype=torch.float64)
+    s = torch.full((n,), 1 / 8, dtype=torch.float64)
+    geom = dict(kernel_size=[3, 3], stride=[1, 1], padding=[1, 1], dilation=[1, 1])
+    Xt = torch.cat([F.unfold(x, 3, 1, 1, 1), torch.ones(n, 1, H * H, dtype=torch.float64)], 1)
+    return geom, (f0, y, s, x, J, m0), ConvSamples(f0, y, s, torch.einsum('boup,bkp->bouk', J, Xt), m0)
+
 # %% ../nbs/04_solvers_conv.ipynb #9575450c
 def _outs(nb, w):
     "Output moves (m_a, p) of the rows' values w (R,)."
@@ -192,11 +209,6 @@ def hvp(self: CompactConv, W: Tensor, # (len(k), K+1) directions
             c = _curv(self.loss, pi, nb['s'], _outs(nb, X @ W[i]))
             out[i] += X.T @ (nb['j'] * c[nb['rs']]).sum(-1)
     return out
-
-def _per_sample(z, y, loss):
-    "Each sample's loss (n,) at outputs z (n, p), unweighted: cross-entropy against class indices y, or squared error against targets y."
-    if loss == 'cross_entropy': return torch.logsumexp(z, -1) - z.gather(1, y[:, None])[:, 0]
-    return ((z - y) ** 2).sum(-1)
 
 @patch
 def along(self: CompactConv, V: Tensor, # (U', K+1) points
@@ -337,117 +349,3 @@ def hessian(self: CompactConv, V: Tensor, # (U', K+1) points
             G = _gram(_drop(Z, _NEGLIGIBLE)); H[k] += G  # each segment within its own trace: the neuron's within its own
             if stride == 1: dg[k] += G.diagonal()
     return H * scale, dg
-
-# %% ../nbs/04_solvers_conv.ipynb #eb8fa82c
-def _precond(prob, V, idx, m_max):
-    "(Cholesky factors (U, P, P), ridges mu (U,)) at V of the Hessian (on at most m_max samples, its diagonal completed from all) plus `newton`'s ridge (`solvers._factor`)."
-    H, dg = prob.hessian(V, idx, m_max)
-    if m_max is not None: H = H + torch.diag_embed((dg - H.diagonal(0, 1, 2)).clamp_min(0))
-    return _factor(H)
-
-# %% ../nbs/04_solvers_conv.ipynb #d7227c8b
-def batched_pcg(hvp, # (W, k) -> the matrices of rows k applied to W
-                g: Tensor, # (U, P) right-hand sides, one problem a row
-                M, # (R, k) -> the preconditioner of rows k applied to R
-                tol: float, # stop a row once its CG objective fell by at most this over the last `delay` iterations ...
-                rtol: float = 1e-4, # ... or by at most this fraction of its value
-                delay: int = 5, # iterations of the stop rule's window
-                max_iter: int = 500, # iteration cap
-               ) -> tuple:
-    "Batched PCG on H d = g, each row its own problem; returns d, decrement estimates g'H^-1 g (from above), products made (batches of rows), whether every row met its stop rule."
-    d = torch.zeros_like(g); r = g.clone(); allk = torch.arange(len(g), device=g.device); z = M(r, allk); pdir = z.clone(); rz = (r * z).sum(-1)
-    U = len(g); val = torch.zeros(U, dtype=g.dtype, device=g.device)
-    steps = g.new_zeros(U, max(max_iter, 1))  # steps[u, i]: the decrease of row u's CG objective at iteration i + 1
-    n = torch.zeros(U, dtype=torch.long, device=g.device)  # iterations each row ran (a row runs from the first until it stops)
-    act = torch.ones(U, dtype=torch.bool, device=g.device); it = 0
-    for _ in range(max_iter):
-        a_idx = act.nonzero()[:, 0]
-        if not len(a_idx): break
-        it += 1
-        Hp = torch.zeros_like(g); Hp[a_idx] = hvp(pdir[a_idx], a_idx)
-        pHp = (pdir * Hp).sum(-1)
-        ok = act & (rz > 0) & (pHp > 0)
-        a = torch.where(ok, rz / torch.where(ok, pHp, torch.ones_like(pHp)), torch.zeros_like(rz))
-        d += a[:, None] * pdir; r -= a[:, None] * Hp
-        step = a * rz; val -= step
-        zn = M(r, allk); rzn = (r * zn).sum(-1)
-        pdir = zn + torch.where(ok, rzn / torch.where(rz > 0, rz, torch.ones_like(rz)), torch.zeros_like(rz))[:, None] * pdir; rz = torch.where(ok, rzn, rz)
-        steps[a_idx, it - 1] = step[a_idx]; n[a_idx] = it
-        gap = steps[:, max(0, it - delay):it].sum(1)  # the rows still running: their last `delay` decreases
-        act &= ok & ~((it >= delay) & ((gap <= tol) | (gap <= rtol * val.abs())))  # the stop rule, every row at once
-    cols = n[:, None] - delay + torch.arange(delay, device=g.device)  # each row's last `delay` iterations
-    gaps = (steps.gather(1, cols.clamp(0, steps.shape[1] - 1)) * (cols >= 0)).sum(1)
-    return d, -val + gaps, it, not bool(act.any())
-
-
-# %% ../nbs/04_solvers_conv.ipynb #3af1eadf
-def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
-                idx: Tensor, # (U,) the neurons to solve (positions among the recorded ones)
-                V0: Tensor, # (U, K+1) starting points
-                tol: float, # stop once half the Newton decrement, or the value's height above `CompactConv.floor`, is at most this
-                max_iter: int = 100, # Newton iterations
-                m_max: int | None = None, # samples of the first factor's Hessian (None: all)
-                rtol: float = 1e-4, # relative accuracy of a CG solve preconditioned by a kept factor
-                max_cg: int = 20, # CG products a kept factor gets before a factor is made at the current point
-                expand: bool = True, # let the line search go past the full step while the value falls (`solvers.line_search`)
-               ) -> tuple:
-    """Batched damped Newton on conv neurons from compact samples, with the ridge mu, line search and stop rule of `newton`.
-    Each direction (H + mu I)^-1 g either by conjugate gradients on Hessian-vector products, preconditioned by a kept Cholesky
-    factor (from an earlier point, or the first one from at most m_max samples, its diagonal completed from all), or, when that
-    takes more than max_cg products, straight from the factor of the Hessian made at the current point from all samples (for
-    every neuron still running), which is kept. The kept factor is tried only after a step on which every neuron still running
-    took the full step (a damped or expanded step: the curvature moved too much; one such neuron decides for the batch), and at
-    the first step with m_max; after it failed k times running, only 2^k steps later. A stop by the decrement is taken on an
-    exact direction only (from a factor made at that point), and the decrements returned are exact (made again at the end for a
-    neuron that ended on a CG estimate), or inf for a stop by the value (below). A neuron whose value comes within tol of its floor stops there before its next direction (the height
-    bounds its distance to the infimum: separable neurons, whose decrement stays large on the way out), its decrement
-    then inf (not made). Returns V, values, gradient norms, Newton decrements, iterations."""
-    V, U = V0.clone(), len(V0)
-    lam = torch.full((U,), float('inf'), dtype=V.dtype, device=V.device)
-    iters = torch.zeros(U, dtype=torch.long)
-    act, pre, fails, next_try = torch.arange(U, device=V.device), None, 0, 0
-    full = True  # did every neuron still running take the full step last time (neither damped nor expanded: the model held)?
-    by_cg = torch.zeros(U, dtype=torch.bool, device=V.device)  # is lam a CG estimate (a neuron ending at the cap, or with no decrease)?
-    f, g, fl = prob.evaluate(V, idx, grad=False)[0], torch.zeros_like(V), prob.floor(idx)  # f: at V[act], from the line search after the first
-    for it in range(max_iter + 1):
-        low = f[act] - fl[act] <= tol  # within tol of the infimum: stop without a direction
-        if bool(low.any()):
-            lam[act[low]], by_cg[act[low]] = float('inf'), False
-            act = act[~low]
-            if pre is not None: pre = (pre[0][~low], pre[1][~low])
-            if not len(act): break
-        f[act], g[act] = prob.evaluate(V[act], idx[act])  # the curvature kept for hvp is at V[act]
-        if pre is None and m_max is not None: pre = _precond(prob, V[act], idx[act], m_max)  # a first factor from a subsample
-        done = False
-        if pre is not None and it >= next_try and full:  # CG preconditioned by the kept factor
-            L, mu = pre
-            d, lam2, _, done = batched_pcg(lambda W, k: prob.hvp(W, k) + mu[k, None] * W, g[act],
-                                           lambda R, k: torch.cholesky_solve(R[..., None], L[k])[..., 0], tol / 10, rtol, max_iter=max_cg)
-            fails, next_try = (0, it) if done else (fails + 1, it + 2 ** (fails + 1))
-        if not done:  # a factor of the Hessian made here: the Newton direction straight from it, as `newton`'s
-            pre = _precond(prob, V[act], idx[act], None)
-            d, lam2 = _step(pre[0], g[act])
-        s = (lam2 / 2 <= tol).nonzero()[:, 0]
-        if done and len(s):  # would stop on a CG solve, which can understate the decrement: the exact direction first
-            Ls, _ = _precond(prob, V[act][s], idx[act][s], None)
-            d[s], lam2[s] = _step(Ls, g[act][s])
-        lam[act] = lam2; by_cg[act] = done
-        if done: by_cg[act[s]] = False
-        keep = lam2 / 2 > tol
-        if it == max_iter: break
-        act, d, lam2 = act[keep], d[keep], lam2[keep]
-        if not len(act): break
-        pre = (pre[0][keep], pre[1][keep])
-        iters[act.cpu()] += 1
-        Vn, fn, acc = line_search(prob.along(V[act], d, idx[act]), V[act], d, f[act], lam2, expand, along=True)  # lam2 from CG: from above
-        moved = act[acc]
-        if not len(moved): break
-        full = bool((Vn[acc] == V[moved] - d[acc]).all())  # the full step, bit for bit (line_search makes V - 1.0 d): neither damped nor expanded
-        V[moved], f[moved] = Vn[acc], fn[acc]
-        pre = (pre[0][acc], pre[1][acc])
-        act = moved
-    f, g = prob.evaluate(V, idx)
-    k = by_cg.nonzero()[:, 0]
-    if len(k): lam[k] = _step(_precond(prob, V[k], idx[k], None)[0], g[k])[1]  # the gap reported: exact
-    prob._zbuf = None  # the Hessian's row buffer (`_work`) is not kept past a solve
-    return V, f, g.norm(dim=-1), lam, iters

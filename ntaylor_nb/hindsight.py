@@ -17,7 +17,8 @@ from .gauss_newton import replay
 from .hindsight_lsq import _blocks, _dense_min, _dual_min, _free_hvp, _packed_add, _rank_factor, _unpack
 from .growth import log_prefixes
 from .regret import ConvCompactRecord, ConvRecord, LinearJacobianRecord, OutputRecord, RegretRecording
-from .conv_solvers import CompactConv, conv_newton
+from .conv_solvers import CompactConv
+from .conv_newton import conv_newton
 from .solvers import MAX_DIRECT, ConvFactoredSamples, ConvSamples, LinearSamples, _conv_k1, _conv_rows, _patches, Problems, _tri, lbfgs, loss_terms, newton, quad_min, quad_min_shared
 from .solvers_free import kfac_precond, newton_cg, quad_cg
 from .taylor import Scope, scope_variables, taylor_rows
@@ -153,7 +154,7 @@ def _gap(lam, f, floor=0.0) -> float:
     above a lower bound of the loss (0; a conv neuron's inactive samples' loss), a bound on that distance, where that is smaller."""
     return min(float(lam) / 2, max(float(f) - float(floor), 0.0))
 
-_COMPACT_NEWTON = True  # neuron scopes of conv_compact records by conv_solvers.conv_newton; False: M formed again, dense Newton (the baseline)
+_COMPACT_NEWTON = True  # neuron scopes of conv_compact records by conv_newton.conv_newton; False: M formed again, dense Newton (the baseline)
 
 # %% ../nbs/07_hindsight.ipynb #e60d8ece
 def _compact_M(x, J, geom, block_bytes=2 ** 28):
@@ -205,11 +206,12 @@ def _solve_compact(self: _DenseAcc, tol: float):
     "The neuron scopes of a conv_compact record by `conv_newton`, warm-started as `_start` does."
     cc, U = self.cc, len(self.units)
     idx = torch.arange(U, device=cc.device)  # (the compact samples' device: the layer's other samples may have gone to the CPU)
-    zero = torch.zeros(U, cc.K1, dtype=torch.float64, device=cc.device); V0 = zero
+    zero = torch.zeros(U, cc.K1, dtype=torch.float64, device=cc.device); V0, f0 = zero, None
     if all(u in self.V for u in self.units):
         last = torch.stack([self.V[u].to(cc.device) for u in self.units])
-        V0 = torch.where((cc.evaluate(last, idx, grad=False)[0] <= cc.evaluate(zero, idx, grad=False)[0])[:, None], last, zero)
-    V, f, gn, lam, _ = conv_newton(cc, idx, V0, tol)
+        f_last, f_zero = cc.evaluate(last, idx, grad=False)[0], cc.evaluate(zero, idx, grad=False)[0]
+        V0, f0 = torch.where((f_last <= f_zero)[:, None], last, zero), torch.minimum(f_last, f_zero)
+    V, f, gn, lam, _ = conv_newton(cc, idx, V0, tol, f0=f0)
     out, fl = {}, cc.floor(idx)
     for k, u in enumerate(self.units):
         self.V[u] = V[k]; out[Scope('neuron', self.layer, int(u))] = (float(f[k]), float(gn[k]), _gap(lam[k], f[k], fl[k]))

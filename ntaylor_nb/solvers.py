@@ -127,6 +127,12 @@ def _check_loss(loss: str) -> str:
     if loss not in LOSSES: raise ValueError(f"loss={loss!r}; allowed: {', '.join(sorted(LOSSES))}")  # the losses of ntaylor_nb.taylor
     return loss
 
+def _per_sample(z, y, loss, lse=None, e=None):
+    """Each sample's loss, unweighted, (..., n) at outputs z (..., n, p): cross-entropy against class indices y (n,) (lse: z's
+    logsumexp, where made already), or the squared error against targets y (n, p) (e: z - y, where made already)."""
+    if loss == 'cross_entropy': return (torch.logsumexp(z, -1) if lse is None else lse) - z.gather(-1, y.expand(z.shape[:-1])[..., None])[..., 0]
+    return ((z - y if e is None else e) ** 2).sum(-1)
+
 def loss_terms(z: Tensor, # (U, n, p) Taylor outputs of U problems on n samples
                y: Tensor, # (n,) class indices, or (n, p) targets
                s: Tensor, # (n,) sample weights
@@ -135,13 +141,13 @@ def loss_terms(z: Tensor, # (U, n, p) Taylor outputs of U problems on n samples
     "Value (U,), weighted gradient r = s dl/dz (U, n, p) and h(A) = s d2l/dz2 A of the per-sample loss at z (U, n, p)."
     if loss == 'cross_entropy':
         lse = torch.logsumexp(z, -1)
-        val = ((lse - z[:, torch.arange(len(y), device=z.device), y]) * s).sum(-1)
+        val = (_per_sample(z, y, loss, lse=lse) * s).sum(-1)
         p = torch.exp(z - lse[..., None])
         r = p.clone(); r[:, torch.arange(len(y), device=z.device), y] -= 1
         ps = p * s[:, None]
         return val, r * s[:, None], lambda A: ps[..., None] * A - ps[..., None] * (p[..., None] * A).sum(-2, keepdim=True)
     e = z - y
-    return ((e * e).sum(-1) * s).sum(-1), 2 * e * s[:, None], lambda A: 2 * s[:, None, None] * A
+    return (_per_sample(z, y, loss, e=e) * s).sum(-1), 2 * e * s[:, None], lambda A: 2 * s[:, None, None] * A
 
 # %% ../nbs/04_solvers.ipynb #fcd12e09
 def _tri(n):

@@ -315,8 +315,9 @@ def test_count_ops_tool(recs, capsys):
         assert float(s) == 6.0
     assert (sum(c.ops.values()), sum(c.syncs.values())) == (2, 1)  # add and sum; the view is none; float() waits for the value
     _, r, _ = recs
+    import ntaylor_nb.conv_newton as cn
     import ntaylor_nb.conv_solvers as cs
-    before = [cs.CompactConv.hessian, cs.batched_pcg, cs.line_search, torch.Tensor.tolist]
+    before = [cs.CompactConv.hessian, cn.batched_pcg, cn.line_search, torch.Tensor.tolist]
     with c.phases([(cs.CompactConv, 'hessian')]):
         assert torch.arange(2).tolist() == [0, 1]  # a host read that reaches no ATen operation on the CPU
     assert c.syncs['other'] == 2
@@ -324,8 +325,9 @@ def test_count_ops_tool(recs, capsys):
     out = capsys.readouterr().out
     assert out.startswith('ops=') and ' hessian ' in out and ' evaluate ' in out
     pd.testing.assert_frame_equal(df, hindsight(r['auto'], [1, 3], progress=False))
-    assert [cs.CompactConv.hessian, cs.batched_pcg, cs.line_search, torch.Tensor.tolist] == before  # the counted functions put back
+    assert [cs.CompactConv.hessian, cn.batched_pcg, cn.line_search, torch.Tensor.tolist] == before  # the counted functions put back
     with pytest.raises(SystemExit, match='whole numbers separated by commas'): co.main([str(r['auto'].path), '1;3'])
+    with pytest.raises(SystemExit, match='no regret recording'): co.main([str(r['auto'].path) + '-missing'])
     closed = co.main([str(r['auto'].path), '1,3', '--gpu-path'])  # the GPU's Hessian rows on the CPU: the same optima to the stops
     assert cs._CLOSED_FORM == ('cuda',) and (closed.taylor_optimum - df.taylor_optimum).abs().max() <= 1.5e-8  # within the stops (1e-9 a round, estimates)
 
@@ -335,7 +337,8 @@ def test_conv_newton_stops_a_separable_neuron_by_its_value(monkeypatch):
     samples, approached only as |v| grows): conv_newton stops it once its value is within tol of the floor, after one
     iteration, with no decrement made, and hindsight's certificate is that height; without the floor it ran to the
     100-iteration cap with half a decrement of 1e-2 (uncertified) at the same value. Neuron 1 stops by its decrement."""
-    from ntaylor_nb.conv_solvers import CompactConv, conv_newton
+    from ntaylor_nb.conv_solvers import CompactConv
+    from ntaylor_nb.conv_newton import conv_newton
     cc, ref, _, _ = _compact_problem('cross_entropy', None)
     idx, tol, V0 = torch.arange(2), 1e-9, torch.zeros(2, 19, dtype=torch.float64)
     V, f, gn, lam, it = conv_newton(cc, idx, V0, tol)

@@ -1,8 +1,8 @@
 """Count the device operations and host synchronisations of `hindsight` on a recording, by solver phase: a proxy for its
 time on a GPU where the solves are small and each operation's launch costs more than its arithmetic (figure 3's neuron
-scopes: benchmarks/RESULTS.md, "Figure 3's solver on a GPU"). Runs on the CPU; counts what would be a kernel launch
-(every ATen operation except views and allocations) and what would wait for the device (`.item()`, `.tolist()`, `bool()`
-of a tensor, `nonzero`, `unique`, `repeat_interleave`, copies to the host).
+scopes: benchmarks/RESULTS.md, P4 section, "Thirteenth session"). Runs on the CPU; counts what would be a kernel launch
+(every ATen operation except views and allocations) and what would wait for the device (`.item()`, `.tolist()`, `.numpy()`,
+`bool()` of a tensor, `nonzero`, `unique`, `repeat_interleave`; a `.cpu()` is none on the CPU, so copies to the host are not seen).
 
     python tools/count_ops.py RECORDING [PREFIXES] [--gpu-path]   # PREFIXES: recorded rounds, comma-separated (default: 1)
 
@@ -23,7 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 VIEWS = {'view', '_unsafe_view', 'slice', 'select', 'unsqueeze', 'squeeze', 'expand', 'transpose', 't', 'permute', 'as_strided',
          'alias', 'detach', '_reshape_alias', 'split', 'unbind', 'chunk', 'narrow', 'diagonal', 'lift_fresh', 'empty',
          'empty_strided', 'resize_', 'split_with_sizes', '_local_scalar_dense', 'unfold', 'set_'}  # no kernel of their own
-SYNCS = {'_local_scalar_dense', 'nonzero', '_unique2', 'unique_dim', 'masked_select', 'repeat_interleave', '_to_copy'}
+SYNCS = {'_local_scalar_dense', 'nonzero', '_unique2', 'unique_dim', 'masked_select', 'repeat_interleave'}  # (a copy to the host is no operation on the CPU)
 PHASES = {'CompactConv': ('evaluate', 'hvp', 'hessian', 'along'), 'module': ('batched_pcg', 'line_search', '_step', '_factor')}
 
 
@@ -66,13 +66,18 @@ def main(argv):
     gpu_path = '--gpu-path' in argv
     argv = [a for a in argv if a != '--gpu-path']
     if not 1 <= len(argv) <= 2: raise SystemExit(__doc__)
+    import importlib
     import ntaylor_nb.conv_solvers as cs
+    try: cn = importlib.import_module('ntaylor_nb.conv_newton')  # the solver's module (in conv_solvers before the thirteenth session)
+    except ImportError: cn = cs
     from ntaylor_nb.hindsight import hindsight
     from ntaylor_nb.regret import RegretRecording
     try: prefixes = [int(p) for p in (argv[1] if len(argv) > 1 else '1').split(',')]
     except ValueError: raise SystemExit(f'PREFIXES={argv[1]!r}: recorded rounds, whole numbers separated by commas (e.g. 1,2,4)')
-    c, rec = Counter(), RegretRecording(argv[0])
-    where = [(cs.CompactConv, n) for n in PHASES['CompactConv']] + [(cs, n) for n in PHASES['module']]
+    try: rec = RegretRecording(argv[0])
+    except (FileNotFoundError, ValueError) as e: raise SystemExit(f'RECORDING={argv[0]!r}: {e}')
+    c = Counter()
+    where = [(cs.CompactConv, n) for n in PHASES['CompactConv']] + [(cn, n) for n in PHASES['module']]
     t = time.perf_counter()
     closed = getattr(cs, '_CLOSED_FORM', None)  # (a revision before the thirteenth session has no such switch: one path)
     if gpu_path and closed is not None: cs._CLOSED_FORM = (*closed, 'cpu')
