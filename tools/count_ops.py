@@ -68,8 +68,7 @@ def main(argv):
     if not 1 <= len(argv) <= 2: raise SystemExit(__doc__)
     import importlib
     import ntaylor_nb.conv_solvers as cs
-    try: cn = importlib.import_module('ntaylor_nb.conv_newton')  # the solver's module (in conv_solvers before the thirteenth session)
-    except ImportError: cn = cs
+    cn = cs if hasattr(cs, 'batched_pcg') else importlib.import_module('ntaylor_nb.conv_newton')  # (one module before the thirteenth session)
     from ntaylor_nb.hindsight import hindsight
     from ntaylor_nb.regret import RegretRecording
     try: prefixes = [int(p) for p in (argv[1] if len(argv) > 1 else '1').split(',')]
