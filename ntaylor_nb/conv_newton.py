@@ -7,10 +7,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from .conv_solvers import CompactConv
-from .solvers import _factor, _step, line_search
+from .solvers import _factor, _step
 
 # %% auto #0
-__all__ = ['batched_pcg', 'conv_newton']
+__all__ = ['RIDGES', 'batched_pcg', 'grid_search', 'conv_newton']
 
 # %% ../nbs/04_solvers_conv_newton.ipynb #e6971119
 def _precond(prob, V, idx, m_max):
@@ -54,7 +54,65 @@ def batched_pcg(hvp, # (W, k) -> the matrices of rows k applied to W
     return d, -val + gaps, it, not bool(act.any())
 
 
+# %% ../nbs/04_solvers_conv_newton.ipynb #436f2638
+def grid_search(value, # (step sizes t (m,), positions k (m,)) -> values (m,) at V[k] - t d[k] (`CompactConv.along`)
+                f: Tensor, # (U,) values at V
+                slope: Tensor, # (U,) g'd > 0: the decrease a full step promises to first order
+                lo: int = -12, # the grid's smallest step 2^lo ...
+                hi: int = 5, # ... and its largest 2^hi
+                max_halvings: int = 60, # below the grid: backtracking to 2^-max_halvings at most
+                max_doublings: int = 40, # above it: expansion to 2^(hi + max_doublings) at most (0: none)
+               ) -> tuple:
+    """For each problem of a batch, of the steps t = 2^lo, ..., 2^hi (valued in one call) the one with the lowest value among
+    those that meet the sufficient decrease of `solvers.line_search` (Armijo, 1e-4 t slope); from 2^hi on, doubling while the
+    doubled step still meets it and lowers the value; where no step of the grid meets it, halving below 2^lo until one does.
+    Where the curvature grows along d (a near-separable neuron's damped Newton steps), the best of the grid goes further than
+    the first step that backtracking accepts. Returns the values reached (f where none), the steps t (0 where none) and which
+    problems moved; the new points are V - t d (t = 1 exactly for a full step)."""
+    U, dev, dt = len(f), f.device, f.dtype
+    ts = 2.0 ** torch.arange(lo, hi + 1, dtype=dt, device=dev)
+    ft = value(ts.repeat(U), torch.arange(U, device=dev).repeat_interleave(len(ts))).view(U, len(ts))
+    ok = ft <= f[:, None] - 1e-4 * ts * slope[:, None]
+    j = torch.where(ok, ft, torch.full_like(ft, float('inf'))).argmin(1)
+    acc = ok.any(1)
+    t = torch.where(acc, ts[j], torch.zeros_like(f)); fn = torch.where(acc, ft.gather(1, j[:, None])[:, 0], f)
+    w, done = (acc & (j == len(ts) - 1)).nonzero()[:, 0], 0  # the best is the largest step: on doubling, 8 at a time
+    while len(w) and done < max_doublings:
+        J = min(8, max_doublings - done)
+        tj = t[w, None] * 2.0 ** torch.arange(1, J + 1, dtype=dt, device=dev)  # (m, J)
+        fv = value(tj.reshape(-1), w.repeat_interleave(J)).view(len(w), J)
+        prev = torch.cat([fn[w, None], fv[:, :-1]], 1)
+        run = ((fv <= f[w, None] - 1e-4 * tj * slope[w, None]) & (fv < prev)).long().cumprod(1).sum(1)  # doublings that held, in a row
+        hit = run > 0
+        t[w[hit]], fn[w[hit]] = tj[hit, run[hit] - 1], fv[hit, run[hit] - 1]
+        w, done = w[run == J], done + J
+    w, done = (~acc).nonzero()[:, 0], -lo  # none of the grid: halving on, 8 at a time, the first that meets the test taken
+    while len(w) and done < max_halvings:
+        J = min(8, max_halvings - done)
+        tj = 2.0 ** -torch.arange(done + 1, done + J + 1, dtype=dt, device=dev)
+        fv = value(tj.repeat(len(w)), w.repeat_interleave(J)).view(len(w), J)
+        ok = fv <= f[w, None] - 1e-4 * tj * slope[w, None]
+        hit, first = ok.any(1), ok.long().argmax(1)
+        t[w[hit]], fn[w[hit]], acc[w[hit]] = tj[first[hit]], fv[hit, first[hit]], True
+        w, done = w[~hit], done + J
+    return fn, t, acc
+
+
 # %% ../nbs/04_solvers_conv_newton.ipynb #3c2a9b41
+RIDGES = (0.1, 1.0, 10.0)  # the ridged directions tried beside Newton's after a damped step: multiples of each neuron's ridge ratio
+
+def _ridged(H: Tensor, # (n, P, P) Hessians
+            g: Tensor, # (n, P) gradients
+            r: Tensor, # (n, m) ridge ratios, each of its problem's largest diagonal entry of H
+           ) -> Tensor:
+    "Directions (n, m, P) (H + r_j max diag(H) I)^-1 g, one ridge at a time (two more matrices a problem in memory: H ridged and its factor); nan where a factorisation fails."
+    scale, out = H.diagonal(0, 1, 2).amax(-1), []
+    for j in range(r.shape[1]):
+        A = H.clone(); A.diagonal(0, 1, 2).add_((r[:, j] * scale)[:, None])
+        L, info = torch.linalg.cholesky_ex(A); del A
+        out.append(torch.where((info == 0)[:, None], torch.cholesky_solve(g[..., None], L)[..., 0], float('nan')))
+    return torch.stack(out, 1)
+
 def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
                 idx: Tensor, # (U,) the neurons to solve (positions among the recorded ones)
                 V0: Tensor, # (U, K+1) starting points
@@ -63,25 +121,33 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
                 m_max: int | None = None, # samples of the first factor's Hessian (None: all)
                 rtol: float = 1e-4, # relative accuracy of a CG solve preconditioned by a kept factor
                 max_cg: int = 20, # CG products a kept factor gets before a factor is made at the current point
-                expand: bool = True, # let the line search go past the full step while the value falls (`solvers.line_search`)
+                expand: bool = True, # let the line search go past the full step while the value falls (`grid_search`)
                 f0: Tensor | None = None, # (U,) the values at V0 where the caller made them (else evaluated here)
+                ridges: tuple = RIDGES, # multiples of a neuron's ridge ratio tried after a damped step (() : Newton's direction only)
                ) -> tuple:
-    """Batched damped Newton on conv neurons from compact samples, with the ridge mu, line search and stop rule of `newton`.
+    """Batched damped Newton on conv neurons from compact samples, with the ridge mu and stop rule of `newton`.
     Each direction (H + mu I)^-1 g either by conjugate gradients on Hessian-vector products, preconditioned by a kept Cholesky
     factor (from an earlier point, or the first one from at most m_max samples, its diagonal completed from all), or, when that
     takes more than max_cg products, straight from the factor of the Hessian made at the current point from all samples (for
     every neuron still running), which is kept. The kept factor is tried only after a step on which every neuron still running
-    took the full step (a damped or expanded step: the curvature moved too much; one such neuron decides for the batch), and at
+    took the full Newton step (a damped or expanded step: the curvature moved too much; one such neuron decides for the batch), and at
     the first step with m_max; after it failed k times running, only 2^k steps later. A stop by the decrement is taken on an
     exact direction only (from a factor made at that point), and the decrements returned are exact (made again at the end for a
     neuron that ended on a CG estimate), or inf for a stop by the value (below). A neuron whose value comes within tol of its floor stops there before its next direction (the height
     bounds its distance to the infimum: separable neurons, whose decrement stays large on the way out), its decrement
-    then inf (not made). Returns V, values, gradient norms, Newton decrements, iterations."""
+    then inf (not made).
+    After a step short of a full Newton step (and at the first), a neuron's Hessian also gives ridged directions
+    (H + rho r max diag(H) I)^-1 g for r in `ridges` (Levenberg-Marquardt's): of these and Newton's, the one whose full step has
+    the lowest value is taken (the most ridged where none decreases), and the ratio rho follows the choice (a tenth of the
+    smallest tried when Newton's wins, ten times the largest when none decreases). The step along it is `grid_search`'s.
+    Returns V, values, gradient norms, Newton decrements, iterations."""
     V, U = V0.clone(), len(V0)
     lam = torch.full((U,), float('inf'), dtype=V.dtype, device=V.device)
     iters = torch.zeros(U, dtype=torch.long)
     act, pre, fails, next_try = torch.arange(U, device=V.device), None, 0, 0
-    full = True  # did every neuron still running take the full step last time (neither damped nor expanded: the model held)?
+    full = True  # did every neuron still running take the full Newton step last time (neither damped nor expanded: the model held)?
+    damped = torch.ones(U, dtype=torch.bool, device=V.device)  # was a neuron's last step short of a full Newton step (or is it the first)?
+    rho, rs = torch.full((U,), 1e-4, dtype=V.dtype, device=V.device), torch.tensor(ridges, dtype=V.dtype, device=V.device)
     by_cg = torch.zeros(U, dtype=torch.bool, device=V.device)  # is lam a CG estimate (a neuron ending at the cap, or with no decrease)?
     f = (prob.evaluate(V, idx, grad=False)[0] if f0 is None else f0.clone())  # at V[act]: from the line search after the first iteration
     g, fl = torch.zeros_like(V), prob.floor(idx)
@@ -94,14 +160,16 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
             if not len(act): break
         f[act], g[act] = prob.evaluate(V[act], idx[act])  # the curvature kept for hvp is at V[act]
         if pre is None and m_max is not None: pre = _precond(prob, V[act], idx[act], m_max)  # a first factor from a subsample
-        done = False
+        done, H = False, None
         if pre is not None and it >= next_try and full:  # CG preconditioned by the kept factor
             L, mu = pre
             d, lam2, _, done = batched_pcg(lambda W, k: prob.hvp(W, k) + mu[k, None] * W, g[act],
                                            lambda R, k: torch.cholesky_solve(R[..., None], L[k])[..., 0], tol / 10, rtol, max_iter=max_cg)
             fails, next_try = (0, it) if done else (fails + 1, it + 2 ** (fails + 1))
         if not done:  # a factor of the Hessian made here: the Newton direction straight from it, as `newton`'s
-            pre = _precond(prob, V[act], idx[act], None)
+            H, _ = prob.hessian(V[act], idx[act])
+            pre = _factor(H)
+            if not (len(rs) and bool(damped[act].any())): H = None  # (kept only for ridged directions)
             d, lam2 = _step(pre[0], g[act])
         s = (lam2 / 2 <= tol).nonzero()[:, 0]
         if done and len(s):  # would stop on a CG solve, which can understate the decrement: the exact direction first
@@ -115,11 +183,28 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
         if not len(act): break
         pre = (pre[0][keep], pre[1][keep])
         iters[act.cpu()] += 1
-        Vn, fn, acc = line_search(prob.along(V[act], d, idx[act]), V[act], d, f[act], lam2, expand, along=True)  # lam2 from CG: from above
+        pick = torch.zeros(len(act), dtype=torch.long, device=V.device)  # 0: Newton's direction; j: the ridge rs[j - 1]
+        w = damped[act].nonzero()[:, 0] if H is not None and len(rs) else act[:0]
+        if len(w):  # after a damped step: Newton's direction against ridged ones, by the values of their full steps
+            r = rho[act[w], None] * rs
+            D = torch.cat([d[w, None], _ridged(H[keep.nonzero()[:, 0][w]], g[act[w]], r)], 1)  # (m, 1 + len(rs), P)
+            k = D.shape[1]
+            fv = prob.along(V[act[w]].repeat_interleave(k, 0), D.flatten(0, 1), idx[act[w]].repeat_interleave(k))(
+                torch.ones(len(w) * k, dtype=V.dtype, device=V.device), torch.arange(len(w) * k, device=V.device)).view(-1, k)
+            fv = torch.where(torch.isnan(fv), float('inf'), fv)  # a failed factorisation
+            dec = fv.min(1).values < f[act[w]]
+            fin = torch.isfinite(D).all(-1) * torch.arange(k, device=V.device)  # where none decreases: the most ridged that was made
+            pick[w] = torch.where(dec, fv.argmin(1), fin.argmax(1))
+            d[w] = D[torch.arange(len(w), device=V.device), pick[w]]
+            rho[act[w]] = torch.where(dec, torch.cat([r[:, :1] / 10, r], 1).gather(1, pick[w, None])[:, 0], r[:, -1] * 10).clamp(1e-12, 1e4)
+        H = None
+        slope = torch.where(pick == 0, lam2, (g[act] * d).sum(-1))  # lam2 from CG: from above
+        fn, t, acc = grid_search(prob.along(V[act], d, idx[act]), f[act], slope, hi=5 if expand else 0, max_doublings=40 if expand else 0)
+        damped[act] = (pick > 0) | (t < 1)
         moved = act[acc]
         if not len(moved): break
-        full = bool((Vn[acc] == V[moved] - d[acc]).all())  # the full step, bit for bit (line_search makes V - 1.0 d): neither damped nor expanded
-        V[moved], f[moved] = Vn[acc], fn[acc]
+        full = bool(((pick == 0) & (t == 1))[acc].all())  # the full Newton step (V - 1.0 d): neither damped nor expanded
+        V[moved], f[moved] = V[moved] - t[acc, None] * d[acc], fn[acc]
         pre = (pre[0][acc], pre[1][acc])
         act = moved
     f, g = prob.evaluate(V, idx)
@@ -127,3 +212,4 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
     if len(k): lam[k] = _step(_precond(prob, V[k], idx[k], None)[0], g[k])[1]  # the gap reported: exact
     prob._zbuf = None  # the Hessian's row buffer (`_work`) is not kept past a solve
     return V, f, g.norm(dim=-1), lam, iters
+

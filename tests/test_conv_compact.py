@@ -317,7 +317,7 @@ def test_count_ops_tool(recs, capsys):
     _, r, _ = recs
     import ntaylor_nb.conv_newton as cn
     import ntaylor_nb.conv_solvers as cs
-    before = [cs.CompactConv.hessian, cn.batched_pcg, cn.line_search, torch.Tensor.tolist]
+    before = [cs.CompactConv.hessian, cn.batched_pcg, cn.grid_search, torch.Tensor.tolist]
     with c.phases([(cs.CompactConv, 'hessian')]):
         assert torch.arange(2).tolist() == [0, 1]  # a host read that reaches no ATen operation on the CPU
     assert c.syncs['other'] == 2
@@ -325,7 +325,7 @@ def test_count_ops_tool(recs, capsys):
     out = capsys.readouterr().out
     assert out.startswith('ops=') and ' hessian ' in out and ' evaluate ' in out
     pd.testing.assert_frame_equal(df, hindsight(r['auto'], [1, 3], progress=False))
-    assert [cs.CompactConv.hessian, cn.batched_pcg, cn.line_search, torch.Tensor.tolist] == before  # the counted functions put back
+    assert [cs.CompactConv.hessian, cn.batched_pcg, cn.grid_search, torch.Tensor.tolist] == before  # the counted functions put back
     with pytest.raises(SystemExit, match='whole numbers separated by commas'): co.main([str(r['auto'].path), '1;3'])
     with pytest.raises(SystemExit, match='no regret recording'): co.main([str(r['auto'].path) + '-missing'])
     closed = co.main([str(r['auto'].path), '1,3', '--gpu-path'])  # the GPU's Hessian rows on the CPU: the same optima to the stops
@@ -336,7 +336,8 @@ def test_conv_newton_stops_a_separable_neuron_by_its_value(monkeypatch):
     """Neuron 0 of the small problem fits its active samples exactly (its infimum is its floor, the loss of its inactive
     samples, approached only as |v| grows): conv_newton stops it once its value is within tol of the floor, after one
     iteration, with no decrement made, and hindsight's certificate is that height; without the floor it ran to the
-    100-iteration cap with half a decrement of 1e-2 (uncertified) at the same value. Neuron 1 stops by its decrement."""
+    100-iteration cap, uncertified (half a decrement of 6e-7 against tol 1e-9; 1e-2 before the ridged directions and the
+    grid search), at the same value. Neuron 1 stops by its decrement."""
     from ntaylor_nb.conv_solvers import CompactConv
     from ntaylor_nb.conv_newton import conv_newton
     cc, ref, _, _ = _compact_problem('cross_entropy', None)
@@ -349,5 +350,5 @@ def test_conv_newton_stops_a_separable_neuron_by_its_value(monkeypatch):
     assert hs._gap(lam[0], f[0], fl[0]) == pytest.approx(float(f[0] - fl[0]), abs=1e-15) and hs._gap(lam[1], f[1], fl[1]) == float(lam[1]) / 2
     monkeypatch.setattr(CompactConv, 'floor', lambda self, idx: torch.full((len(idx),), -float('inf'), dtype=torch.float64))
     V2, f2, _, lam2, it2 = conv_newton(cc, idx, V0, tol)
-    assert int(it2[0]) == 100 and float(lam2[0]) / 2 > 1e3 * tol and float(f2[0] - fl[0]) <= tol
+    assert int(it2[0]) == 100 and float(lam2[0]) / 2 > 100 * tol and float(f2[0] - fl[0]) <= tol
     assert abs(float(f2[1] - f[1])) <= 5 * tol  # neuron 1 within the two stops (its path can differ: the batch decides when CG is tried)

@@ -24,7 +24,7 @@ VIEWS = {'view', '_unsafe_view', 'slice', 'select', 'unsqueeze', 'squeeze', 'exp
          'alias', 'detach', '_reshape_alias', 'split', 'unbind', 'chunk', 'narrow', 'diagonal', 'lift_fresh', 'empty',
          'empty_strided', 'resize_', 'split_with_sizes', '_local_scalar_dense', 'unfold', 'set_'}  # no kernel of their own
 SYNCS = {'_local_scalar_dense', 'nonzero', '_unique2', 'unique_dim', 'masked_select', 'repeat_interleave'}  # (a copy to the host is no operation on the CPU)
-PHASES = {'CompactConv': ('evaluate', 'hvp', 'hessian', 'along'), 'module': ('batched_pcg', 'line_search', '_step', '_factor')}
+PHASES = {'CompactConv': ('evaluate', 'hvp', 'hessian', 'along'), 'module': ('batched_pcg', 'grid_search', 'line_search', '_ridged', '_step', '_factor')}  # (the module's that it has)
 
 
 class Counter(TorchDispatchMode):
@@ -76,7 +76,7 @@ def main(argv):
     try: rec = RegretRecording(argv[0])
     except (FileNotFoundError, ValueError) as e: raise SystemExit(f'RECORDING={argv[0]!r}: {e}')
     c = Counter()
-    where = [(cs.CompactConv, n) for n in PHASES['CompactConv']] + [(cn, n) for n in PHASES['module']]
+    where = [(cs.CompactConv, n) for n in PHASES['CompactConv']] + [(cn, n) for n in PHASES['module'] if hasattr(cn, n)]
     t = time.perf_counter()
     closed = getattr(cs, '_CLOSED_FORM', None)  # (a revision before the thirteenth session has no such switch: one path)
     if gpu_path and closed is not None: cs._CLOSED_FORM = (*closed, 'cpu')
