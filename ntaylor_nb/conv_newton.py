@@ -113,6 +113,16 @@ def _ridged(H: Tensor, # (n, P, P) Hessians
         out.append(torch.where((info == 0)[:, None], torch.cholesky_solve(g[..., None], L)[..., 0], float('nan')))
     return torch.stack(out, 1)
 
+def _scaled(H: Tensor, # (n, P, P) Hessians
+            g: Tensor, # (n, P) gradients
+           ) -> tuple:
+    """Newton directions and decrements with `_factor`'s ridge relative to each variable's own curvature, (H + mu diag(H))^-1 g:
+    invariant to rescaling the variables (an input channel of small scale), where `_factor`'s ridge, the same for all, is not."""
+    dg = H.diagonal(0, 1, 2)
+    sc = torch.where(dg > 0, dg.sqrt(), torch.ones_like(dg))
+    d = torch.cholesky_solve((g / sc)[..., None], _factor(H / sc[:, :, None] / sc[:, None, :])[0])[..., 0] / sc
+    return d, (g * d).sum(-1).clamp_min(0)
+
 def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
                 idx: Tensor, # (U,) the neurons to solve (positions among the recorded ones)
                 V0: Tensor, # (U, K+1) starting points
@@ -140,6 +150,10 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
     (H + rho r max diag(H) I)^-1 g for r in `ridges` (Levenberg-Marquardt's): of these and Newton's, the one whose full step has
     the lowest value is taken (the most ridged where none decreases), and the ratio rho follows the choice (a tenth of the
     smallest tried when Newton's wins, ten times the largest when none decreases). The step along it is `grid_search`'s.
+    A stop by the decrement also asks the decrement with the ridge relative to each variable's own curvature (`_scaled`,
+    invariant to rescaling an input channel; `_factor`'s ridge can exceed a small channel's curvature, and the decrement then
+    understates the distance): where that one is above tol too, the stop stands only if the scaled direction gives no decrease
+    of more than tol / 10 at a step of the grid 2^-12 .. 2^5; else the neuron goes on along it.
     Returns V, values, gradient norms, Newton decrements, iterations."""
     V, U = V0.clone(), len(V0)
     lam = torch.full((U,), float('inf'), dtype=V.dtype, device=V.device)
@@ -169,7 +183,6 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
         if not done:  # a factor of the Hessian made here: the Newton direction straight from it, as `newton`'s
             H, _ = prob.hessian(V[act], idx[act])
             pre = _factor(H)
-            if not (len(rs) and bool(damped[act].any())): H = None  # (kept only for ridged directions)
             d, lam2 = _step(pre[0], g[act])
         s = (lam2 / 2 <= tol).nonzero()[:, 0]
         if done and len(s):  # would stop on a CG solve, which can understate the decrement: the exact direction first
@@ -178,13 +191,23 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
         lam[act] = lam2; by_cg[act] = done
         if done: by_cg[act[s]] = False
         keep = lam2 / 2 > tol
+        alt = torch.zeros_like(keep)  # kept by the check below: the scaled direction taken
+        if not bool(keep.all()):  # a stop by the decrement: does the scaled decrement allow it too?
+            c = (~keep).nonzero()[:, 0]
+            ds, ls2 = _scaled(H[c] if H is not None else prob.hessian(V[act[c]], idx[act[c]])[0], g[act[c]])
+            big = ls2 / 2 > tol
+            c, ds, ls2 = c[big], ds[big], ls2[big]
+            if len(c):  # it does not: the stop stands only if the scaled direction gives no decrease of more than tol / 10
+                fn, _, acc = grid_search(prob.along(V[act[c]], ds, idx[act[c]]), f[act[c]], ls2, max_halvings=12, max_doublings=0)
+                ok = acc & (f[act[c]] - fn > tol / 10)
+                keep[c[ok]], alt[c[ok]], d[c[ok]] = True, True, ds[ok]
         if it == max_iter: break
-        act, d, lam2 = act[keep], d[keep], lam2[keep]
+        act, d, lam2, alt = act[keep], d[keep], lam2[keep], alt[keep]
         if not len(act): break
         pre = (pre[0][keep], pre[1][keep])
         iters[act.cpu()] += 1
-        pick = torch.zeros(len(act), dtype=torch.long, device=V.device)  # 0: Newton's direction; j: the ridge rs[j - 1]
-        w = damped[act].nonzero()[:, 0] if H is not None and len(rs) else act[:0]
+        pick = torch.where(alt, len(rs) + 1, 0)  # 0: Newton's direction; j: the ridge rs[j - 1]; len(rs) + 1: the scaled one
+        w = (damped[act] & ~alt).nonzero()[:, 0] if H is not None and len(rs) else act[:0]
         if len(w):  # after a damped step: Newton's direction against ridged ones, by the values of their full steps
             r = rho[act[w], None] * rs
             D = torch.cat([d[w, None], _ridged(H[keep.nonzero()[:, 0][w]], g[act[w]], r)], 1)  # (m, 1 + len(rs), P)
