@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from .conv_solvers import CompactConv
-from .solvers import _factor, _step
+from .solvers import _factor, _recheck, _step
 
 # %% auto #0
 __all__ = ['RIDGES', 'batched_pcg', 'grid_search', 'conv_newton']
@@ -113,16 +113,6 @@ def _ridged(H: Tensor, # (n, P, P) Hessians
         out.append(torch.where((info == 0)[:, None], torch.cholesky_solve(g[..., None], L)[..., 0], float('nan')))
     return torch.stack(out, 1)
 
-def _scaled(H: Tensor, # (n, P, P) Hessians
-            g: Tensor, # (n, P) gradients
-           ) -> tuple:
-    """Newton directions and decrements with `_factor`'s ridge relative to each variable's own curvature, (H + mu diag(H))^-1 g:
-    invariant to rescaling the variables (an input channel of small scale), where `_factor`'s ridge, the same for all, is not."""
-    dg = H.diagonal(0, 1, 2)
-    sc = torch.where(dg > 0, dg.sqrt(), torch.ones_like(dg))
-    d = torch.cholesky_solve((g / sc)[..., None], _factor(H / sc[:, :, None] / sc[:, None, :])[0])[..., 0] / sc
-    return d, (g * d).sum(-1).clamp_min(0)
-
 def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
                 idx: Tensor, # (U,) the neurons to solve (positions among the recorded ones)
                 V0: Tensor, # (U, K+1) starting points
@@ -150,10 +140,8 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
     (H + rho r max diag(H) I)^-1 g for r in `ridges` (Levenberg-Marquardt's): of these and Newton's, the one whose full step has
     the lowest value is taken (the most ridged where none decreases), and the ratio rho follows the choice (a tenth of the
     smallest tried when Newton's wins, ten times the largest when none decreases). The step along it is `grid_search`'s.
-    A stop by the decrement also asks the decrement with the ridge relative to each variable's own curvature (`_scaled`,
-    invariant to rescaling an input channel; `_factor`'s ridge can exceed a small channel's curvature, and the decrement then
-    understates the distance): where that one is above tol too, the stop stands only if the scaled direction gives no decrease
-    of more than tol / 10 at a step of the grid 2^-12 .. 2^5; else the neuron goes on along it.
+    A stop by the decrement stands only if `solvers._recheck` lets it (the decrement is not invariant to rescaling an input
+    channel); else the neuron goes on along the scaled direction.
     Returns V, values, gradient norms, Newton decrements, iterations."""
     V, U = V0.clone(), len(V0)
     lam = torch.full((U,), float('inf'), dtype=V.dtype, device=V.device)
@@ -194,13 +182,10 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
         alt = torch.zeros_like(keep)  # kept by the check below: the scaled direction taken
         if not bool(keep.all()):  # a stop by the decrement: does the scaled decrement allow it too?
             c = (~keep).nonzero()[:, 0]
-            ds, ls2 = _scaled(H[c] if H is not None else prob.hessian(V[act[c]], idx[act[c]])[0], g[act[c]])
-            big = ls2 / 2 > tol
-            c, ds, ls2 = c[big], ds[big], ls2[big]
-            if len(c):  # it does not: the stop stands only if the scaled direction gives no decrease of more than tol / 10
-                fn, _, acc = grid_search(prob.along(V[act[c]], ds, idx[act[c]]), f[act[c]], ls2, max_halvings=12, max_doublings=0)
-                ok = acc & (f[act[c]] - fn > tol / 10)
-                keep[c[ok]], alt[c[ok]], d[c[ok]] = True, True, ds[ok]
+            ac = act[c]
+            go, ds, ls2 = _recheck(H[c] if H is not None else prob.hessian(V[ac], idx[ac])[0], g[ac], f[ac],
+                                 lambda D, k: prob.along(V[ac[k]], D, idx[ac[k]]), tol)
+            keep[c[go]], alt[c[go]], d[c[go]], lam[ac[go]] = True, True, ds[go], ls2[go]  # (reported as it is, if the cap ends it here)
         if it == max_iter: break
         act, d, lam2, alt = act[keep], d[keep], lam2[keep], alt[keep]
         if not len(act): break
@@ -232,7 +217,13 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
         act = moved
     f, g = prob.evaluate(V, idx)
     k = by_cg.nonzero()[:, 0]
-    if len(k): lam[k] = _step(_precond(prob, V[k], idx[k], None)[0], g[k])[1]  # the gap reported: exact
+    if len(k):  # the gap reported: exact, and checked as a stop is
+        Hk = prob.hessian(V[k], idx[k])[0]
+        lam[k] = _step(_factor(Hk)[0], g[k])[1]
+        s = (lam[k] / 2 <= tol).nonzero()[:, 0]
+        if len(s):
+            go, _, ls2 = _recheck(Hk[s], g[k[s]], f[k[s]], lambda D, j: prob.along(V[k[s[j]]], D, idx[k[s[j]]]), tol)
+            lam[k[s[go]]] = ls2[go]
     prob._zbuf = None  # the Hessian's row buffer (`_work`) is not kept past a solve
     return V, f, g.norm(dim=-1), lam, iters
 

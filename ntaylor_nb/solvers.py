@@ -292,6 +292,33 @@ def _direction(H, g):
     "Newton directions H^-1 g and decrements g' H^-1 g of a batch: Cholesky, with `_factor`'s ridge."
     return _step(_factor(H)[0], g)
 
+def _scaled(H, g):
+    """Newton directions and decrements with `_factor`'s ridge relative to each variable's own curvature, (H + mu diag(H))^-1 g:
+    invariant to rescaling the variables (an input channel of small scale), where `_factor`'s ridge, the same for all, is not."""
+    dg = H.diagonal(0, 1, 2)
+    sc = torch.where(dg > 0, dg.sqrt(), torch.ones_like(dg))
+    d = torch.cholesky_solve((g / sc)[..., None], _factor(H / sc[:, :, None] / sc[:, None, :])[0])[..., 0] / sc
+    return d, (g * d).sum(-1).clamp_min(0)
+
+def _recheck(H, # (m, P, P) Hessians of problems about to stop by their decrement
+             g, # (m, P) their gradients
+             f, # (m,) their values
+             along, # (directions D (m', P), positions k (m',)) -> (t, j) -> values at problem k[j]'s point less t D[j]
+             tol: float):
+    """Should these stops stand? `_factor`'s ridge can exceed the curvature of a variable of small scale (an input channel), and
+    the decrement then understates the distance. So also the decrement with the ridge relative to each variable's own
+    curvature (`_scaled`); where it is above tol too, the stop stands only if its direction gives no decrease of more than
+    tol / 10 at a step 2^-12 .. 2^5 meeting Armijo's test (`line_search`'s). Returns which go on, and the scaled directions
+    and decrements."""
+    ds, ls2 = _scaled(H, g)
+    go = ls2 / 2 > tol
+    k = go.nonzero()[:, 0]
+    if len(k):
+        ts = 2.0 ** torch.arange(-12, 6, dtype=f.dtype, device=f.device)
+        fv = along(ds[k], k)(ts.repeat(len(k)), torch.arange(len(k), device=f.device).repeat_interleave(len(ts))).view(len(k), -1)
+        go[k] = ((fv <= f[k, None] - 1e-4 * ts * ls2[k, None]) & (f[k, None] - fv > tol / 10)).any(1)
+    return go, ds, ls2
+
 # %% ../nbs/04_solvers.ipynb #0edb6c9a
 def line_search(value, # (points (m, P), positions (m,) in the batch) -> values (m,)
                 V: Tensor, # (U, P) current points
@@ -356,12 +383,14 @@ def newton(prob: Problems, # the batch of problems
     """Damped Newton on a batch of convex problems, each stopped once half its Newton decrement is at most `tol`
     (an estimate of its distance to the infimum, also where the infimum is only approached at infinity), or once its value is
     at most `tol` (a bound on that distance, every loss here being at least 0: the stop of separable problems, whose
-    decrement can stay large on the way out).
+    decrement can stay large on the way out). A stop by the decrement stands only if `_recheck` lets it (else the problem goes on
+    along the direction that found more).
     `idx`: the problems of `prob` to solve, `V0` their starting points. Returns V, values, gradient norms, Newton
     decrements and iterations (all per problem)."""
     V = V0.clone()
     U = len(V)
     f, g, H = prob.evaluate(V, idx)
+    along = lambda ac: lambda D, k: lambda t, j: prob.evaluate(V[ac[k[j]]] - t[:, None] * D[j], idx[ac[k[j]]], hess=False)[0]  # for `_recheck`
     lam = torch.full((U,), float('inf'), dtype=V.dtype, device=V.device)
     iters = torch.zeros(U, dtype=torch.long)
     act = torch.arange(U, device=V.device)  # positions of the problems still running
@@ -369,6 +398,11 @@ def newton(prob: Problems, # the batch of problems
         d, lam2 = _direction(H[act], g[act])
         lam[act] = lam2
         keep = (lam2 / 2 > tol) & (f[act] > tol)
+        c = (~keep & (f[act] > tol)).nonzero()[:, 0]  # stops by the decrement: checked against rescaling
+        if len(c):
+            ac = act[c]
+            go, ds, ls2 = _recheck(H[ac], g[ac], f[ac], along(ac), tol)
+            keep[c[go]], d[c[go]], lam2[c[go]], lam[ac[go]] = True, ds[go], ls2[go], ls2[go]
         act, d, lam2 = act[keep], d[keep], lam2[keep]
         if not len(act): break
         iters[act.cpu()] += 1
@@ -378,8 +412,12 @@ def newton(prob: Problems, # the batch of problems
         V[moved] = Vn[acc]
         f[moved], g[moved], H[moved] = prob.evaluate(V[moved], idx[moved])
         act = moved
-    else:  # the iteration cap: report the decrement at the points reached
+    else:  # the iteration cap: report the decrement at the points reached (the scaled one where `_recheck` finds more)
         if len(act): lam[act] = _direction(H[act], g[act])[1]
+        ac = act[lam[act] / 2 <= tol]
+        if len(ac):
+            go, _, ls2 = _recheck(H[ac], g[ac], f[ac], along(ac), tol)
+            lam[ac[go]] = ls2[go]
     return V, f, g.norm(dim=-1), lam, iters
 
 # %% ../nbs/04_solvers.ipynb #532056cb
