@@ -183,9 +183,9 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
         if not bool(keep.all()):  # a stop by the decrement: does the scaled decrement allow it too?
             c = (~keep).nonzero()[:, 0]
             ac = act[c]
-            go, ds, ls2 = _recheck(H[c] if H is not None else prob.hessian(V[ac], idx[ac])[0], g[ac], f[ac],
-                                 lambda D, k: prob.along(V[ac[k]], D, idx[ac[k]]), tol)
-            keep[c[go]], alt[c[go]], d[c[go]], lam[ac[go]] = True, True, ds[go], ls2[go]  # (reported as it is, if the cap ends it here)
+            go, ds, rep = _recheck(H[c] if H is not None else prob.hessian(V[ac], idx[ac])[0], g[ac], f[ac], lam2[c],
+                                   lambda D, k: prob.along(V[ac[k]], D, idx[ac[k]]), tol)
+            keep[c[go]], alt[c[go]], d[c[go]], lam[ac] = True, True, ds[go], rep  # (reported as it is, if the cap ends it here)
         if it == max_iter: break
         act, d, lam2, alt = act[keep], d[keep], lam2[keep], alt[keep]
         if not len(act): break
@@ -221,9 +221,7 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
         Hk = prob.hessian(V[k], idx[k])[0]
         lam[k] = _step(_factor(Hk)[0], g[k])[1]
         s = (lam[k] / 2 <= tol).nonzero()[:, 0]
-        if len(s):
-            go, _, ls2 = _recheck(Hk[s], g[k[s]], f[k[s]], lambda D, j: prob.along(V[k[s[j]]], D, idx[k[s[j]]]), tol)
-            lam[k[s[go]]] = ls2[go]
+        if len(s): lam[k[s]] = _recheck(Hk[s], g[k[s]], f[k[s]], lam[k[s]], lambda D, j: prob.along(V[k[s[j]]], D, idx[k[s[j]]]), tol)[2]
     prob._zbuf = None  # the Hessian's row buffer (`_work`) is not kept past a solve
     return V, f, g.norm(dim=-1), lam, iters
 

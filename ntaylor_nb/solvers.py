@@ -303,21 +303,24 @@ def _scaled(H, g):
 def _recheck(H, # (m, P, P) Hessians of problems about to stop by their decrement
              g, # (m, P) their gradients
              f, # (m,) their values
+             lam2, # (m,) their decrements (`_factor`'s ridge)
              along, # (directions D (m', P), positions k (m',)) -> (t, j) -> values at problem k[j]'s point less t D[j]
              tol: float):
     """Should these stops stand? `_factor`'s ridge can exceed the curvature of a variable of small scale (an input channel), and
     the decrement then understates the distance. So also the decrement with the ridge relative to each variable's own
     curvature (`_scaled`); where it is above tol too, the stop stands only if its direction gives no decrease of more than
-    tol / 10 at a step 2^-12 .. 2^5 meeting Armijo's test (`line_search`'s). Returns which go on, and the scaled directions
-    and decrements."""
+    tol / 10 at a step 2^-12 .. 2^5 meeting Armijo's test (`line_search`'s). Returns which go on, the scaled directions, and
+    the decrements to report: the scaled one where a problem goes on, the larger of the two where both allow the stop (the
+    distance then does not depend on the scales either), lam2 where only the scaled one's direction found no decrease."""
     ds, ls2 = _scaled(H, g)
+    rep = torch.where(ls2 / 2 <= tol, torch.maximum(lam2, ls2), lam2)
     go = ls2 / 2 > tol
     k = go.nonzero()[:, 0]
     if len(k):
         ts = 2.0 ** torch.arange(-12, 6, dtype=f.dtype, device=f.device)
         fv = along(ds[k], k)(ts.repeat(len(k)), torch.arange(len(k), device=f.device).repeat_interleave(len(ts))).view(len(k), -1)
         go[k] = ((fv <= f[k, None] - 1e-4 * ts * ls2[k, None]) & (f[k, None] - fv > tol / 10)).any(1)
-    return go, ds, ls2
+    return go, ds, torch.where(go, ls2, rep)
 
 # %% ../nbs/04_solvers.ipynb #0edb6c9a
 def line_search(value, # (points (m, P), positions (m,) in the batch) -> values (m,)
@@ -401,8 +404,8 @@ def newton(prob: Problems, # the batch of problems
         c = (~keep & (f[act] > tol)).nonzero()[:, 0]  # stops by the decrement: checked against rescaling
         if len(c):
             ac = act[c]
-            go, ds, ls2 = _recheck(H[ac], g[ac], f[ac], along(ac), tol)
-            keep[c[go]], d[c[go]], lam2[c[go]], lam[ac[go]] = True, ds[go], ls2[go], ls2[go]
+            go, ds, rep = _recheck(H[ac], g[ac], f[ac], lam2[c], along(ac), tol)
+            keep[c[go]], d[c[go]], lam2[c[go]], lam[ac] = True, ds[go], rep[go], rep
         act, d, lam2 = act[keep], d[keep], lam2[keep]
         if not len(act): break
         iters[act.cpu()] += 1
@@ -414,10 +417,8 @@ def newton(prob: Problems, # the batch of problems
         act = moved
     else:  # the iteration cap: report the decrement at the points reached (the scaled one where `_recheck` finds more)
         if len(act): lam[act] = _direction(H[act], g[act])[1]
-        ac = act[lam[act] / 2 <= tol]
-        if len(ac):
-            go, _, ls2 = _recheck(H[ac], g[ac], f[ac], along(ac), tol)
-            lam[ac[go]] = ls2[go]
+        ac = act[(lam[act] / 2 <= tol) & (f[act] > tol)]
+        if len(ac): lam[ac] = _recheck(H[ac], g[ac], f[ac], lam[ac], along(ac), tol)[2]
     return V, f, g.norm(dim=-1), lam, iters
 
 # %% ../nbs/04_solvers.ipynb #532056cb

@@ -424,20 +424,22 @@ def test_line_search_batched_doublings_decide_as_one_at_a_time(along):
 
 def test_newton_stop_does_not_depend_on_the_inputs_scales(monkeypatch):
     """A change of variables, the conv toy's input channels scaled by 1 .. 1e-3 (columns of M), leaves the minimum where it was.
-    `_factor`'s ridge is the same for every variable, so the decrement alone stopped 'certified' above it; `_recheck` (the
-    decrement with the ridge relative to each variable's own curvature, and a look along its direction) lets no such stop stand."""
+    `_factor`'s ridge is the same for every variable, so the decrement alone stopped 'certified' 16 and 39 tol above it;
+    with `_recheck` (the decrement with the ridge relative to each variable's own curvature, and a look along its direction)
+    what is reported certified is within 2 tol of it (1.4 and 1.8 tol; the unscaled solve's own stop: 0.8 and 1.2), also
+    where the cap ends a run. (The half decrement is an estimate: 0.7 and 0.15 tol there.)"""
     import ntaylor_nb.solvers as sv
     from ntaylor_nb.conv_solvers import _toy
     _, _, D = _toy(n=100, Cin=16, H=6, sparse=0.95, seed=0, p=10)
     tol, zero, idx = 1e-9 * float(D.s.sum()), torch.zeros(2, 145, dtype=torch.float64), torch.arange(2)
-    _, f0, _, lam0, _ = _newton(Problems(D, 'cross_entropy', idx), idx, zero, tol)
+    _, f0, _, lam0, _ = _newton(Problems(D, 'cross_entropy', idx), idx, zero, 1e-6 * tol, max_iter=1000)  # the minimum, tight
+    assert (lam0 / 2 <= 1e-6 * tol).all()
     col = torch.cat([torch.logspace(0, -3, 16, dtype=torch.float64).repeat_interleave(9), torch.ones(1, dtype=torch.float64)])  # unfold's order: channel-major
     Ds = D._replace(M=D.M * col)
-    _, f1, _, lam1, _ = _newton(Problems(Ds, 'cross_entropy', idx), idx, zero, tol, max_iter=300)
-    assert (lam0 / 2 <= tol).all() and (lam1 / 2 <= tol).all() and ((f1 - f0).abs() <= 2 * tol).all(), ((f1 - f0) / tol, lam1 / 2)
-    for cap in (27, 28, 29, 30):  # ended by the cap (the first stops by the decrement alone came at 27): what is reported certified is right too
-        _, fc, _, lamc, _ = _newton(Problems(Ds, 'cross_entropy', idx), idx, zero, tol, max_iter=cap)
-        assert ((fc - f0).abs()[lamc / 2 <= tol] <= 2 * tol).all(), (cap, (fc - f0) / tol, lamc / 2)
-    monkeypatch.setattr(sv, '_recheck', lambda H, g, f, along, tol: (torch.zeros(len(f), dtype=torch.bool), g, f))  # the decrement alone
+    for cap in (300, 27, 28, 29, 30):  # to its stop; ended by the cap (the decrement alone stopped it at 27)
+        _, f1, _, lam1, _ = _newton(Problems(Ds, 'cross_entropy', idx), idx, zero, tol, max_iter=cap)
+        cert = lam1 / 2 <= tol
+        assert (cap < 300 or cert.all()) and ((f1 - f0)[cert] <= 2 * tol).all(), (cap, (f1 - f0) / tol, lam1 / 2 / tol)
+    monkeypatch.setattr(sv, '_recheck', lambda H, g, f, lam2, along, tol: (torch.zeros(len(f), dtype=torch.bool), g, lam2))  # the decrement alone
     _, f2, _, lam2, _ = _newton(Problems(Ds, 'cross_entropy', idx), idx, zero, tol, max_iter=300)
-    assert (lam2 / 2 <= tol).all() and ((f2 - f0) / tol).max() > 2, (f2 - f0) / tol  # what it was: certified, and above the minimum
+    assert (lam2 / 2 <= tol).all() and ((f2 - f0) / tol).max() > 10, (f2 - f0) / tol  # what it was: certified, and far above the minimum
