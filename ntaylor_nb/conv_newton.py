@@ -69,6 +69,7 @@ def grid_search(value, # (step sizes t (m,), positions k (m,)) -> values (m,) at
     Where the curvature grows along d (a near-separable neuron's damped Newton steps), the best of the grid goes further than
     the first step that backtracking accepts. Returns the values reached (f where none), the steps t (0 where none) and which
     problems moved; the new points are V - t d (t = 1 exactly for a full step)."""
+    if not lo <= hi: raise ValueError(f'lo={lo}, hi={hi}: the grid 2^lo .. 2^hi needs lo <= hi')
     U, dev, dt = len(f), f.device, f.dtype
     ts = 2.0 ** torch.arange(lo, hi + 1, dtype=dt, device=dev)
     ft = value(ts.repeat(U), torch.arange(U, device=dev).repeat_interleave(len(ts))).view(U, len(ts))
@@ -143,6 +144,8 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
     A stop by the decrement stands only if `solvers._recheck` lets it (the decrement is not invariant to rescaling an input
     channel); else the neuron goes on along the scaled direction.
     Returns V, values, gradient norms, Newton decrements, iterations."""
+    if not all(isinstance(r, (int, float)) and r > 0 for r in ridges):
+        raise ValueError(f'ridges={ridges!r}: allowed are positive numbers (multiples of the ridge ratio), or () for Newton\'s direction only')
     V, U = V0.clone(), len(V0)
     lam = torch.full((U,), float('inf'), dtype=V.dtype, device=V.device)
     iters = torch.zeros(U, dtype=torch.long)
@@ -174,8 +177,8 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
             d, lam2 = _step(pre[0], g[act])
         s = (lam2 / 2 <= tol).nonzero()[:, 0]
         if done and len(s):  # would stop on a CG solve, which can understate the decrement: the exact direction first
-            Ls, _ = _precond(prob, V[act][s], idx[act][s], None)
-            d[s], lam2[s] = _step(Ls, g[act][s])
+            Hs = prob.hessian(V[act][s], idx[act][s])[0]  # (kept for `_recheck`: the neurons that stop are among these)
+            d[s], lam2[s] = _step(_factor(Hs)[0], g[act][s])
         lam[act] = lam2; by_cg[act] = done
         if done: by_cg[act[s]] = False
         keep = lam2 / 2 > tol
@@ -183,7 +186,7 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons
         if not bool(keep.all()):  # a stop by the decrement: does the scaled decrement allow it too?
             c = (~keep).nonzero()[:, 0]
             ac = act[c]
-            go, ds, rep = _recheck(H[c] if H is not None else prob.hessian(V[ac], idx[ac])[0], g[ac], f[ac], lam2[c],
+            go, ds, rep = _recheck(H[c] if H is not None else Hs[torch.searchsorted(s, c)], g[ac], f[ac], lam2[c],
                                    lambda D, k: prob.along(V[ac[k]], D, idx[ac[k]]), tol)
             keep[c[go]], alt[c[go]], d[c[go]], lam[ac] = True, True, ds[go], rep  # (reported as it is, if the cap ends it here)
         if it == max_iter: break
