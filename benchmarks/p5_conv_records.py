@@ -1,8 +1,8 @@
 """P5: conv-2 neuron scopes of the paper's convnet on the CIFAR-10 (JPEG) files, recorded as format 2's `ConvRecord`
 and as the compact record (`conv_compact`, format 3) by two identical RMSProp runs from the same seed; record size per
-recorded round and the hindsight solve, side by side: format 2 with the dense Newton (today's path) against the compact
-record with `conv_newton`. CPU-sized: one epoch (EPOCH_ROUNDS rounds of BATCH), every EVERY-th round recorded,
-NEURONS neurons of conv layer 2, hindsight at PREFIXES (recorded rounds). `P5_EVERY` / `P5_NEURONS` resize it."""
+recorded round and the hindsight solve, side by side: format 2 (M formed) against the compact record, both by `conv_newton`
+(on `DenseProblems` and on `CompactConv`; until the fifteenth session format 2 went by the plain `solvers.newton`).
+CPU-sized: one epoch (EPOCH_ROUNDS rounds of BATCH), every EVERY-th round recorded, NEURONS neurons of conv layer 2, hindsight at PREFIXES (recorded rounds). `P5_EVERY` / `P5_NEURONS` resize it."""
 import os
 import tarfile
 import tempfile
@@ -51,13 +51,13 @@ def record(X, Y, path, kind):
 
 @contextmanager
 def counting_iterations():
-    "Count the Newton iterations (summed over problems) of hindsight's solvers, the dense `newton` and `conv_newton`."
+    "Count the Newton iterations (summed over problems) of hindsight's `conv_newton`, on the compact samples and on the formed ones."
     n = [0]
     def wrap(f):
         def g(*a, **k):
             r = f(*a, **k); n[0] += int(r[-1].sum()); return r
         return g
-    with mock.patch.object(hs, 'newton', wrap(hs.newton)), mock.patch.object(hs, 'conv_newton', wrap(hs.conv_newton)):
+    with mock.patch.object(hs, 'conv_newton', wrap(hs.conv_newton)):
         yield n
 
 

@@ -18,8 +18,8 @@ from .hindsight_lsq import _blocks, _dense_min, _dual_min, _free_hvp, _packed_ad
 from .growth import log_prefixes
 from .regret import ConvCompactRecord, ConvRecord, LinearJacobianRecord, OutputRecord, RegretRecording
 from .conv_solvers import CompactConv
-from .conv_newton import conv_newton
-from .solvers import MAX_DIRECT, ConvFactoredSamples, ConvSamples, LinearSamples, _conv_k1, _conv_rows, _patches, Problems, _tri, lbfgs, loss_terms, newton, quad_min, quad_min_shared
+from .conv_newton import DenseProblems, conv_newton
+from .solvers import MAX_DIRECT, ConvFactoredSamples, ConvSamples, LinearSamples, _conv_k1, _conv_rows, _patches, Problems, _tri, lbfgs, loss_terms, quad_min, quad_min_shared
 from .solvers_free import kfac_precond, newton_cg, quad_cg
 from .taylor import Scope, scope_variables, taylor_rows
 
@@ -154,7 +154,13 @@ def _gap(lam, f, floor=0.0) -> float:
     above a lower bound of the loss (0; a conv neuron's inactive samples' loss), a bound on that distance, where that is smaller."""
     return min(float(lam) / 2, max(float(f) - float(floor), 0.0))
 
-_COMPACT_NEWTON = True  # neuron scopes of conv_compact records by conv_newton.conv_newton; False: M formed again, dense Newton (the baseline)
+def _dense_newton(prob: Problems, idx, V0, tol):
+    "`conv_newton` on the formed samples of `prob` (`DenseProblems`): V, values, gradient norms, Newton decrements and the problems' floors."
+    dp = DenseProblems(prob)
+    V, f, gn, lam, _ = conv_newton(dp, idx, V0, tol)
+    return V, f, gn, lam, dp.floor(idx)
+
+_COMPACT_NEWTON = True  # neuron scopes of conv_compact records by conv_newton.conv_newton; False: M formed again, the same Newton on it (P5's baseline)
 
 # %% ../nbs/07_hindsight.ipynb #e60d8ece
 def _compact_M(x, J, geom, block_bytes=2 ** 28):
@@ -221,7 +227,7 @@ def _solve_compact(self: _DenseAcc, tol: float):
 @patch
 def solve(self: _DenseAcc, tol: float):
     """{scope: (minimum of the summed Taylor losses, gradient norm there, estimated distance to the infimum)}, each stopped once its estimated distance is at most `tol`:
-    batched damped Newton (conv_compact neurons by `conv_newton`; matrix-free Newton-CG for a layer scope beyond MAX_DIRECT variables, or with solver="newton-cg").
+    batched damped Newton (`conv_newton`, on conv_compact neurons' samples or on `DenseProblems`; matrix-free Newton-CG for a layer scope beyond MAX_DIRECT variables, or with solver="newton-cg").
     Where the device runs out of memory (a card shared with other runs), this layer's kept samples go on on the CPU."""
     out = self._solve_compact(tol) if self.cc is not None else {}
     if self.cc is not None and not self.layer_scope: return out
@@ -245,20 +251,20 @@ def _solve_kept(self: _DenseAcc, tol: float):
     if self.units and self.cc is None:
         prob = Problems(D, self.loss, torch.as_tensor(self.cols, device=self.device))
         P = prob.size()
-        group = max(1, 2 ** 27 // P ** 2)  # neurons per Newton batch: their Hessians take at most 1 GB
+        group = max(1, 2 ** 27 // P ** 2)  # neurons per Newton batch: their Hessians take at most 1 GB (the solve holds about four such: with their factors, a ridged copy and its factor)
         for i in range(0, len(self.units), group):
             us = self.units[i:i + group]
             idx = torch.arange(i, i + len(us), device=self.device)
-            V, f, gn, lam, _ = newton(prob, idx, self._start(prob, us, idx, P), tol)
+            V, f, gn, lam, fl = _dense_newton(prob, idx, self._start(prob, us, idx, P), tol)
             for k, u in enumerate(us):
                 self.V[u] = V[k]
-                out[Scope('neuron', self.layer, int(u))] = (float(f[k]), float(gn[k]), _gap(lam[k], f[k]))
+                out[Scope('neuron', self.layer, int(u))] = (float(f[k]), float(gn[k]), _gap(lam[k], f[k], fl[k]))
     if self.layer_scope:
         prob = Problems(D, self.loss, geom=self.geom if self.factored else None)
         P, one = prob.size(), torch.zeros(1, dtype=torch.long, device=self.device)
         if P <= MAX_DIRECT and self.solver != 'newton-cg':
-            V, f, gn, lam, _ = newton(prob, one, self._start(prob, ['layer'], one, P), tol)
-            self.V['layer'], v, g, gap = V[0], float(f[0]), float(gn[0]), _gap(lam[0], f[0])
+            V, f, gn, lam, fl = _dense_newton(prob, one, self._start(prob, ['layer'], one, P), tol)
+            self.V['layer'], v, g, gap = V[0], float(f[0]), float(gn[0]), _gap(lam[0], f[0], fl[0])
         else:  # too many variables for a Hessian: matrix-free Newton-CG (Hessian-vector products, preconditioned)
             V, v, g, lam, _ = newton_cg(prob, self._start(prob, ['layer'], one, P)[0], tol)
             self.V['layer'], gap = V, _gap(lam, v)

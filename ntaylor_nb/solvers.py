@@ -228,6 +228,16 @@ def _z(self: Problems, V, base, des):
 
 # %% ../nbs/04_solvers.ipynb #b0b13ee0
 @patch
+def _step(self: Problems, U: int) -> int:
+    "Samples a block for U points: temporaries of at most `chunk_bytes`."
+    p, P = self.D[0].shape[1], self.size()
+    if self.fmt == 'convf': per = self._convf_per(U)
+    elif self.fmt == 'linear' and self.cols is not None: per = U * (3 * p + P)  # doubles of temporaries per sample
+    elif self.fmt == 'linear': C = self.D[4].shape[2]; per = 3 * p * C + C * (C + 1) // 2 * (P // C)
+    else: per = 3 * U * p * P
+    return max(1, self.chunk_bytes // (8 * per))
+
+@patch
 def evaluate(self: Problems, V: Tensor, # (U, P) points, one per problem
              idx: Tensor, # (U,) which problems (positions in `cols`; 0 for the layer scope)
              hess: bool = True, # also the Hessians
@@ -237,14 +247,8 @@ def evaluate(self: Problems, V: Tensor, # (U, P) points, one per problem
     y, s = self.D[1], self.D[2]
     U, P = V.shape
     if hess and U > 1 and self.cols is None: raise ValueError(f"a layer scope's Hessian is made at one point at a time, got {U} points: hess=False, or one call a point")
-    p = self.D[0].shape[1]
-    if self.fmt == 'convf':
-        if hess: raise ValueError('ConvFactoredSamples form no Hessian: solve their layer scope matrix-free (newton_cg), hess=False')
-        per = self._convf_per(U)
-    elif self.fmt == 'linear' and self.cols is not None: per = U * (3 * p + P)  # doubles of temporaries per sample
-    elif self.fmt == 'linear': C = self.D[4].shape[2]; per = 3 * p * C + C * (C + 1) // 2 * (P // C)
-    else: per = 3 * U * p * P
-    step = max(1, self.chunk_bytes // (8 * per))
+    if hess and self.fmt == 'convf': raise ValueError('ConvFactoredSamples form no Hessian: solve their layer scope matrix-free (newton_cg), hess=False')
+    step = self._step(U)
     f = V.new_zeros(U); g = V.new_zeros(U, P); H = V.new_zeros(U, P, P) if hess else None
     for i in range(0, self.n, step):
         sl = slice(i, i + step)
@@ -383,7 +387,8 @@ def newton(prob: Problems, # the batch of problems
            max_iter: int = 100, # iteration cap
            expand: bool = True, # let the line search go past the full step while the value falls (`line_search`)
           ) -> tuple:
-    """Damped Newton on a batch of convex problems, each stopped once half its Newton decrement is at most `tol`
+    """Damped Newton on a batch of convex problems (plain: Newton's direction and backtracking; `hindsight` solves with
+    `conv_newton.conv_newton` on `conv_newton.DenseProblems`, tested against this one), each stopped once half its Newton decrement is at most `tol`
     (an estimate of its distance to the infimum, also where the infimum is only approached at infinity), or once its value is
     at most `tol` (a bound on that distance, every loss here being at least 0: the stop of separable problems, whose
     decrement can stay large on the way out). A stop by the decrement stands only if `_recheck` lets it (else the problem goes on

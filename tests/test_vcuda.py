@@ -408,15 +408,15 @@ def test_out_of_memory_in_a_layer_solve_goes_on_on_the_cpu(ce_rec, monkeypatch):
     ran, devices, pre = [], [], [2, 4, 6]
     cpu = hindsight(ce_rec, prefixes=pre, progress=False, device='cpu')
     real_conv_newton = hs.conv_newton
-    monkeypatch.setattr(hs, 'conv_newton', lambda cc, *a, **k: devices.append(cc.device.type) or real_conv_newton(cc, *a, **k))
-    monkeypatch.setattr(hs, 'newton', _oom_where(lambda V0: len(ran) > 2, arg=2)(hs.newton, ran))
+    monkeypatch.setattr(hs, 'conv_newton', lambda cc, *a, **k: (isinstance(cc, hs.CompactConv) and devices.append(cc.device.type)) or real_conv_newton(cc, *a, **k))
+    monkeypatch.setattr(hs, '_dense_newton', _oom_where(lambda V0: len(ran) > 2, arg=2)(hs._dense_newton, ran))
     with VirtualCuda(), pytest.warns(UserWarning, match='out of device memory'):
         gpu = hindsight(ce_rec, prefixes=pre, progress=False, device='cuda')
     on = [c for _, c in ran]
     assert on[:2] == [True, True] and True in on[3:] and on[-1] is False  # some on the device, the failed ones again on the CPU
     assert len(devices) == 2 * len(pre) and set(devices) == {'cuda'}  # the compact neurons of both convolutions, every prefix
     same(cpu, gpu, 1e-7)
-    monkeypatch.setattr(hs, 'newton', _oom_where(lambda V0: True, arg=2)(lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError('CUDA out of memory. (raised by the test on the CPU)')), []))
+    monkeypatch.setattr(hs, '_dense_newton', _oom_where(lambda V0: True, arg=2)(lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError('CUDA out of memory. (raised by the test on the CPU)')), []))
     with warnings.catch_warnings():
         warnings.simplefilter('error')  # no fallback on the CPU: no warning, and the error stands
         with pytest.raises(torch.OutOfMemoryError, match='on the CPU'):
@@ -430,7 +430,7 @@ def test_out_of_memory_part_way_through_a_layer(ce_rec_both, monkeypatch, where)
     pre, ran = [2, 4, 6], []
     cpu = hindsight(ce_rec_both, prefixes=pre, progress=False, device='cpu')
     if where.startswith('layer'):
-        monkeypatch.setattr(hs, 'newton', _oom_where(lambda V0: V0.shape[-1] == 4 * 13, arg=2)(hs.newton, ran))  # layer 6: 4 x (12 + 1) variables
+        monkeypatch.setattr(hs, '_dense_newton', _oom_where(lambda V0: V0.shape[-1] == 4 * 13, arg=2)(hs._dense_newton, ran))  # layer 6: 4 x (12 + 1) variables
     else:
         monkeypatch.setattr(hs, 'LinearSamples', _oom_where(lambda x: len(ran) > 1)(hs.LinearSamples, ran))
     with VirtualCuda(), pytest.warns(UserWarning, match='layer 6: out of device memory'):
