@@ -235,7 +235,9 @@ class DenseProblems:
     gradients, Hessian-vector products and Hessians at the last point evaluated (made once, when first asked for), values along
     directions, and a floor. (`ConvFactoredSamples` form no Hessian: they take `along` and `floor` only.)"""
     def __init__(self, prob: Problems, # the problems, their samples formed
-                ): self.prob, self._at, self._H, self._floor, self._zbuf = prob, None, None, {}, None
+                ):
+        if not isinstance(prob, Problems): raise TypeError(f'DenseProblems takes solvers.Problems (samples formed), got {type(prob).__name__}; compact samples are CompactConv already')
+        self.prob, self._at, self._H, self._floor, self._zbuf = prob, None, None, {}, None
 
     def evaluate(self, V: Tensor, # (U', P) points
                  idx: Tensor, # (U',) which problems

@@ -151,13 +151,13 @@ class _DenseAcc:
 
 def _gap(lam, f, floor=0.0) -> float:
     """A solve's certificate: half its Newton decrement lam (an estimate of the distance to the infimum), or its value f's height
-    above a lower bound of the loss (0; a conv neuron's inactive samples' loss), a bound on that distance, where that is smaller."""
+    above a lower bound of the loss (the loss of the samples on which the scope's outputs do not move: `floor`), a bound on that distance, where that is smaller."""
     return min(float(lam) / 2, max(float(f) - float(floor), 0.0))
 
-def _dense_newton(prob: Problems, idx, V0, tol):
-    "`conv_newton` on the formed samples of `prob` (`DenseProblems`): V, values, gradient norms, Newton decrements and the problems' floors."
+def _dense_newton(prob: Problems, idx, V0, tol, f0=None):
+    "`conv_newton` on the formed samples of `prob` (`DenseProblems`) from V0 (values f0 there, where made): V, values, gradient norms, Newton decrements and the problems' floors."
     dp = DenseProblems(prob)
-    V, f, gn, lam, _ = conv_newton(dp, idx, V0, tol)
+    V, f, gn, lam, _ = conv_newton(dp, idx, V0, tol, f0=f0)
     return V, f, gn, lam, dp.floor(idx)
 
 _COMPACT_NEWTON = True  # neuron scopes of conv_compact records by conv_newton.conv_newton; False: M formed again, the same Newton on it (P5's baseline)
@@ -198,25 +198,22 @@ def add(self: _DenseAcc, d, sl, s):
 
 # %% ../nbs/07_hindsight.ipynb #05c786ca
 @patch
-def _start(self: _DenseAcc, prob, keys, idx, P):
-    "Warm start: the last prefix's optimum where that beats v = 0 on the longer prefix (it can be far out when the last was separable)."
-    zero = torch.zeros(len(keys), P, dtype=torch.float64, device=self.device)
-    if not all(k in self.V for k in keys): return zero
-    last = torch.stack([self.V[k] for k in keys])
-    better = prob.evaluate(last, idx, hess=False)[0] <= prob.evaluate(zero, idx, hess=False)[0]
-    return torch.where(better[:, None], last, zero)
+def _start(self: _DenseAcc, prob, keys, idx, P, device):
+    """Warm start: the last prefix's optimum where that beats v = 0 on the longer prefix (it can be far out when the last was
+    separable), and the values there (None at the first prefix). `prob`: `CompactConv` or `DenseProblems` (`evaluate` without grad)."""
+    zero = torch.zeros(len(keys), P, dtype=torch.float64, device=device)
+    if not all(k in self.V for k in keys): return zero, None
+    last = torch.stack([self.V[k].to(device) for k in keys])
+    f_last, f_zero = prob.evaluate(last, idx, grad=False)[0], prob.evaluate(zero, idx, grad=False)[0]
+    return torch.where((f_last <= f_zero)[:, None], last, zero), torch.minimum(f_last, f_zero)
 
 # %% ../nbs/07_hindsight.ipynb #81f34261
 @patch
 def _solve_compact(self: _DenseAcc, tol: float):
-    "The neuron scopes of a conv_compact record by `conv_newton`, warm-started as `_start` does."
+    "The neuron scopes of a conv_compact record by `conv_newton`, warm-started by `_start`."
     cc, U = self.cc, len(self.units)
     idx = torch.arange(U, device=cc.device)  # (the compact samples' device: the layer's other samples may have gone to the CPU)
-    zero = torch.zeros(U, cc.K1, dtype=torch.float64, device=cc.device); V0, f0 = zero, None
-    if all(u in self.V for u in self.units):
-        last = torch.stack([self.V[u].to(cc.device) for u in self.units])
-        f_last, f_zero = cc.evaluate(last, idx, grad=False)[0], cc.evaluate(zero, idx, grad=False)[0]
-        V0, f0 = torch.where((f_last <= f_zero)[:, None], last, zero), torch.minimum(f_last, f_zero)
+    V0, f0 = self._start(cc, self.units, idx, cc.K1, cc.device)
     V, f, gn, lam, _ = conv_newton(cc, idx, V0, tol, f0=f0)
     out, fl = {}, cc.floor(idx)
     for k, u in enumerate(self.units):
@@ -255,7 +252,8 @@ def _solve_kept(self: _DenseAcc, tol: float):
         for i in range(0, len(self.units), group):
             us = self.units[i:i + group]
             idx = torch.arange(i, i + len(us), device=self.device)
-            V, f, gn, lam, fl = _dense_newton(prob, idx, self._start(prob, us, idx, P), tol)
+            V0, f0 = self._start(DenseProblems(prob), us, idx, P, self.device)
+            V, f, gn, lam, fl = _dense_newton(prob, idx, V0, tol, f0)
             for k, u in enumerate(us):
                 self.V[u] = V[k]
                 out[Scope('neuron', self.layer, int(u))] = (float(f[k]), float(gn[k]), _gap(lam[k], f[k], fl[k]))
@@ -263,10 +261,11 @@ def _solve_kept(self: _DenseAcc, tol: float):
         prob = Problems(D, self.loss, geom=self.geom if self.factored else None)
         P, one = prob.size(), torch.zeros(1, dtype=torch.long, device=self.device)
         if P <= MAX_DIRECT and self.solver != 'newton-cg':
-            V, f, gn, lam, fl = _dense_newton(prob, one, self._start(prob, ['layer'], one, P), tol)
+            V0, f0 = self._start(DenseProblems(prob), ['layer'], one, P, self.device)
+            V, f, gn, lam, fl = _dense_newton(prob, one, V0, tol, f0)
             self.V['layer'], v, g, gap = V[0], float(f[0]), float(gn[0]), _gap(lam[0], f[0], fl[0])
         else:  # too many variables for a Hessian: matrix-free Newton-CG (Hessian-vector products, preconditioned)
-            V, v, g, lam, _ = newton_cg(prob, self._start(prob, ['layer'], one, P)[0], tol)
+            V, v, g, lam, _ = newton_cg(prob, self._start(DenseProblems(prob), ['layer'], one, P, self.device)[0][0], tol)
             self.V['layer'], gap = V, _gap(lam, v)
         out[Scope('layer', self.layer)] = (v, g, gap)
     return out
