@@ -12,7 +12,7 @@ import pandas as pd
 from .growth import interpolating_by_N
 
 # %% auto #0
-__all__ = ['UNDER_LABEL', 'plot_figure3', 'plot_figure4']
+__all__ = ['UNDER_LABEL', 'plot_figure3', 'plot_figure4', 'figure4_layer']
 
 # %% ../nbs/08_regret_figures.ipynb #fad937e2
 def _layer_name(df):
@@ -95,3 +95,22 @@ def plot_figure4(runs: dict, # label (optimizer) -> hindsight table
     fig.tight_layout()
     if save is not None: fig.savefig(save, dpi=120)
     return fig
+
+# %% ../nbs/08_regret_figures.ipynb #2c8a8be9
+def figure4_layer(runs: dict, # label (optimizer) -> hindsight table, as `plot_figure4` takes them
+                  prefer: int | None = None, # the paper's number of the layer for panel (b), taken where every table recorded its layer scope
+                 ) -> str | None:
+    """The layer (its module path, as the tables name it) for panel (b) of `plot_figure4`: `prefer` where every table recorded
+    its layer scope; else the middle one of the layers every table recorded whose scope fits its largest prefix in none of them
+    (`growth.interpolating`: there the Taylor optimum is 0 and the panel would show the recording's length, not the optimizer);
+    else the middle one of all they recorded. None where the tables share no layer scope."""
+    lt = [t[t.kind == 'layer'] for t in runs.values()]
+    numbers = sorted(set.intersection(*(set(t.layer_number) for t in lt))) if lt else []
+    if not numbers: return None
+    fits = lambda n: any(bool(interpolating_by_N(t[t.layer_number == n]).iloc[-1]) for t in lt)  # sorted by N: the largest prefix last
+    if prefer in numbers: n = prefer
+    else:
+        cands = [n for n in numbers if not fits(n)] or numbers
+        n = cands[len(cands) // 2]
+    return str(lt[0][lt[0].layer_number == n].layer.iloc[0])
+
