@@ -50,18 +50,22 @@ def seed_difference(a: pd.Series, # one value per seed, indexed by seed
                     b: pd.Series, # the same for the other configuration
                     level: float = 0.95, # coverage of the two-sided interval
                    ) -> dict:
-    "Interval on mean(a) - mean(b): paired per-seed differences when a and b have the same seeds, else Welch's."
-    if len(a) and set(a.index) == set(b.index):  # the same seeds: paired, on the seeds where both have a value
-        both = a.notna() & b[a.index].notna()
-        return dict(seed_interval((a - b[a.index])[both], level), method='paired')
-    a, b = a.dropna(), b.dropna()
+    """Interval on mean(a) - mean(b): the per-seed differences (paired) where both sides ran the same seeds, or have values on
+    the same seeds; else Welch's. `dropped`: the seeds left out of a pairing because one side has no value there."""
+    va_, vb_ = a.dropna(), b.dropna()
+    if len(va_) and (set(va_.index) == set(vb_.index) or set(a.index) == set(b.index)):  # the same seeds (with values, or run)
+        both = sorted(set(va_.index) & set(vb_.index))
+        return dict(seed_interval((va_[both] - vb_[both]).to_numpy(), level), method='paired',
+                    dropped=sorted(set(a.index) - set(both)))
+    a, b = va_, vb_
     na, nb, m = len(a), len(b), float(a.mean() - b.mean()) if len(a) and len(b) else np.nan
-    if min(na, nb) < 2: return dict(estimate=m, ci_low=np.nan, ci_high=np.nan, n=min(na, nb), method='welch')
+    if min(na, nb) < 2: return dict(estimate=m, ci_low=np.nan, ci_high=np.nan, n=min(na, nb), method='welch', dropped=[])
     va, vb = a.var(ddof=1) / na, b.var(ddof=1) / nb
-    if va + vb == 0: return dict(estimate=m, ci_low=m, ci_high=m, n=min(na, nb), method='welch')
+    if va + vb == 0: return dict(estimate=m, ci_low=m, ci_high=m, n=min(na, nb), method='welch', dropped=[])
     df = (va + vb) ** 2 / (va ** 2 / (na - 1) + vb ** 2 / (nb - 1))
     h = float(stats.t.ppf(0.5 + level / 2, df) * np.sqrt(va + vb))
-    return dict(estimate=m, ci_low=m - h, ci_high=m + h, n=min(na, nb), method='welch')
+    return dict(estimate=m, ci_low=m - h, ci_high=m + h, n=min(na, nb), method='welch', dropped=[])
+
 
 # %% ../nbs/15_claims.ipynb #0e6d2481
 def judge(iv: dict, # seed_interval's or seed_difference's result
@@ -137,10 +141,15 @@ def _c1_seeds(df, lo, band):
     rows = []
     for seed, d in df.groupby('seed'):
         low = lo if lo is not None else max(2.0, np.sqrt(d.N.max()))
-        last = float(d.groupby('N').regret.mean().iloc[-1])
+        top = d[d.N == d.N.max()]
+        last = float(top.regret.mean())
+        gap = top.optimum_gap.fillna(0).clip(lower=0) if 'optimum_gap' in top else 0.0
+        bound = float((top.regret + top.N * gap).mean())  # the true regret lies between the reported one and this (a solver stops above the optimum)
         under, unchecked = _under(d)
         n_under, n_win, n_unchecked = int((under & (d.N >= low)).sum()), int((d.N >= low).sum()), int((unchecked & (d.N >= low)).sum())
-        d = d[~under]  # solves that fit their prefix exactly: their regret is the cumulative loss by construction
+        cut = d.N.isin(d.N[under])  # where any scope fits its prefix exactly, that prefix is left out for every scope: the mean is over the same ones at each N
+        n_cut = int(d.N[cut & (d.N >= low)].nunique())
+        d = d[~cut]
         curve = d.groupby('N').regret.mean()
         e = window_exponent(curve.index, curve.values, low)
         ex = [window_exponent(g.N, g.regret, low)['exponent'] for _, g in d.groupby('neuron')]
@@ -148,26 +157,31 @@ def _c1_seeds(df, lo, band):
         gap = float((fit.optimum_gap * fit.N / fit.regret.abs()).max()) if 'optimum_gap' in fit and len(fit) else 0.0
         unc = int((~fit.certified.astype(bool)).sum()) if 'certified' in fit else 0  # solves that did not meet their stop rule
         ok = [a for a in ex if np.isfinite(a)]
-        rows.append(dict(seed=seed, **e, last=last, under=n_under, in_window=n_win, unchecked=n_unchecked, share=float(np.mean([band[0] <= a <= band[1] for a in ok])) if ok else np.nan,
+        rows.append(dict(seed=seed, **e, last=last, bound=bound, under=n_under, cut=n_cut, in_window=n_win, unchecked=n_unchecked,
+                         share=float(np.mean([band[0] <= a <= band[1] for a in ok])) if ok else np.nan,
                          no_exponent=len(ex) - len(ok), neurons=len(ex), solver_share=gap,
                          fitted=len(fit), uncertified=unc))
     return pd.DataFrame(rows).set_index('seed')
 
+
 # %% ../nbs/15_claims.ipynb #b7071d2b
 def c1_verdict(iv: dict, # seed_interval of the per-seed exponents
                seeds: int, # seeds in the configuration
-               all_negative: bool, # the regret at the last prefix is <= 0 in every seed
+               last: dict, # seed_interval of each seed's regret at its last prefix, plus N times the solver's optimum_gap (its upper end)
                band: tuple = (0.4, 0.6), # exponents counted as sqrt(N)
+               no_exponent: tuple = (), # the seeds without an exponent (fewer than 3 positive prefixes in the window)
               ) -> tuple[str, str]:
     "The C1 verdict and its reason."
     if seeds < 3: return INCONCLUSIVE, f'{seeds} seeds; at least 3 needed'
-    if all_negative: return SLOWER, NEGATIVE_REGRET
+    if last['n'] >= 3 and last['ci_high'] < 0: return SLOWER, NEGATIVE_REGRET
+    if len(no_exponent): return INCONCLUSIVE, f'seed(s) {list(no_exponent)} without an exponent: an interval over the others would leave them out'
     if iv['n'] < 3: return INCONCLUSIVE, f"{iv['n']} seeds with an exponent; at least 3 needed"
     lo, hi = iv['ci_low'], iv['ci_high']
     if band[0] <= lo and hi <= band[1]: return CONSISTENT, ''
     if hi < band[0]: return SLOWER, ''
     if lo > band[1]: return FASTER, ''
     return INCONCLUSIVE, f'the interval reaches across an edge of the band [{band[0]}, {band[1]}]'
+
 
 # %% ../nbs/15_claims.ipynb #3a1f0b36
 def _fmt(iv, f='.4g'):
@@ -191,12 +205,15 @@ def growth_rows(df: pd.DataFrame, # one configuration's regret tables, with task
     "The C1 rows of one configuration: per (kind, layer_number), the exponent's interval over seeds and the directional verdict."
     r0 = df.iloc[0]; key, rows = (r0.task, r0.dataset), []
     for (kind, num), d in df[df.kind.isin(['neuron', 'layer'])].groupby(['kind', 'layer_number'], sort=True):  # a network scope has no layer
-        s = _c1_seeds(d, lo, band); iv = seed_interval(s.exponent, level)
-        verdict, why = c1_verdict(iv, len(s), bool((s['last'] <= 0).all()), band)
+        s = _c1_seeds(d, lo, band); iv, last = seed_interval(s.exponent, level), seed_interval(s.bound, level)
         noexp = list(s.index[s.exponent.isna()])
+        verdict, why = c1_verdict(iv, len(s), last, band, noexp)
+        below = list(s.index[s.bound < 0])
         note = _join(why, f'{s.nonpositive.sum()} of {s.window.sum()} fitted prefixes have regret <= 0',
-                     f'{s.under.sum()} of {s.in_window.sum()} solves in the window left out: no more Taylor rows than variables and a Taylor '
-                     'optimum of 0 (the scope fits the prefix exactly, so their regret is the cumulative loss by construction); record more rounds' if s.under.sum() else '',
+                     f'seed(s) {below}: regret below 0 at the last prefix, beyond the solver\'s optimum_gap' if below and why != NEGATIVE_REGRET else '',
+                     f'{s.under.sum()} of {s.in_window.sum()} solves in the window fit their prefix exactly (no more Taylor rows than variables and a Taylor '
+                     'optimum of 0: their regret is the cumulative loss by construction), so their prefixes were left out for every scope '
+                     f'({s.cut.sum()} prefixes over the seeds); record more rounds' if s.under.sum() else '',
                      f'{s.unchecked.sum()} of {s.in_window.sum()} solves in the window have no rows/variables counts (tables made before they were kept): '
                      'whether they fit their prefix exactly was not checked' if s.unchecked.sum() else '',
                      f'seed(s) {noexp}: fewer than 3 positive prefixes, no exponent' if noexp else '',
@@ -204,8 +221,9 @@ def growth_rows(df: pd.DataFrame, # one configuration's regret tables, with task
                      f"{s.uncertified.sum()} of {s.fitted.sum()} fitted solves did not meet their stop rule (their optimum_gap only an estimate)" if s.uncertified.sum() else '',
                      _output_note(key[0], num))
         kw = dict(kind=kind, layer_number=int(num), measure='regret exponent')
-        rows.append(_row(key, 'C1: regret grows like sqrt(N)', 'figs 3, 4; Theorem 2', f'{r0.optimizer} ({r0.lr_label})', iv, verdict,
-                         f'exponent {_fmt(iv, ".2f")} ({level:.0%} t interval over seeds)', note, **kw))
+        rows.append(dict(_row(key, 'C1: regret grows like sqrt(N)', 'figs 3, 4; Theorem 2', f'{r0.optimizer} ({r0.lr_label})', iv, verdict,
+                              f'exponent {_fmt(iv, ".2f")}; regret at the last prefix (reported + N optimum_gap) {_fmt(last)} '
+                              f'({level:.0%} t intervals over seeds)', note, **kw), seeds=last['n'] if why == NEGATIVE_REGRET else iv['n']))
         if kind == 'neuron':
             sv = seed_interval(s.share, level)
             rows.append(_row(key, 'C1: regret grows like sqrt(N), individually', 'section 2.4', f'{r0.optimizer} ({r0.lr_label})', sv,
@@ -223,6 +241,7 @@ def _against(key, base, others, col, level, claim, paper, measure=None):
     for g in others:
         o = _series(g, col); iv = seed_difference(b, o, level)
         verdict, why = judge(iv)
+        why = _join(why, f"seed(s) {iv['dropped']}: a value on one side only, left out of the pairing" if iv.get('dropped') else '')
         cmp = f'{base.optimizer.iloc[0]} ({base.lr_label.iloc[0]}) vs {g.optimizer.iloc[0]} ({g.lr_label.iloc[0]})'
         rows.append(_row(key, claim, paper, cmp, iv, verdict,
                          f'{measure or col} difference {_fmt(iv)} ({iv["method"]}, {level:.0%} t interval); {base.optimizer.iloc[0]} {_fmt(seed_interval(b, level))}, '

@@ -67,9 +67,11 @@ def interpolating(df: pd.DataFrame, # a hindsight table
     return fits.where(df.rows.notna() & df.variables.notna())
 
 def interpolating_by_N(df: pd.DataFrame, # a hindsight table (one group of scopes)
+                       every: bool = True, # True: every scope of the table fits the prefix; False: at least one does
                       ) -> pd.Series:
-    "Per N (sorted), whether every scope of the table fits that prefix exactly (`interpolating`; False for a table without the counts)."
-    return interpolating(df).eq(1.0).groupby(df.N).all()
+    "Per N (sorted), whether every scope (or any, `every=False`) of the table fits that prefix exactly (`interpolating`; False for a table without the counts)."
+    fits = interpolating(df).eq(1.0).groupby(df.N)
+    return fits.all() if every else fits.any()
 
 
 # %% ../nbs/03_growth.ipynb #4a40bcdd
@@ -78,12 +80,13 @@ def regret_exponents(df: pd.DataFrame, # hindsight's table (optionally with a `s
                      n_boot: int = 1000, # bootstrap resamples
                      seed: int = 0, # seeds the bootstrap
                     ) -> pd.DataFrame:
-    """Fitted growth exponent of the regret per (kind, layer), with a bootstrap CI over neurons and seeds. Prefixes at which every
+    """Fitted growth exponent of the regret per (kind, layer), with a bootstrap CI over neurons and seeds. Prefixes at which any
     scope of the group fits its prefix exactly (`interpolating`: the regret is the cumulative loss by construction) are
-    left out of the fit; `left_out` counts those with N >= lo."""
+    left out of the fit for every scope of the group, so that the mean is over the same scopes at every N; `left_out` counts
+    those with N >= lo."""
     rows, df = [], df.assign(seed=df['seed'] if 'seed' in df else 0)
     for (kind, layer), g in df.groupby(['kind', 'layer'], sort=False):
-        fits = interpolating_by_N(g)
+        fits = interpolating_by_N(g, every=False)
         R = g.pivot_table(index=['scope', 'seed'], columns='N', values='regret')
         R = R.loc[:, ~fits.loc[R.columns].to_numpy()]
         try: est, a, b = bootstrap_exponent(R.columns.values, R.values, lo=lo, n_boot=n_boot, seed=seed)
