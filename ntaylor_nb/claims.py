@@ -370,16 +370,21 @@ def volume_rows(runs: pd.DataFrame, # one (task, dataset) of a checked runs tabl
                 measures: callable | None = None, # path -> dict with a per-unit 'log_volume' array (or None)
                 level: float = 0.95, # coverage of the intervals
                 top: int = 40, # the most exploratory units
+                k: int = 50, # the leading singular values a log-volume sums (figure 5(c); `exploration_measures`' k)
                ) -> list[dict]:
-    "Per configuration: mean log-volume, mean of the `top` largest unit log-volumes, singular values above the floor (shown, not judged)."
+    """Per configuration: mean log-volume, mean of the `top` largest unit log-volumes, singular values above the floor (shown, not
+    judged); with N snapshots at most N - 1 of the k singular values can be above the floor, which a row's note says where N <= k."""
     key, rows = tuple(runs[['task', 'dataset']].iloc[0]), []
     runs = runs.assign(**{f'top{top}_log_volume': [_top(measures, p, top) for p in runs.path]}) if 'path' in runs else runs
     for g in _configs(runs, runs.optimizer.unique()):
         for m in ('log_volume', f'top{top}_log_volume', 'sv_above_floor'):
             iv = seed_interval(_series(g, m), level)
             if iv['n'] == 0: continue
+            n = int(g.snapshots.max()) if 'snapshots' in g and g.snapshots.notna().any() else None
+            few = (f'{n} snapshots: at most {n - 1} of the {k} singular values can be above the floor, so every unit\'s log-volume has '
+                   f'at least {k - n + 1} floor terms (snapshot more often than {k} times)') if n is not None and n <= k else ''
             rows.append(_row(key, 'C5: log-volume', 'fig 5, section 3.3', f'{g.optimizer.iloc[0]} ({g.lr_label.iloc[0]})', iv, SHOWN,
-                             f'{m} {_fmt(iv)}', '', measure=m, variant='tf' if g.optimizer.iloc[0].endswith('_tf') else 'torch' if g.optimizer.iloc[0] != 'sgd' else ''))
+                             f'{m} {_fmt(iv)}', few, measure=m, variant='tf' if g.optimizer.iloc[0].endswith('_tf') else 'torch' if g.optimizer.iloc[0] != 'sgd' else ''))
     return rows
 
 # %% ../nbs/15_claims.ipynb #c4f2dd42

@@ -29,8 +29,9 @@ from .taylor import weight_layers
 from .schedules import every
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'TASKS', 'FIGURES', 'LR_GRID', 'TUNE_SEEDS', 'RunConfig', 'figure_config', 'build_model', 'run_scopes',
-           'snapshot_rounds', 'train_run', 'half_decade', 'LRSearch', 'search_lr', 'tune_lr']
+__all__ = ['OPTIMIZERS', 'TASKS', 'FIGURES', 'LR_GRID', 'TRIAL_SCORE', 'TUNE_SEEDS', 'RunConfig', 'figure_config', 'build_model',
+           'run_scopes', 'snapshot_rounds', 'train_run', 'half_decade', 'LRSearch', 'search_lr', 'rounds_per_epoch',
+           'trial_score', 'tune_lr']
 
 # %% ../nbs/12_train.ipynb #4881dc9e
 OPTIMIZERS = {'sgd': torch.optim.SGD, 'rmsprop': torch.optim.RMSprop, 'adam': torch.optim.Adam, 'rmsprop_tf': RMSpropTF, 'adam_tf': AdamTF}
@@ -349,11 +350,30 @@ def search_lr(trial: Callable[[float, int], float], # (lr, seed) -> the trial's 
     return LRSearch(best, at_edge, pd.DataFrame(rows))
 
 # %% ../nbs/12_train.ipynb #a068d67a
+def rounds_per_epoch(cfg: RunConfig, # the run's configuration
+                    ) -> int:
+    "Minibatches in one epoch of `cfg`'s training set."
+    X, _ = load_dataset(cfg.dataset, cfg.data_root, train=True)
+    return len(X) // (cfg.batch_size or TASKS[cfg.task]['batch_size'])
+
 def _total_rounds(cfg: RunConfig) -> int:
     "How many rounds a run of `cfg` trains (its epochs over the dataset, or its rounds limit)."
-    X, _ = load_dataset(cfg.dataset, cfg.data_root, train=True)
-    per_epoch = len(X) // (cfg.batch_size or TASKS[cfg.task]['batch_size'])
+    per_epoch = rounds_per_epoch(cfg)
     return min(cfg.rounds or per_epoch * cfg.epochs, per_epoch * cfg.epochs)
+
+TRIAL_SCORE = 'mean loss of the last min(epoch, quarter of the trial) rounds'  # (kept with a saved search: a cache of another rule is not read)
+
+def trial_score(losses: Sequence[float], # a trial's training loss at each round, in order
+                per_epoch: int, # rounds in one epoch
+               ) -> float:
+    """A learning-rate trial's final loss: the mean training loss over its last min(one epoch, a quarter of its rounds) rounds
+    (at least one), inf where any loss is not finite. A trial of four epochs or more is scored on its last epoch's worth of rounds; a
+    shorter one on its last quarter: never on a single minibatch of a long trial (a horizon ending just past an epoch's end),
+    nor on the early rounds of a short one (the mean over a whole trial rewards fast early progress, not a low final loss)."""
+    x = np.asarray(losses, float)
+    if not len(x): raise ValueError('a trial with no rounds has no score')
+    if not np.isfinite(x).all(): return math.inf
+    return float(x[-min(per_epoch, max(1, math.ceil(len(x) / 4))):].mean())
 
 # %% ../nbs/12_train.ipynb #d4c25b54
 TUNE_SEEDS = (1000, 1001)  # the trials' seeds: disjoint from the seeds of the runs they tune
@@ -386,24 +406,26 @@ def tune_lr(cfg: RunConfig, # the run to tune (its lr and seed are ignored)
             max_extend: int = 4, # the cap: rates tried beyond each end of the grid at most
             cache: str | Path | None = None, # a folder: a search already saved there for the same setting is read, not repeated
            ) -> LRSearch:
-    "The learning rate that minimises the mean final training loss (last epoch's mean) over `seeds`, found by `search_lr`."
+    "The learning rate that minimises the mean final training loss (`trial_score`) over `seeds`, found by `search_lr`."
     import tempfile
     from dataclasses import replace
     from tqdm.auto import tqdm
     if not 0 < fraction <= 1: raise ValueError(f'fraction={fraction!r} must lie in (0, 1]')
+    if len(set(seeds)) < 2: raise ValueError(f'seeds={tuple(seeds)!r}: a search needs at least two distinct seeds (one trial per rate would decide by one draw)')
     base = replace(cfg, epochs=epochs or cfg.epochs, scopes=None, probe_size=0, snapshots=None).validate()  # trials need only their losses
     rounds = _total_rounds(base)
     if fraction < 1: base = replace(base, rounds=(rounds := max(1, math.ceil(fraction * rounds))))
     key = dict(base={f: getattr(base, f) for f in _TRAINING}, grid=sorted(lrs or LR_GRID[cfg.optimizer]), seeds=list(seeds),
-               max_extend=max_extend, version=ntaylor_nb.__version__)  # what the trials' losses depend on (not what a run records)
+               max_extend=max_extend, version=ntaylor_nb.__version__, score=TRIAL_SCORE)  # what the trials' scores depend on (not what a run records)
     if cache is not None and (saved := _cached_search(cache, key)) is not None: return saved
     bar = tqdm(desc=f'tuning {cfg.optimizer}', unit='trial', disable=not progress)
+    per_epoch = rounds_per_epoch(base)
     def trial(lr, seed):
         with tempfile.TemporaryDirectory() as d:
-            try: done = Run(train_run(replace(base, lr=lr, seed=seed), Path(d) / 'trial', progress=False)).result
-            except FloatingPointError: done = dict(last_epoch_loss=math.inf)
+            try: score = trial_score(Run(train_run(replace(base, lr=lr, seed=seed), Path(d) / 'trial', progress=False)).metrics.loss, per_epoch)
+            except FloatingPointError: score = math.inf
         bar.update()
-        return done['last_epoch_loss'] if done['last_epoch_loss'] is not None else done['final_loss']
+        return score
     s = search_lr(trial, lrs or LR_GRID[cfg.optimizer], seeds, max_extend=max_extend)
     bar.close()
     s = s._replace(trials=s.trials.assign(optimizer=cfg.optimizer, rounds=rounds)[['optimizer', 'rounds', *s.trials]])

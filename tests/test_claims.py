@@ -228,6 +228,10 @@ def test_c5_outcomes_per_sgd_rate_and_variant():
     lv = t[t.claim == 'C5: log-volume']
     assert set(lv.verdict) == {SHOWN} and not t[t.measure == 'log_volume'].claim.str.contains('explores').any()
     assert lv.set_index(['compared', 'measure']).estimate['adam (tuned)', 'log_volume'] == pytest.approx(-315)
+    # 21 snapshots: at most 20 of the 50 singular values can be above the floor, and every log-volume row says so; 51 do not
+    assert lv.note.str.startswith('21 snapshots: at most 20 of the 50 singular values can be above the floor').all()
+    many = exploration_runs().assign(snapshots=51)
+    assert (claims_table(many, regret_table=lambda p: None, measures=None).query("claim == 'C5: log-volume'").note == '').all()
 
 
 def test_c5_top40_log_volume_from_the_measures_loader():

@@ -163,10 +163,26 @@ def test_tune_lr_on_digits_a_fraction_of_the_run():
     assert s.lr == 0.03 and s.at_edge  # SGD wants more than 0.03 here: the cap of one rate beyond the grid stops it at the edge
     import tempfile
     with tempfile.TemporaryDirectory() as d:
-        direct = [Run(train_run(RunConfig(optimizer='sgd', rounds=6, lr=0.03, seed=k, scopes=None, probe_size=0), f'{d}/{k}', progress=False)).result
+        direct = [Run(train_run(RunConfig(optimizer='sgd', rounds=6, lr=0.03, seed=k, scopes=None, probe_size=0), f'{d}/{k}', progress=False)).metrics.loss
                   for k in (0, 1)]
-    np.testing.assert_array_equal(s.trials[s.trials.chosen].final_loss, [r['last_epoch_loss'] for r in direct])
+    # 6 rounds, shorter than an epoch: scored on their last quarter, ceil(6 / 4) = 2 rounds (not the whole trial's mean)
+    np.testing.assert_allclose(s.trials[s.trials.chosen].final_loss, [l.iloc[-2:].mean() for l in direct], rtol=1e-12)
+    assert not np.allclose(s.trials[s.trials.chosen].final_loss, [l.mean() for l in direct])
     with pytest.raises(ValueError, match='fraction=0 must lie in'): tune_lr(cfg, fraction=0)
+    with pytest.raises(ValueError, match='at least two distinct seeds'): tune_lr(cfg, seeds=(0,))
+
+
+def test_tune_lr_scores_a_horizon_past_an_epoch_on_more_than_one_minibatch():
+    "23 rounds of 22 a digits epoch: the score is the mean of the last ceil(23 / 4) = 6 rounds, not round 22's loss alone."
+    cfg = RunConfig(optimizer='sgd', epochs=2)
+    s = tune_lr(cfg, lrs=[0.1], fraction=0.51, seeds=(0, 1), max_extend=0, progress=False)
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        direct = [Run(train_run(RunConfig(optimizer='sgd', epochs=2, rounds=23, lr=0.1, seed=k, scopes=None, probe_size=0), f'{d}/{k}', progress=False)) for k in (0, 1)]
+        loss = [r.metrics.loss for r in direct]
+        assert [r.result['last_epoch_loss'] for r in direct] == pytest.approx([l.iloc[-1] for l in loss], rel=1e-12)  # the old score: one minibatch
+    assert s.trials.rounds.unique().tolist() == [23]
+    np.testing.assert_allclose(s.trials.final_loss, [l.iloc[-6:].mean() for l in loss], rtol=1e-12)
 
 
 def test_lr_grids_are_half_decade_log_grids():
