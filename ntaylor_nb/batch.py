@@ -84,6 +84,15 @@ def _complete(folder: Path) -> bool:
     try: return Run(folder).complete
     except FileNotFoundError: return False
 
+def _changed(folder: Path, params: dict) -> str:
+    """How a complete point's parameters differ from those its notebook was executed with (papermill keeps them in the
+    executed notebook), '' where they do not or where that notebook is not there to tell."""
+    try: old = json.loads((folder / 'notebook.ipynb').read_text())['metadata']['papermill']['parameters']
+    except (OSError, KeyError, ValueError): return ''
+    norm = lambda d: {k: json.loads(json.dumps(v, default=str)) for k, v in d.items() if k != 'out_dir'}
+    old, new = norm(old), norm(params)
+    return ', '.join(f'{k}: {old.get(k)!r} there, {new.get(k)!r} asked' for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+
 def _point_row(params: dict, folder: Path, error: str | None) -> dict:
     "One point of the results table: parameters, folder name, status, error, and its run's summary."
     ok = error is None and _complete(folder)
@@ -110,9 +119,12 @@ def run_grid(notebook: str | Path, # the experiment notebook (its first code cel
     points = [dict(params or {}, **p) for p in expand_grid(grid)]
     names = [point_name(p) for p in expand_grid(grid)]
     if len(set(names)) != len(names): raise ValueError('two grid points map to the same folder name; make the grid values distinct')
-    todo = [(p, out / n) for p, n in zip(points, names) if not _complete(out / n)]
+    done = {out / n: _changed(out / n, p) for p, n in zip(points, names) if _complete(out / n)}  # complete points: not run again
+    stale = {str(f): f'ValueError: {f} holds a complete run made with other parameters ({d}): give another --out folder, or delete '
+             'that folder to run this point again' for f, d in done.items() if d}  # (never executed again: the run and its notebook stay as they are)
+    todo = [(p, out / n) for p, n in zip(points, names) if out / n not in done]
     bar = tqdm(total=len(points), initial=len(points) - len(todo), desc=f'{notebook.stem} grid', disable=not progress)
-    errors = _dispatch(notebook, todo, workers, scheduler, kernel, cwd, bar)
+    errors = dict(_dispatch(notebook, todo, workers, scheduler, kernel, cwd, bar), **stale)
     bar.close()
     err = lambda f: errors.get(str(f)) or errors.get(str(f.resolve()))
     table = pd.DataFrame([_point_row(p, out / n, err(out / n)) for p, n in zip(points, names)])

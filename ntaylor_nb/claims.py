@@ -50,14 +50,13 @@ def seed_difference(a: pd.Series, # one value per seed, indexed by seed
                     b: pd.Series, # the same for the other configuration
                     level: float = 0.95, # coverage of the two-sided interval
                    ) -> dict:
-    """Interval on mean(a) - mean(b): the per-seed differences (paired) where both sides ran the same seeds, or have values on
-    the same seeds; else Welch's. `dropped`: the seeds left out of a pairing because one side has no value there."""
-    va_, vb_ = a.dropna(), b.dropna()
-    if len(va_) and (set(va_.index) == set(vb_.index) or set(a.index) == set(b.index)):  # the same seeds (with values, or run)
-        both = sorted(set(va_.index) & set(vb_.index))
-        return dict(seed_interval((va_[both] - vb_[both]).to_numpy(), level), method='paired',
-                    dropped=sorted(set(a.index) - set(both)))
-    a, b = va_, vb_
+    """Interval on mean(a) - mean(b): the per-seed differences (paired) on the seeds where both have a value, if at least two
+    do; else Welch's over all values. `dropped`: the seeds of either side left out of a pairing (a value missing on one side or both)."""
+    seeds = set(a.index) | set(b.index)
+    a, b = a.dropna(), b.dropna()
+    both = sorted(set(a.index) & set(b.index))
+    if len(both) >= 2:  # the same seed: the same initialisation and data order on both sides
+        return dict(seed_interval((a[both] - b[both]).to_numpy(), level), method='paired', dropped=sorted(seeds - set(both)))
     na, nb, m = len(a), len(b), float(a.mean() - b.mean()) if len(a) and len(b) else np.nan
     if min(na, nb) < 2: return dict(estimate=m, ci_low=np.nan, ci_high=np.nan, n=min(na, nb), method='welch', dropped=[])
     va, vb = a.var(ddof=1) / na, b.var(ddof=1) / nb
@@ -241,7 +240,7 @@ def _against(key, base, others, col, level, claim, paper, measure=None):
     for g in others:
         o = _series(g, col); iv = seed_difference(b, o, level)
         verdict, why = judge(iv)
-        why = _join(why, f"seed(s) {iv['dropped']}: a value on one side only, left out of the pairing" if iv.get('dropped') else '')
+        why = _join(why, f"seed(s) {iv['dropped']}: no value on one side (a failed or missing run, or a value left out), left out of the pairing" if iv.get('dropped') else '')
         cmp = f'{base.optimizer.iloc[0]} ({base.lr_label.iloc[0]}) vs {g.optimizer.iloc[0]} ({g.lr_label.iloc[0]})'
         rows.append(_row(key, claim, paper, cmp, iv, verdict,
                          f'{measure or col} difference {_fmt(iv)} ({iv["method"]}, {level:.0%} t interval); {base.optimizer.iloc[0]} {_fmt(seed_interval(b, level))}, '

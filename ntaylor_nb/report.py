@@ -11,7 +11,7 @@ import pandas as pd
 from .run import Run
 
 # %% auto #0
-__all__ = ['plot_figure6', 'plot_lr_searches', 'markdown_table']
+__all__ = ['plot_figure6', 'plot_lr_searches', 'markdown_table', 'failed_points']
 
 # %% ../nbs/15_report.ipynb #138afe34
 def _label(r) -> str:
@@ -67,3 +67,16 @@ def markdown_table(df: pd.DataFrame, # any table
     cell = lambda v: str(v).replace('|', '\\|').replace('\n', ' ')
     lines = ['| ' + ' | '.join(map(cell, df.columns)) + ' |', '|' + '---|' * len(df.columns)]
     return '\n'.join(lines + ['| ' + ' | '.join(cell(v) for v in row) + ' |' for row in df.itertuples(index=False)]) + '\n'
+
+# %% ../nbs/15_report.ipynb #434b0a19
+def failed_points(runs_dir: str | Path, # a folder of batches (searched at any depth for results.csv)
+                 ) -> pd.DataFrame:
+    "The points of every batch under `runs_dir` whose status is not complete: batch (its folder, relative), run (the point's folder) and error."
+    root, rows = Path(runs_dir), []
+    for f in sorted(root.rglob('results.csv')):
+        t = pd.read_csv(f)
+        if 'status' not in t or 'run' not in t: continue  # not a batch's table
+        bad = t[t.status != 'complete']
+        rows += [dict(batch=str(f.parent.relative_to(root)), run=r.run, error=getattr(r, 'error', None)) for r in bad.itertuples()]
+    return pd.DataFrame(rows, columns=['batch', 'run', 'error'])
+

@@ -172,10 +172,11 @@ def _analyze_regret(run: Run, prefixes: int, progress: bool, device: str) -> dic
              uncertified_solves=int((~df.certified).sum()))  # ended at the cap or without decrease (their gap an estimate), or L-BFGS
     ex = regret_exponents(df, lo=max(2, len(rec) // 50), n_boot=300)
     ex.to_csv(run.file('exponents'), index=False)
-    for r in ex.itertuples(): s[f'exponent_{r.kind}_{r.layer}'] = r.exponent
+    num = dict(zip(df.layer.astype(str), df.layer_number))  # keys by the paper's layer numbers (from 1 at the input), as the claims and figures
+    for r in ex.itertuples(): s[f'exponent_{r.kind}_{num.get(str(r.layer), r.layer)}'] = r.exponent  # (a network scope: its own name)
     last = df[df.N == df.N.max()]; fits = interpolating(last).eq(1.0)
     for r, f in zip(last[last.kind == 'layer'].itertuples(), fits[last.kind == 'layer']):  # no gap where the scope fits every sample: None
-        s[f'gap_layer_{r.layer}'] = np.nan if f else r.average_loss - r.taylor_optimum
+        s[f'gap_layer_{r.layer_number}'] = np.nan if f else r.average_loss - r.taylor_optimum
     return s
 
 # %% ../nbs/13_run.ipynb #60852447

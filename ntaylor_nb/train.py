@@ -30,8 +30,8 @@ from .schedules import every
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'TASKS', 'FIGURES', 'LR_GRID', 'TRIAL_SCORE', 'TUNE_SEEDS', 'RunConfig', 'figure_config', 'build_model',
-           'run_scopes', 'snapshot_rounds', 'train_run', 'half_decade', 'LRSearch', 'search_lr', 'rounds_per_epoch',
-           'trial_score', 'tune_lr']
+           'run_scopes', 'snapshot_rounds', 'check_run_folder', 'train_run', 'half_decade', 'LRSearch', 'search_lr',
+           'rounds_per_epoch', 'trial_score', 'tune_lr']
 
 # %% ../nbs/12_train.ipynb #4881dc9e
 OPTIMIZERS = {'sgd': torch.optim.SGD, 'rmsprop': torch.optim.RMSprop, 'adam': torch.optim.Adam, 'rmsprop_tf': RMSpropTF, 'adam_tf': AdamTF}
@@ -271,6 +271,25 @@ def _finish(t: _Training):
     t.run.file('checkpoint').unlink(missing_ok=True)
 
 # %% ../nbs/12_train.ipynb #ba8dae16
+_SAME_RUN_ANYWHERE = ('device', 'data_root', 'checkpoint_every', 'disk_budget')  # may differ when a run is resumed or read again: where it runs, where the data lives, limits
+
+def check_run_folder(cfg: RunConfig, # the configuration about to train into `folder`
+                     folder: str | Path, # a run's folder
+                    ) -> None:
+    """Refuse (ValueError, nothing written) a folder that holds a finished or interrupted run of another configuration: training
+    would return the old run as if it were this one, or resume it with the new settings (a checkpoint restores the old
+    optimizer's rate). Fields that do not change the numbers (`_SAME_RUN_ANYWHERE`) may differ."""
+    try: run = Run(folder)
+    except FileNotFoundError: return  # no run there yet
+    if not (run.complete or run.file('checkpoint').exists()): return  # nothing kept: a fresh start writes its own params.json
+    old, new = run.params['config'], json.loads(json.dumps(asdict(cfg), default=str))
+    diff = {k: (old.get(k), v) for k, v in new.items() if k not in _SAME_RUN_ANYWHERE and old.get(k) != v}
+    if diff:
+        state = 'a finished' if run.complete else 'an interrupted'
+        raise ValueError(f'{run.path} holds {state} run of another configuration ('
+                         + ', '.join(f'{k}: {a!r} there, {b!r} asked' for k, (a, b) in diff.items())
+                         + '): give another folder, or delete that one to train this configuration')
+
 def train_run(cfg: RunConfig, # what to run
               out_dir: str | Path, # the run's folder (created; an unfinished run there is resumed)
               progress: bool = True, # show a progress bar
@@ -278,6 +297,7 @@ def train_run(cfg: RunConfig, # what to run
     "Train, record and checkpoint one run into `out_dir`; resume it if it was interrupted. Returns the folder."
     cfg.validate()
     run = Run(out_dir, create=True)
+    check_run_folder(cfg, run.path)
     if run.complete: return run.path
     t = _prepare(cfg, run)
     _train_rounds(t, progress)

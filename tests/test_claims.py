@@ -141,14 +141,14 @@ def test_c2_outcomes_with_paired_and_welch_intervals():
     sgd, adam, rms, adam_tf = [0.07, 0.08, 0.075], [0.03, 0.035, 0.031], [0.09, 0.1, 0.092], [0.06, 0.09, 0.07]
     runs = runs_table({('sgd', 'tuned'): dict(last_epoch_loss=sgd), ('adam', 'tuned'): dict(last_epoch_loss=adam),
                        ('rmsprop', 'tuned'): dict(last_epoch_loss=rms), ('adam_tf', 'tuned'): dict(last_epoch_loss=adam_tf),
-                       ('rmsprop_tf', 'tuned'): dict(last_epoch_loss=[0.03, 0.04, 0.05, 0.035], seed=[0, 1, 2, 3])})
+                       ('rmsprop_tf', 'tuned'): dict(last_epoch_loss=[0.03, 0.04, 0.05, 0.035], seed=[5, 6, 7, 8])})
     t = claims_table(runs, regret_table=lambda p: None, measures=None)
     claim = 'C2: adaptive optimizers reach a lower loss than SGD'
     r = c_row(t, claim, 'sgd (tuned) vs adam (tuned)')
     assert r.verdict == HOLDS and (r.ci_low, r.ci_high) == pytest.approx(tuple(stats.ttest_rel(sgd, adam).confidence_interval(0.95)))
     assert c_row(t, claim, 'sgd (tuned) vs rmsprop (tuned)').verdict == FAILS
     assert c_row(t, claim, 'sgd (tuned) vs adam_tf (tuned)').verdict == INCONCLUSIVE
-    w = c_row(t, claim, 'sgd (tuned) vs rmsprop_tf (tuned)')  # seeds differ: Welch
+    w = c_row(t, claim, 'sgd (tuned) vs rmsprop_tf (tuned)')  # no seed shared: Welch
     ci = stats.ttest_ind(sgd, [0.03, 0.04, 0.05, 0.035], equal_var=False).confidence_interval(0.95)
     assert w.verdict == HOLDS and (w.ci_low, w.ci_high) == pytest.approx(tuple(ci)) and 'welch' in w.measured
 
@@ -297,7 +297,9 @@ def test_paired_difference_uses_the_seeds_both_sides_have():
     r, d = seed_difference(a, b), np.array([0.5, 1.0, 2.0])
     assert (r['method'], r['n']) == ('paired', 3) and r['estimate'] == pytest.approx(d.mean())
     assert (r['ci_low'], r['ci_high']) == pytest.approx(tuple(stats.ttest_1samp(d, 0).confidence_interval(0.95)))
-    assert seed_difference(a, b.drop(3))['method'] == 'welch'  # other seeds: unpaired
+    r = seed_difference(a, b.drop(3))  # seed 2 without a value on one side, seed 3 run on one side only: paired on 0 and 1, both named
+    assert (r['method'], r['n'], r['dropped']) == ('paired', 2, [2, 3]) and r['estimate'] == pytest.approx(0.75)
+    assert seed_difference(a, b.set_axis([7, 8, 9, 10]))['method'] == 'welch'  # no seed shared: unpaired
 
 
 def test_c1_uncertified_solves_are_counted():
@@ -396,13 +398,16 @@ def test_c1_a_seed_without_an_exponent_makes_it_inconclusive():
 
 
 def test_comparison_pairs_the_seeds_with_values():
-    "SGD ran seeds 0-3 (seed 3 without a value), RMSProp 0-2: the comparison is paired on 0-2 (not Welch), and says so."
+    """Both ran seeds 0-3; SGD's seed 3 has no value (NaN), or no run at all (a run that failed leaves no finished run): either
+    way the comparison is paired on seeds 0-2 (not Welch over unequal sets) and names seed 3."""
     runs = runs_table({('sgd', 'tuned'): dict(last_epoch_loss=[0.40, 0.50, 0.45, np.nan], seed=[0, 1, 2, 3]),
-                       ('rmsprop', 'tuned'): dict(last_epoch_loss=[0.35, 0.46, 0.39], seed=[0, 1, 2])})
-    row = claims_table(runs, regret_table=lambda p: None, measures=None).set_index('claim').loc['C2: adaptive optimizers reach a lower loss than SGD']
+                       ('rmsprop', 'tuned'): dict(last_epoch_loss=[0.35, 0.46, 0.39, 0.2], seed=[0, 1, 2, 3])})
+    c2 = lambda r: claims_table(r, regret_table=lambda p: None, measures=None).set_index('claim').loc['C2: adaptive optimizers reach a lower loss than SGD']
     lo, hi = stats.ttest_1samp([0.05, 0.04, 0.06], 0).confidence_interval(0.95)
-    assert row.verdict == HOLDS and '(paired' in row.measured and (row.ci_low, row.ci_high) == pytest.approx((lo, hi))
-    assert 'seed(s) [3]: a value on one side only, left out of the pairing' in row.note
+    for r in (runs, runs[~((runs.optimizer == 'sgd') & (runs.seed == 3))]):
+        row = c2(r)
+        assert row.verdict == HOLDS and '(paired' in row.measured and (row.ci_low, row.ci_high) == pytest.approx((lo, hi)) and row.seeds == 3
+        assert 'seed(s) [3]: no value on one side (a failed or missing run, or a value left out), left out of the pairing' in row.note
 
 
 def test_c3_under_determined_layer_is_not_a_gap():

@@ -96,6 +96,16 @@ def test_batch_runner_local_skip_and_report(tmp_path, capsys):
     c1 = claims[claims.claim == 'C1: regret grows like sqrt(N)']
     assert len(c1) == 3 * 2 * 4 and (c1.verdict == 'inconclusive').all() and c1.note.str.contains('1 seeds; at least 3 needed').all()
     assert set(claims.dataset) == {'digits'} and claims.verdict.isin(['inconclusive', 'not measured']).all()
+    # run again with another parameter: the complete runs are not touched, and each point is reported failed with what differs
+    nbfile = tmp_path / 'runs' / 'optimizer=sgd' / 'notebook.ipynb'; nbstamp = nbfile.stat().st_mtime_ns
+    t = run_grid(nb, grid, tmp_path / 'runs', params=dict(AE_TINY, epochs=3), workers=2, cwd=ROOT, progress=False)
+    assert list(t.status) == ['failed'] * 3, t[['status', 'error']]
+    assert t.error.str.contains('holds a complete run made with other parameters (epochs: 2 there, 3 asked)', regex=False).all(), t.error[0]
+    assert (tmp_path / 'runs' / 'optimizer=sgd' / 'done.json').stat().st_mtime_ns == stamp and nbfile.stat().st_mtime_ns == nbstamp
+    assert 'last_epoch_loss' not in t  # no old summary beside the new parameters
+    from ntaylor_nb.report import failed_points
+    f = failed_points(tmp_path / 'runs')
+    assert len(f) == 3 and set(f.run) == {'optimizer=sgd', 'optimizer=rmsprop', 'optimizer=adam'} and f.error.str.contains('epochs: 2 there').all()
 
 
 def test_report_over_runs_without_neuron_scopes(tmp_path):

@@ -55,7 +55,9 @@ def test_analysis_matches_a_direct_computation(run):
     assert run.exploration_layers().module.astype(str).tolist() == ls.module.tolist()
     assert s['novelty'] == pytest.approx(np.nanmean(ms['novelty'])) and s['rounds'] == 12 and s['prefixes'] == 5
     last = direct[(direct.N == 12) & (direct.kind == 'layer')].iloc[0]
-    assert s['gap_layer_3'] == pytest.approx(last.average_loss - last.taylor_optimum, rel=1e-12)
+    assert s[f'gap_layer_{last.layer_number}'] == pytest.approx(last.average_loss - last.taylor_optimum, rel=1e-12)  # keyed by the paper's number
+    assert last.layer_number != int(last.layer) and f'gap_layer_{last.layer}' not in s  # (not the module's index)
+    assert {k for k in s if k.startswith('exponent_')} == {f'exponent_{k}_{n}' for k, n in direct[direct.kind != 'network'][['kind', 'layer_number']].drop_duplicates().itertuples(index=False)}
     assert set(run.exponents().kind) == {'layer', 'neuron'}
     assert sorted(p.name for p in run.file('analysis').iterdir()) == sorted(
         LAYOUT[k].split('/')[1] for k in ('regret_table', 'exponents', 'exploration_measures', 'exploration_layers', 'summary'))
