@@ -84,14 +84,24 @@ def _complete(folder: Path) -> bool:
     try: return Run(folder).complete
     except FileNotFoundError: return False
 
-def _changed(folder: Path, params: dict) -> str:
+def _defaults(notebook: Path) -> dict:
+    "The parameters of `notebook` at their defaults (papermill reads them from its parameters cell)."
+    import ast, papermill as pm
+    out = {}
+    for k, v in pm.inspect_notebook(str(notebook)).items():
+        try: out[k] = ast.literal_eval(v['default'])
+        except (ValueError, SyntaxError): out[k] = v['default']  # not a literal: compared as written
+    return out
+
+def _changed(folder: Path, params: dict, defaults: dict) -> str:
     """How a complete point's parameters differ from those its notebook was executed with (papermill keeps them in the
-    executed notebook), '' where they do not or where that notebook is not there to tell."""
+    executed notebook), each side completed by the notebook's `defaults` (a parameter left at its default is the same as
+    one given at that value); '' where they do not differ, or where that notebook is not there to tell."""
     try: old = json.loads((folder / 'notebook.ipynb').read_text())['metadata']['papermill']['parameters']
     except (OSError, KeyError, ValueError): return ''
-    norm = lambda d: {k: json.loads(json.dumps(v, default=str)) for k, v in d.items() if k != 'out_dir'}
-    old, new = norm(old), norm(params)
-    return ', '.join(f'{k}: {old.get(k)!r} there, {new.get(k)!r} asked' for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+    val = lambda d, k: json.dumps(d.get(k), sort_keys=True, default=str)  # lists and tuples alike; NaN equals NaN
+    old, new = ({**defaults, **{k: v for k, v in d.items() if k != 'out_dir'}} for d in (old, params))
+    return ', '.join(f'{k}: {old.get(k)!r} there, {new.get(k)!r} asked' for k in sorted(set(old) | set(new)) if val(old, k) != val(new, k))
 
 def _point_row(params: dict, folder: Path, error: str | None) -> dict:
     "One point of the results table: parameters, folder name, status, error, and its run's summary."
@@ -119,7 +129,8 @@ def run_grid(notebook: str | Path, # the experiment notebook (its first code cel
     points = [dict(params or {}, **p) for p in expand_grid(grid)]
     names = [point_name(p) for p in expand_grid(grid)]
     if len(set(names)) != len(names): raise ValueError('two grid points map to the same folder name; make the grid values distinct')
-    done = {out / n: _changed(out / n, p) for p, n in zip(points, names) if _complete(out / n)}  # complete points: not run again
+    defaults = _defaults(notebook)
+    done = {out / n: _changed(out / n, p, defaults) for p, n in zip(points, names) if _complete(out / n)}  # complete points: not run again
     stale = {str(f): f'ValueError: {f} holds a complete run made with other parameters ({d}): give another --out folder, or delete '
              'that folder to run this point again' for f, d in done.items() if d}  # (never executed again: the run and its notebook stay as they are)
     todo = [(p, out / n) for p, n in zip(points, names) if out / n not in done]

@@ -142,7 +142,7 @@ def _c1_seeds(df, lo, band):
         low = lo if lo is not None else max(2.0, np.sqrt(d.N.max()))
         top = d[d.N == d.N.max()]
         last = float(top.regret.mean())
-        gap = top.optimum_gap.fillna(0).clip(lower=0) if 'optimum_gap' in top else 0.0
+        gap = top.optimum_gap.clip(lower=0) if 'optimum_gap' in top else np.nan  # unknown (L-BFGS, older tables): NaN, no bound
         bound = float((top.regret + top.N * gap).mean())  # the true regret lies between the reported one and this (a solver stops above the optimum)
         under, unchecked = _under(d)
         n_under, n_win, n_unchecked = int((under & (d.N >= low)).sum()), int((d.N >= low).sum()), int((unchecked & (d.N >= low)).sum())
@@ -166,13 +166,13 @@ def _c1_seeds(df, lo, band):
 # %% ../nbs/15_claims.ipynb #b7071d2b
 def c1_verdict(iv: dict, # seed_interval of the per-seed exponents
                seeds: int, # seeds in the configuration
-               last: dict, # seed_interval of each seed's regret at its last prefix, plus N times the solver's optimum_gap (its upper end)
+               below: int, # seeds whose regret at the last prefix, plus N times the solver's optimum_gap (its upper end), is below 0
                band: tuple = (0.4, 0.6), # exponents counted as sqrt(N)
                no_exponent: tuple = (), # the seeds without an exponent (fewer than 3 positive prefixes in the window)
               ) -> tuple[str, str]:
     "The C1 verdict and its reason."
     if seeds < 3: return INCONCLUSIVE, f'{seeds} seeds; at least 3 needed'
-    if last['n'] >= 3 and last['ci_high'] < 0: return SLOWER, NEGATIVE_REGRET
+    if below == seeds: return SLOWER, NEGATIVE_REGRET
     if len(no_exponent): return INCONCLUSIVE, f'seed(s) {list(no_exponent)} without an exponent: an interval over the others would leave them out'
     if iv['n'] < 3: return INCONCLUSIVE, f"{iv['n']} seeds with an exponent; at least 3 needed"
     lo, hi = iv['ci_low'], iv['ci_high']
@@ -206,10 +206,12 @@ def growth_rows(df: pd.DataFrame, # one configuration's regret tables, with task
     for (kind, num), d in df[df.kind.isin(['neuron', 'layer'])].groupby(['kind', 'layer_number'], sort=True):  # a network scope has no layer
         s = _c1_seeds(d, lo, band); iv, last = seed_interval(s.exponent, level), seed_interval(s.bound, level)
         noexp = list(s.index[s.exponent.isna()])
-        verdict, why = c1_verdict(iv, len(s), last, band, noexp)
         below = list(s.index[s.bound < 0])
+        verdict, why = c1_verdict(iv, len(s), len(below), band, noexp)
         note = _join(why, f'{s.nonpositive.sum()} of {s.window.sum()} fitted prefixes have regret <= 0',
                      f'seed(s) {below}: regret below 0 at the last prefix, beyond the solver\'s optimum_gap' if below and why != NEGATIVE_REGRET else '',
+                     f'seed(s) {list(s.index[s.bound.isna()])}: no optimum_gap at the last prefix (a solve that gives none), so negative regret there cannot be told from the solver\'s stop'
+                     if s.bound.isna().any() else '',
                      f'{s.under.sum()} of {s.in_window.sum()} solves in the window fit their prefix exactly (no more Taylor rows than variables and a Taylor '
                      'optimum of 0: their regret is the cumulative loss by construction), so their prefixes were left out for every scope '
                      f'({s.cut.sum()} prefixes over the seeds); record more rounds' if s.under.sum() else '',
@@ -222,7 +224,7 @@ def growth_rows(df: pd.DataFrame, # one configuration's regret tables, with task
         kw = dict(kind=kind, layer_number=int(num), measure='regret exponent')
         rows.append(dict(_row(key, 'C1: regret grows like sqrt(N)', 'figs 3, 4; Theorem 2', f'{r0.optimizer} ({r0.lr_label})', iv, verdict,
                               f'exponent {_fmt(iv, ".2f")}; regret at the last prefix (reported + N optimum_gap) {_fmt(last)} '
-                              f'({level:.0%} t intervals over seeds)', note, **kw), seeds=last['n'] if why == NEGATIVE_REGRET else iv['n']))
+                              f'({level:.0%} t intervals over seeds)', note, **kw), seeds=len(s) if why == NEGATIVE_REGRET else iv['n']))
         if kind == 'neuron':
             sv = seed_interval(s.share, level)
             rows.append(_row(key, 'C1: regret grows like sqrt(N), individually', 'section 2.4', f'{r0.optimizer} ({r0.lr_label})', sv,

@@ -82,8 +82,8 @@ def regret_exponents(df: pd.DataFrame, # hindsight's table (optionally with a `s
                     ) -> pd.DataFrame:
     """Fitted growth exponent of the regret per (kind, layer), with a bootstrap CI over neurons and seeds. Prefixes at which any
     scope of the group fits its prefix exactly (`interpolating`: the regret is the cumulative loss by construction) are
-    left out of the fit for every scope of the group, so that the mean is over the same scopes at every N; `left_out` counts
-    those with N >= lo."""
+    left out of the fit for every scope of the group (in a table of several seeds: for every seed, where `ntaylor_nb.claims`
+    decides per seed), so that the mean is over the same scopes at every N; `left_out` counts those with N >= lo."""
     rows, df = [], df.assign(seed=df['seed'] if 'seed' in df else 0)
     for (kind, layer), g in df.groupby(['kind', 'layer'], sort=False):
         fits = interpolating_by_N(g, every=False)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .run import Run
+from .run import LAYOUT, Run
 
 # %% auto #0
 __all__ = ['plot_figure6', 'plot_lr_searches', 'markdown_table', 'failed_points']
@@ -71,12 +71,14 @@ def markdown_table(df: pd.DataFrame, # any table
 # %% ../nbs/15_report.ipynb #434b0a19
 def failed_points(runs_dir: str | Path, # a folder of batches (searched at any depth for results.csv)
                  ) -> pd.DataFrame:
-    "The points of every batch under `runs_dir` whose status is not complete: batch (its folder, relative), run (the point's folder) and error."
+    """The points of every batch under `runs_dir` whose status is not complete: batch (its folder, relative), run (the point's
+    folder), error, and in_tables (the folder holds a finished run all the same, which `ntaylor_nb.run.find_runs` finds)."""
     root, rows = Path(runs_dir), []
     for f in sorted(root.rglob('results.csv')):
         t = pd.read_csv(f)
         if 'status' not in t or 'run' not in t: continue  # not a batch's table
         bad = t[t.status != 'complete']
-        rows += [dict(batch=str(f.parent.relative_to(root)), run=r.run, error=getattr(r, 'error', None)) for r in bad.itertuples()]
-    return pd.DataFrame(rows, columns=['batch', 'run', 'error'])
+        rows += [dict(batch=str(f.parent.relative_to(root)), run=r.run, error=getattr(r, 'error', None),
+                      in_tables=(f.parent / str(r.run) / LAYOUT['done']).is_file()) for r in bad.itertuples()]
+    return pd.DataFrame(rows, columns=['batch', 'run', 'error', 'in_tables'])
 

@@ -19,7 +19,7 @@ from .hindsight import hindsight
 from .regret import RegretRecording
 
 # %% auto #0
-__all__ = ['LAYOUT', 'Run', 'find_runs', 'runs_table']
+__all__ = ['LAYOUT', 'ANALYSIS_VERSION', 'Run', 'find_runs', 'runs_table']
 
 # %% ../nbs/13_run.ipynb #a111d589
 LAYOUT = {
@@ -118,7 +118,9 @@ def analyze(self: Run, prefixes: int | None = None, # log-spaced prefixes for th
     self._need_complete()
     saved = self.read_json('summary') if self.analyzed else {}
     # the training summary is read again each time (cheap): a summary saved by an older version gains its new fields
-    if saved and not refresh and prefixes in (None, saved['prefixes']): return dict(saved, **_plain(_training_summary(self)))
+    if saved and not refresh and prefixes in (None, saved['prefixes']):
+        if saved.get('analysis_version') != ANALYSIS_VERSION: saved = _upgrade(self, saved)  # an older analysis's numbers: made again from its tables
+        return dict(saved, **_plain(_training_summary(self)))
     return _analyze(self, prefixes or saved.get('prefixes', 64), progress, device)
 @patch
 def regret_table(self: Run) -> pd.DataFrame | None: "Hindsight's table (analysis/regret.csv)."; return self._table('regret_table')
@@ -168,12 +170,16 @@ def _analyze_regret(run: Run, prefixes: int, progress: bool, device: str) -> dic
     if rec is None: return {}
     df = hindsight(rec, log_prefixes(len(rec), prefixes), progress=progress, device=device)
     df.to_csv(run.file('regret_table'), index=False)
+    return _regret_summary(run, df, len(rec))
+
+def _regret_summary(run: Run, df: pd.DataFrame, rounds: int) -> dict:
+    "The summary numbers of a run's hindsight table `df` (of a recording of `rounds` rounds), its exponents saved."
     s = dict(max_optimum_gap=float(df.optimum_gap.max()),  # 0 for exact (quadratic) solves; see ntaylor_nb.hindsight
-             uncertified_solves=int((~df.certified).sum()))  # ended at the cap or without decrease (their gap an estimate), or L-BFGS
-    ex = regret_exponents(df, lo=max(2, len(rec) // 50), n_boot=300)
+             uncertified_solves=int((~df.certified.astype(bool)).sum()))  # ended at the cap or without decrease (their gap an estimate), or L-BFGS
+    ex = regret_exponents(df, lo=max(2, rounds // 50), n_boot=300)
     ex.to_csv(run.file('exponents'), index=False)
-    num = dict(zip(df.layer.astype(str), df.layer_number))  # keys by the paper's layer numbers (from 1 at the input), as the claims and figures
-    for r in ex.itertuples(): s[f'exponent_{r.kind}_{num.get(str(r.layer), r.layer)}'] = r.exponent  # (a network scope: its own name)
+    num = {str(l): int(n) for l, n in zip(df.layer, df.layer_number) if n >= 1}  # keys by the paper's layer numbers (from 1 at the input), as the claims and figures
+    for r in ex.itertuples(): s[f'exponent_{r.kind}_{num[str(r.layer)]}' if str(r.layer) in num else f'exponent_{r.kind}'] = r.exponent  # (a network scope: no layer)
     last = df[df.N == df.N.max()]; fits = interpolating(last).eq(1.0)
     for r, f in zip(last[last.kind == 'layer'].itertuples(), fits[last.kind == 'layer']):  # no gap where the scope fits every sample: None
         s[f'gap_layer_{r.layer_number}'] = np.nan if f else r.average_loss - r.taylor_optimum
@@ -197,9 +203,23 @@ def _analyze(run: Run, prefixes: int, progress: bool, device: str) -> dict:
     "Compute a complete run's analysis into a fresh analysis/ folder; the summary is written last."
     shutil.rmtree(run.file('analysis'), ignore_errors=True); run.file('analysis').mkdir()
     s = dict(_training_summary(run), **_analyze_regret(run, prefixes, progress, device), **_analyze_exploration(run))
-    s = _plain(s)
-    run.write_json('summary', dict(s, prefixes=prefixes))
-    return dict(s, prefixes=prefixes)
+    s = dict(_plain(s), prefixes=prefixes, analysis_version=ANALYSIS_VERSION)
+    run.write_json('summary', s)
+    return s
+
+ANALYSIS_VERSION = 2  # 2: exponents leave out a prefix where any scope fits it; summary keys by the paper's layer numbers (1: module indices)
+
+def _upgrade(run: Run, saved: dict) -> dict:
+    """A summary saved by an older analysis, its regret numbers made again from the saved hindsight table (no solve is
+    repeated: the table's rules did not change), saved with the current version."""
+    s = {k: v for k, v in saved.items() if not k.startswith(('exponent_', 'gap_layer_', 'max_optimum_gap', 'uncertified_solves'))}
+    if run.file('regret_table').is_file() and run.regret_recording is not None:
+        df = pd.read_csv(run.file('regret_table'), dtype={'layer': str}, keep_default_na=False, na_values=[''])
+        df['layer'] = df.layer.fillna('')  # (a network scope's layer is empty)
+        s.update(_plain(_regret_summary(run, df, len(run.regret_recording))))
+    s['analysis_version'] = ANALYSIS_VERSION
+    run.write_json('summary', s)
+    return s
 
 # %% ../nbs/13_run.ipynb #5ec9cad3
 def find_runs(root: str | Path, # a folder holding run folders, at any depth

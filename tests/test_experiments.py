@@ -105,7 +105,7 @@ def test_batch_runner_local_skip_and_report(tmp_path, capsys):
     assert 'last_epoch_loss' not in t  # no old summary beside the new parameters
     from ntaylor_nb.report import failed_points
     f = failed_points(tmp_path / 'runs')
-    assert len(f) == 3 and set(f.run) == {'optimizer=sgd', 'optimizer=rmsprop', 'optimizer=adam'} and f.error.str.contains('epochs: 2 there').all()
+    assert len(f) == 3 and set(f.run) == {'optimizer=sgd', 'optimizer=rmsprop', 'optimizer=adam'} and f.error.str.contains('epochs: 2 there').all() and f.in_tables.all()
 
 
 def test_report_over_runs_without_neuron_scopes(tmp_path):
