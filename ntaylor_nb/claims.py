@@ -65,7 +65,6 @@ def seed_difference(a: pd.Series, # one value per seed, indexed by seed
     h = float(stats.t.ppf(0.5 + level / 2, df) * np.sqrt(va + vb))
     return dict(estimate=m, ci_low=m - h, ci_high=m + h, n=min(na, nb), method='welch', dropped=[])
 
-
 # %% ../nbs/15_claims.ipynb #0e6d2481
 def judge(iv: dict, # seed_interval's or seed_difference's result
           threshold: float = 0.0, # the claim's threshold
@@ -162,7 +161,6 @@ def _c1_seeds(df, lo, band):
                          fitted=len(fit), uncertified=unc))
     return pd.DataFrame(rows).set_index('seed')
 
-
 # %% ../nbs/15_claims.ipynb #b7071d2b
 def c1_verdict(iv: dict, # seed_interval of the per-seed exponents
                seeds: int, # seeds in the configuration
@@ -180,7 +178,6 @@ def c1_verdict(iv: dict, # seed_interval of the per-seed exponents
     if hi < band[0]: return SLOWER, ''
     if lo > band[1]: return FASTER, ''
     return INCONCLUSIVE, f'the interval reaches across an edge of the band [{band[0]}, {band[1]}]'
-
 
 # %% ../nbs/15_claims.ipynb #3a1f0b36
 def _fmt(iv, f='.4g'):

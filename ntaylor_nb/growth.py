@@ -73,7 +73,6 @@ def interpolating_by_N(df: pd.DataFrame, # a hindsight table (one group of scope
     fits = interpolating(df).eq(1.0).groupby(df.N)
     return fits.all() if every else fits.any()
 
-
 # %% ../nbs/03_growth.ipynb #4a40bcdd
 def regret_exponents(df: pd.DataFrame, # hindsight's table (optionally with a `seed` column)
                      lo: float = 10, # fit over N >= lo

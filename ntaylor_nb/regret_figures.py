@@ -33,7 +33,6 @@ def _mark_under(ax, N, y, under, color):
     label = '_nolegend_' if any(l.get_label() == UNDER_LABEL for l in ax.lines) else UNDER_LABEL
     ax.plot(np.asarray(N)[under], np.asarray(y)[under], 'x', color=color, ms=7, mew=1.5, label=label)
 
-
 # %% ../nbs/08_regret_figures.ipynb #8f20b075
 def plot_figure3(df: pd.DataFrame, # hindsight's table for one run
                  detail_layers: list | None = None, # layers for panels (b), (c) (default: the first two with neurons)
@@ -113,4 +112,3 @@ def figure4_layer(runs: dict, # label (optimizer) -> hindsight table, as `plot_f
         cands = [n for n in numbers if not fits(n)] or numbers
         n = cands[len(cands) // 2]
     return str(lt[0][lt[0].layer_number == n].layer.iloc[0])
-

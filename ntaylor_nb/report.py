@@ -81,4 +81,3 @@ def failed_points(runs_dir: str | Path, # a folder of batches (searched at any d
         rows += [dict(batch=str(f.parent.relative_to(root)), run=r.run, error=getattr(r, 'error', None),
                       in_tables=(f.parent / str(r.run) / LAYOUT['done']).is_file()) for r in bad.itertuples()]
     return pd.DataFrame(rows, columns=['batch', 'run', 'error', 'in_tables'])
-
