@@ -283,7 +283,7 @@ def check_run_folder(cfg: RunConfig, # the configuration about to train into `fo
     except FileNotFoundError: return  # no run there yet
     if not (run.complete or run.file('checkpoint').exists()): return  # nothing kept: a fresh start writes its own params.json
     old, new = run.params['config'], json.loads(json.dumps(asdict(cfg), default=str))
-    diff = {k: (old.get(k), v) for k, v in new.items() if k not in _SAME_RUN_ANYWHERE and old.get(k) != v}
+    diff = {k: (old[k], v) for k, v in new.items() if k in old and k not in _SAME_RUN_ANYWHERE and old[k] != v}  # (a field newer than the run: not compared)
     if diff:
         state = 'a finished' if run.complete else 'an interrupted'
         raise ValueError(f'{run.path} holds {state} run of another configuration ('
