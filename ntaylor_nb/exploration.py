@@ -4,6 +4,7 @@
 
 # %% ../nbs/09_exploration.ipynb #9dd428f1
 from __future__ import annotations
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -189,6 +190,9 @@ def exploration_measures(A: np.ndarray | ExplorationRecording, # (N, D, M) confi
     P, D, M = _packed_units(A)
     N = len(P)
     if 'switches' in which and N < 2: raise ValueError(f'switches need at least 2 snapshots, got {N}')
+    if 'log_volume' in which and N <= k:  # the time-centred N x D matrices have rank at most N - 1
+        warnings.warn(f'{N} snapshots: at most {N - 1} of the k={k} singular values can be above the floor ({floor:g}), so every '
+                      f'log-volume has at least {k - N + 1} floor terms; take more than {k} snapshots (RunConfig.snapshots)', stacklevel=2)
     U = _unpack_units(P, D, M)  # (N, M, D) 0/1 uint8
     Un = U.numpy()
     gram, sw = np.zeros((N, N)), np.zeros(D, np.int64)
