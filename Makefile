@@ -20,8 +20,8 @@ $(STAMP): settings.ini setup.py
 	touch $@
 
 # The claims protocol (issue 11), the same for the demo and the MNIST reproduction, for the autoencoder experiment:
-#  1. learning rates: each optimizer's rate searched once (ntaylor_nb.train.tune_lr: a half-decade grid extended while
-#     the best rate is at an end, trials on two seeds of their own (ntaylor_nb.train.TUNE_SEEDS) over TUNE_FRACTION of the run's rounds), kept in tuning/ and
+#  1. learning rates: each optimizer's rate searched once (ntaylor_nb.tune.tune_lr: a half-decade grid extended while
+#     the best rate is at an end, trials on two seeds of their own (ntaylor_nb.tune.TUNE_SEEDS) over TUNE_FRACTION of the run's rounds), kept in tuning/ and
 #     reused by every run of that optimizer (each run keeps its trial table, chosen rate and at-edge flag);
 #  2. main/: SGD, RMSProp and Adam at their tuned rates on every seed, Taylor losses and activations recorded;
 #  3. sgd_rates/: SGD at SGD_FACTORS times its tuned rate (the paper's exploration claim is for several SGD rates),

@@ -10,7 +10,6 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -29,9 +28,8 @@ from .taylor import weight_layers
 from .schedules import every
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'TASKS', 'FIGURES', 'LR_GRID', 'TRIAL_SCORE', 'TUNE_SEEDS', 'RunConfig', 'figure_config', 'build_model',
-           'run_scopes', 'snapshot_rounds', 'check_run_folder', 'train_run', 'half_decade', 'LRSearch', 'search_lr',
-           'rounds_per_epoch', 'trial_score', 'tune_lr']
+__all__ = ['OPTIMIZERS', 'TASKS', 'FIGURES', 'RunConfig', 'figure_config', 'build_model', 'run_scopes', 'snapshot_rounds',
+           'check_run_folder', 'train_run']
 
 # %% ../nbs/12_train.ipynb #4881dc9e
 OPTIMIZERS = {'sgd': torch.optim.SGD, 'rmsprop': torch.optim.RMSprop, 'adam': torch.optim.Adam, 'rmsprop_tf': RMSpropTF, 'adam_tf': AdamTF}
@@ -321,133 +319,3 @@ def _rows(path, keep):
 def _write_rows(path, rows, header):
     tmp = path.with_suffix('.tmp')
     tmp.write_text(header + '\n' + ''.join(','.join(repr(v) for v in row) + '\n' for row in rows)); os.replace(tmp, path)
-
-# %% ../nbs/12_train.ipynb #ff374e34
-LR_GRID = {'sgd': [0.01, 0.03, 0.1, 0.3, 1.0], 'rmsprop': [1e-4, 3e-4, 1e-3, 3e-3, 1e-2], 'adam': [1e-4, 3e-4, 1e-3, 3e-3, 1e-2],
-           'rmsprop_tf': [1e-4, 3e-4, 1e-3, 3e-3, 1e-2], 'adam_tf': [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]}
-
-def half_decade(lr: float, # a learning rate
-                direction: int, # +1: the next half-decade up, -1: down
-               ) -> float:
-    "The neighbouring rate on the half-decade grid 1, 3, 10, 30, ... (times a power of ten)."
-    e = round(2 * math.log10(lr)) + direction
-    return float(f'{10 ** (e / 2):.1g}')
-
-# %% ../nbs/12_train.ipynb #1d3e6032
-class LRSearch(NamedTuple):
-    "A learning-rate search: the chosen rate, whether it is still an end of the rates tried (the cap stopped the search), and every trial."
-    lr: float  # the rate with the lowest mean final loss over the seeds
-    at_edge: bool  # the best rate is the smallest or largest tried: the optimum may lie beyond (the extension hit its cap)
-    trials: 'pd.DataFrame'  # one row per rate and seed: lr, seed, final_loss, diverged, mean_loss, extended (beyond the first grid), chosen, at_edge
-
-# %% ../nbs/12_train.ipynb #c9db66c3
-def search_lr(trial: Callable[[float, int], float], # (lr, seed) -> the trial's final loss (NaN or inf: diverged)
-              grid: list, # the first rates
-              seeds: Sequence[int] = (0, 1), # each rate is tried on every seed; the mean final loss decides
-              step: Callable[[float, int], float] = half_decade, # (rate, +1 or -1) -> the next rate up or down
-              max_extend: int = 4, # the cap: rates tried beyond each end of the grid at most
-             ) -> LRSearch:
-    "The rate with the lowest mean final loss, the grid extended while the best is at an end (until interior, diverged above, or the cap)."
-    import pandas as pd
-    losses = {}
-    def score(lr):
-        if lr not in losses: losses[lr] = [float(trial(lr, s)) for s in seeds]
-        return float(np.mean(losses[lr])) if np.isfinite(losses[lr]).all() else math.inf
-    rates, added, blocked = sorted(set(grid)), {1: 0, -1: 0}, False  # blocked: the next rate up diverged
-    for lr in rates: score(lr)
-    while True:
-        best = min(rates, key=score)  # ties: the smaller rate
-        if not math.isfinite(score(best)): d = -1  # every rate tried diverged: go down
-        else: d = 1 if best == rates[-1] and not blocked else -1 if best == rates[0] else 0
-        if d == 0 or added[d] == max_extend: break
-        nxt = step(rates[-1] if d > 0 else rates[0], d); added[d] += 1
-        rates = sorted([*rates, nxt])
-        blocked = blocked or (d > 0 and not math.isfinite(score(nxt)))
-    if not math.isfinite(score(best)): raise FloatingPointError(f'every rate diverged, down to {rates[0]:g}: no learning rate found')
-    at_edge = d != 0
-    rows = [dict(lr=lr, seed=s, final_loss=v, diverged=not math.isfinite(v), mean_loss=score(lr), extended=lr not in grid,
-                 chosen=lr == best, at_edge=at_edge) for lr in rates for s, v in zip(seeds, losses[lr])]
-    return LRSearch(best, at_edge, pd.DataFrame(rows))
-
-# %% ../nbs/12_train.ipynb #a068d67a
-def rounds_per_epoch(cfg: RunConfig, # the run's configuration
-                    ) -> int:
-    "Minibatches in one epoch of `cfg`'s training set."
-    X, _ = load_dataset(cfg.dataset, cfg.data_root, train=True)
-    return len(X) // (cfg.batch_size or TASKS[cfg.task]['batch_size'])
-
-def _total_rounds(cfg: RunConfig) -> int:
-    "How many rounds a run of `cfg` trains (its epochs over the dataset, or its rounds limit)."
-    per_epoch = rounds_per_epoch(cfg)
-    return min(cfg.rounds or per_epoch * cfg.epochs, per_epoch * cfg.epochs)
-
-TRIAL_SCORE = 'mean loss of the last min(epoch, quarter of the trial) rounds'  # (kept with a saved search: a cache of another rule is not read)
-
-def trial_score(losses: Sequence[float], # a trial's training loss at each round, in order
-                per_epoch: int, # rounds in one epoch
-               ) -> float:
-    """A learning-rate trial's final loss: the mean training loss over its last min(one epoch, a quarter of its rounds) rounds
-    (at least one), inf where any loss is not finite. A trial of four epochs or more is scored on its last epoch's worth of rounds; a
-    shorter one on its last quarter: never on a single minibatch of a long trial (a horizon ending just past an epoch's end),
-    nor on the early rounds of a short one (the mean over a whole trial rewards fast early progress, not a low final loss)."""
-    x = np.asarray(losses, float)
-    if not len(x): raise ValueError('a trial with no rounds has no score')
-    if not np.isfinite(x).all(): return math.inf
-    return float(x[-min(per_epoch, max(1, math.ceil(len(x) / 4))):].mean())
-
-# %% ../nbs/12_train.ipynb #d4c25b54
-TUNE_SEEDS = (1000, 1001)  # the trials' seeds: disjoint from the seeds of the runs they tune
-_TRAINING = ('task', 'dataset', 'optimizer', 'epochs', 'rounds', 'batch_size')  # the fields a trial's loss depends on
-
-def _search_file(cache, key):
-    import hashlib
-    h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return Path(cache) / f"{key['base']['task']}-{key['base']['dataset']}-{key['base']['optimizer']}-{h}.csv"
-
-def _cached_search(cache, key) -> LRSearch | None:
-    "The search saved in `cache` for `key`, or None."
-    import pandas as pd
-    f = _search_file(cache, key)
-    if not f.is_file(): return None
-    t = pd.read_csv(f)
-    return LRSearch(float(t.lr[t.chosen].iloc[0]), bool(t.at_edge.iloc[0]), t)
-
-def _save_search(cache, key, s: LRSearch):
-    f = _search_file(cache, key); f.parent.mkdir(parents=True, exist_ok=True)
-    tmp = f.with_name(f'{f.name}.{os.getpid()}.tmp'); s.trials.to_csv(tmp, index=False); os.replace(tmp, f)
-
-# %% ../nbs/12_train.ipynb #6133a97c
-def tune_lr(cfg: RunConfig, # the run to tune (its lr and seed are ignored)
-            lrs: list | None = None, # the first grid (default: LR_GRID[cfg.optimizer]), extended while the best is at an end
-            epochs: int | None = None, # epochs of each trial (default: the run's own, cfg.epochs; cfg.rounds applies too)
-            progress: bool = True, # show a progress bar
-            seeds: Sequence[int] = TUNE_SEEDS, # seeds of the trials: the same for every run of an optimizer, none of the runs' own
-            fraction: float = 1.0, # each trial trains this fraction of the run's rounds (1: the run's whole horizon)
-            max_extend: int = 4, # the cap: rates tried beyond each end of the grid at most
-            cache: str | Path | None = None, # a folder: a search already saved there for the same setting is read, not repeated
-           ) -> LRSearch:
-    "The learning rate that minimises the mean final training loss (`trial_score`) over `seeds`, found by `search_lr`."
-    import tempfile
-    from dataclasses import replace
-    from tqdm.auto import tqdm
-    if not 0 < fraction <= 1: raise ValueError(f'fraction={fraction!r} must lie in (0, 1]')
-    if len(set(seeds)) < 2: raise ValueError(f'seeds={tuple(seeds)!r}: a search needs at least two distinct seeds (one trial per rate would decide by one draw)')
-    base = replace(cfg, epochs=epochs or cfg.epochs, scopes=None, probe_size=0, snapshots=None).validate()  # trials need only their losses
-    rounds = _total_rounds(base)
-    if fraction < 1: base = replace(base, rounds=(rounds := max(1, math.ceil(fraction * rounds))))
-    key = dict(base={f: getattr(base, f) for f in _TRAINING}, grid=sorted(lrs or LR_GRID[cfg.optimizer]), seeds=list(seeds),
-               max_extend=max_extend, version=ntaylor_nb.__version__, score=TRIAL_SCORE)  # what the trials' scores depend on (not what a run records)
-    if cache is not None and (saved := _cached_search(cache, key)) is not None: return saved
-    bar = tqdm(desc=f'tuning {cfg.optimizer}', unit='trial', disable=not progress)
-    per_epoch = rounds_per_epoch(base)
-    def trial(lr, seed):
-        with tempfile.TemporaryDirectory() as d:
-            try: score = trial_score(Run(train_run(replace(base, lr=lr, seed=seed), Path(d) / 'trial', progress=False)).metrics.loss, per_epoch)
-            except FloatingPointError: score = math.inf
-        bar.update()
-        return score
-    s = search_lr(trial, lrs or LR_GRID[cfg.optimizer], seeds, max_extend=max_extend)
-    bar.close()
-    s = s._replace(trials=s.trials.assign(optimizer=cfg.optimizer, rounds=rounds)[['optimizer', 'rounds', *s.trials]])
-    if cache is not None: _save_search(cache, key, s)
-    return s

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from ntaylor_nb.optimizers import AdamTF, RMSpropTF
-from ntaylor_nb.train import LR_GRID, OPTIMIZERS, RunConfig, train_run
+from ntaylor_nb.train import OPTIMIZERS, RunConfig, train_run
+from ntaylor_nb.tune import LR_GRID
 
 
 def tf1_rmsprop(w, grads, lr, decay=0.9, momentum=0.0, epsilon=1e-10, centered=False):

@@ -108,7 +108,7 @@ def test_cifar10_imagefolder_is_pixel_exact(tmp_path):
 # --- learning-rate search (issue 11, item 1) ---
 
 from ntaylor_nb.run import Run
-from ntaylor_nb.train import LR_GRID, half_decade, search_lr, tune_lr
+from ntaylor_nb.tune import LR_GRID, half_decade, search_lr, tune_lr
 
 HALVES = [half_decade(1.0, e) for e in range(-14, 9)]  # 1e-7 ... 1e4 on the half-decade grid
 
