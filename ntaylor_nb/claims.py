@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .growth import interpolating
+from .growth import interpolating, interpolating_by_N
 from .run import Run
 
 # %% auto #0
@@ -140,12 +140,11 @@ def _c1_seeds(df, lo, band):
     for seed, d in df.groupby('seed'):
         low = lo if lo is not None else max(2.0, np.sqrt(d.N.max()))
         top = d[d.N == d.N.max()]
-        last = float(top.regret.mean())
         gap = top.optimum_gap.clip(lower=0) if 'optimum_gap' in top else np.nan  # unknown (L-BFGS, older tables): NaN, no bound
         bound = float((top.regret + top.N * gap).mean())  # the true regret lies between the reported one and this (a solver stops above the optimum)
         under, unchecked = _under(d)
         n_under, n_win, n_unchecked = int((under & (d.N >= low)).sum()), int((d.N >= low).sum()), int((unchecked & (d.N >= low)).sum())
-        cut = d.N.isin(d.N[under])  # where any scope fits its prefix exactly, that prefix is left out for every scope: the mean is over the same ones at each N
+        cut = d.N.map(interpolating_by_N(d, every=False))  # where any scope fits its prefix exactly, that prefix is left out for every scope: the mean is over the same ones at each N
         n_cut = int(d.N[cut & (d.N >= low)].nunique())
         d = d[~cut]
         curve = d.groupby('N').regret.mean()
@@ -155,7 +154,7 @@ def _c1_seeds(df, lo, band):
         gap = float((fit.optimum_gap * fit.N / fit.regret.abs()).max()) if 'optimum_gap' in fit and len(fit) else 0.0
         unc = int((~fit.certified.astype(bool)).sum()) if 'certified' in fit else 0  # solves that did not meet their stop rule
         ok = [a for a in ex if np.isfinite(a)]
-        rows.append(dict(seed=seed, **e, last=last, bound=bound, under=n_under, cut=n_cut, in_window=n_win, unchecked=n_unchecked,
+        rows.append(dict(seed=seed, **e, bound=bound, under=n_under, cut=n_cut, in_window=n_win, unchecked=n_unchecked,
                          share=float(np.mean([band[0] <= a <= band[1] for a in ok])) if ok else np.nan,
                          no_exponent=len(ex) - len(ok), neurons=len(ex), solver_share=gap,
                          fitted=len(fit), uncertified=unc))

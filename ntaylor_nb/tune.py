@@ -91,6 +91,7 @@ def trial_score(losses: Sequence[float], # a trial's training loss at each round
     nor on the early rounds of a short one (the mean over a whole trial rewards fast early progress, not a low final loss)."""
     x = np.asarray(losses, float)
     if not len(x): raise ValueError('a trial with no rounds has no score')
+    if per_epoch < 1: raise ValueError(f'per_epoch={per_epoch!r}: an epoch has at least one round')
     if not np.isfinite(x).all(): return math.inf
     return float(x[-min(per_epoch, max(1, math.ceil(len(x) / 4))):].mean())
 
