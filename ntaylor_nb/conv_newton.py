@@ -138,9 +138,12 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons (
     bounds its distance to the infimum: separable neurons, whose decrement stays large on the way out), its decrement
     then inf (not made).
     After a step short of a full Newton step (and at the first), a neuron's Hessian also gives ridged directions
-    (H + rho r max diag(H) I)^-1 g for r in `ridges` (Levenberg-Marquardt's): of these and Newton's, the one whose full step has
-    the lowest value is taken (the most ridged where none decreases), and the ratio rho follows the choice (a tenth of the
-    smallest tried when Newton's wins, ten times the largest when none decreases). The step along it is `grid_search`'s.
+    (H + rho r max diag(H) I)^-1 g for r in `ridges` (Levenberg-Marquardt's): each direction, Newton's and the ridged ones,
+    is judged by its lowest value over the steps 1, 2^-3, 2^-6, ..., 2^-60, and the lowest is taken (the most ridged where none
+    decreases); the ratio rho follows the choice (a tenth of the smallest tried when Newton's wins, ten times the largest
+    when none decreases). The step along it is `grid_search`'s. (Judged by their full steps, the ridged directions won from
+    far-out starts, where the Hessian is nearly singular and Newton's full step overshoots by orders of magnitude, and the
+    solve crawled: benchmarks/RESULTS.md, seventeenth session.)
     A stop by the decrement stands only if `solvers._recheck` lets it (the decrement is not invariant to rescaling an input
     channel); else the neuron goes on along the scaled direction.
     Returns V, values, gradient norms, Newton decrements, iterations."""
@@ -196,14 +199,19 @@ def conv_newton(prob: CompactConv, # the stored samples of the layer's neurons (
         iters[act.cpu()] += 1
         pick = torch.where(alt, len(rs) + 1, 0)  # 0: Newton's direction; j: the ridge rs[j - 1]; len(rs) + 1: the scaled one
         w = (damped[act] & ~alt).nonzero()[:, 0] if H is not None and len(rs) else act[:0]
-        if len(w):  # after a damped step: Newton's direction against ridged ones, by the values of their full steps
+        if len(w):  # after a damped step: Newton's direction against ridged ones, each by its value at its best step
             r = rho[act[w], None] * rs
             D = torch.cat([d[w, None], _ridged(H[keep.nonzero()[:, 0][w]], g[act[w]], r)], 1)  # (m, 1 + len(rs), P)
-            k = D.shape[1]
-            fv = prob.along(V[act[w]].repeat_interleave(k, 0), D.flatten(0, 1), idx[act[w]].repeat_interleave(k))(
-                torch.ones(len(w) * k, dtype=V.dtype, device=V.device), torch.arange(len(w) * k, device=V.device)).view(-1, k)
-            fv = torch.where(torch.isnan(fv), float('inf'), fv)  # a failed factorisation
-            dec = fv.min(1).values < f[act[w]]
+            k, ts = D.shape[1], 2.0 ** -torch.arange(0, 61, 3, dtype=V.dtype, device=V.device)  # (grid_search's halvings go as far)
+            value, pairs = prob.along(V[act[w]].repeat_interleave(k, 0), D.flatten(0, 1), idx[act[w]].repeat_interleave(k)), torch.arange(len(w) * k, device=V.device)
+            base = value(torch.zeros(len(w), dtype=V.dtype, device=V.device), pairs[::k])  # at t = 0, in along's own arithmetic: a decrease is not rounding
+            fv = torch.full((len(w) * k,), float('inf'), dtype=V.dtype, device=V.device)
+            for j in range(0, len(ts), 4):  # 4 steps a call: at most 16 values a neuron, as grid_search's 18 (along's memory)
+                tj = ts[j:j + 4]
+                fj = value(tj.repeat(len(pairs)), pairs.repeat_interleave(len(tj))).view(-1, len(tj))
+                fv = torch.minimum(fv, fj.nan_to_num(nan=float('inf')).amin(1))  # a step whose value overflows is skipped, as grid_search does
+            fv = fv.view(-1, k)  # inf: a failed factorisation (nan), or no finite value at any step
+            dec = fv.min(1).values < base
             fin = torch.isfinite(D).all(-1) * torch.arange(k, device=V.device)  # where none decreases: the most ridged that was made
             pick[w] = torch.where(dec, fv.argmin(1), fin.argmax(1))
             d[w] = D[torch.arange(len(w), device=V.device), pick[w]]
