@@ -199,13 +199,19 @@ def add(self: _DenseAcc, d, sl, s):
 # %% ../nbs/07_hindsight.ipynb #05c786ca
 @patch
 def _start(self: _DenseAcc, prob, keys, idx, P, device):
-    """Warm start: the last prefix's optimum where that beats v = 0 on the longer prefix (it can be far out when the last was
-    separable), and the values there (None at the first prefix). `prob`: `CompactConv` or `DenseProblems` (`evaluate` without grad)."""
+    """Warm start: of the points c v on the ray from 0 through the last prefix's optimum v (c = 1, 1/4, ..., 4^-20) the one
+    with the lowest value on the longer prefix (by `along`), where that beats v = 0, and the values there (None at the first
+    prefix). A separable prefix's optimum lies far out, where the Hessian is nearly singular: started there, `conv_newton`
+    could crawl to its cap (benchmarks/RESULTS.md, seventeenth session); the ray's best point is usually near the new minimum.
+    `prob`: `CompactConv` or `DenseProblems` (`along`, and `evaluate` without grad)."""
     zero = torch.zeros(len(keys), P, dtype=torch.float64, device=device)
     if not all(k in self.V for k in keys): return zero, None
     last = torch.stack([self.V[k].to(device) for k in keys])
-    f_last, f_zero = prob.evaluate(last, idx, grad=False)[0], prob.evaluate(zero, idx, grad=False)[0]
-    return torch.where((f_last <= f_zero)[:, None], last, zero), torch.minimum(f_last, f_zero)
+    U, c = len(keys), 4.0 ** -torch.arange(21, dtype=torch.float64, device=device)
+    fv = prob.along(last, last, idx)((1 - c).repeat(U), torch.arange(U, device=device).repeat_interleave(len(c))).view(U, -1)  # at (1 - (1 - c)) v
+    V0 = c[fv.nan_to_num(nan=float('inf')).argmin(1)][:, None] * last
+    f_ray, f_zero = prob.evaluate(V0, idx, grad=False)[0], prob.evaluate(zero, idx, grad=False)[0]
+    return torch.where((f_ray <= f_zero)[:, None], V0, zero), torch.minimum(f_ray, f_zero)
 
 # %% ../nbs/07_hindsight.ipynb #81f34261
 @patch
