@@ -443,3 +443,26 @@ def test_newton_stop_does_not_depend_on_the_inputs_scales(monkeypatch):
     monkeypatch.setattr(sv, '_recheck', lambda H, g, f, lam2, along, tol: (torch.zeros(len(f), dtype=torch.bool), g, lam2))  # the decrement alone
     _, f2, _, lam2, _ = _newton(Problems(Ds, 'cross_entropy', idx), idx, zero, tol, max_iter=300)
     assert (lam2 / 2 <= tol).all() and ((f2 - f0) / tol).max() > 10, (f2 - f0) / tol  # what it was: certified, and far above the minimum
+
+
+def test_warm_start_is_the_best_point_on_the_ray_through_the_last_optimum():
+    "A prefix starts from the lowest of c v (c = 1, 1/4, ..., 4^-20) and 0, v the last optimum; from far out that is well inside both ends."
+    from ntaylor_nb.conv_newton import DenseProblems
+    from ntaylor_nb.conv_solvers import _toy
+    from ntaylor_nb.hindsight import _DenseAcc
+    from ntaylor_nb.solvers import ConvSamples, Problems
+    from ntaylor_nb.solvers import newton as _newton
+    geom, arrs, D = _toy(n=100, Cin=16, H=6, sparse=0.95, seed=0, p=10)
+    two, zero = torch.arange(2), torch.zeros(2, 145, dtype=torch.float64)
+    v5 = _newton(Problems(ConvSamples(*(t[:5] for t in D)), 'cross_entropy', two), two, zero, 1e-12, max_iter=500)[0]  # separable for neuron 1
+    acc = object.__new__(_DenseAcc); acc.V = {'a': 300 * v5[0], 'b': 300 * v5[1]}  # only the last optima are read
+    prob = DenseProblems(Problems(D, 'cross_entropy', two))
+    V0, f0 = acc._start(prob, ['a', 'b'], two, 145, 'cpu')
+    val = lambda V: prob.evaluate(V, two, grad=False)[0]
+    cands = [val(4.0 ** -j * torch.stack([acc.V['a'], acc.V['b']])) for j in range(21)] + [val(zero)]  # the brute-force loop
+    best = torch.stack(cands).min(0).values
+    assert torch.allclose(f0, val(V0), rtol=1e-12) and torch.allclose(f0, best, rtol=1e-9)
+    ends = min(float(cands[0][1]), float(cands[-1][1]))  # neuron 1: 14,699 at the far point, 37.33 at 0
+    assert f0[1] < ends - 0.1  # a point inside the ray is lower than both (36.97); the start before took the lower end
+    assert torch.equal(V0[0], zero[0])  # neuron 0 is inactive on the 5 samples: its last optimum is 0
+    assert acc._start(prob, ['a', 'c'], two, 145, 'cpu')[1] is None  # a scope without a last optimum: from 0
