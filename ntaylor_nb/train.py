@@ -319,3 +319,14 @@ def _rows(path, keep):
 def _write_rows(path, rows, header):
     tmp = path.with_suffix('.tmp')
     tmp.write_text(header + '\n' + ''.join(','.join(repr(v) for v in row) + '\n' for row in rows)); os.replace(tmp, path)
+
+# %% ../nbs/12_train.ipynb #f502fdb1
+_MOVED = ('LR_GRID', 'TRIAL_SCORE', 'TUNE_SEEDS', 'half_decade', 'LRSearch', 'search_lr', 'rounds_per_epoch', 'trial_score', 'tune_lr')
+
+def __getattr__(name):
+    "Names of the learning-rate search, moved to `ntaylor_nb.tune`: given from there, with a warning that says so."
+    if name not in _MOVED: raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+    import warnings
+    from . import tune
+    warnings.warn(f'ntaylor_nb.train.{name} moved to ntaylor_nb.tune: import it from there (from ntaylor_nb.tune import {name})', DeprecationWarning, stacklevel=2)
+    return getattr(tune, name)
