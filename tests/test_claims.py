@@ -393,7 +393,7 @@ def test_c1_negative_regret_needs_to_exceed_the_solvers_gap():
 
 def test_c1_an_uncertified_gap_is_no_bound():
     """A solve that did not meet its stop rule reports an estimated optimum_gap, no bound (on P5's near-separable conv neuron
-    it understated the distance about 500-fold): regret below 0 by more than N times that estimate is not negative regret
+    it understated the distance more than 400-fold): regret below 0 by more than N times that estimate is not negative regret
     there. Two neurons at the last prefix, both below 0 with gap 0: certified, negative regret; one of them uncertified in
     seed 1 (in every seed), that seed's (every seed's) upper end is unknown, and the note names it (them)."""
     def tabs(uncertified_seeds):
