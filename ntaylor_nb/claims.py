@@ -141,7 +141,7 @@ def _c1_seeds(df, lo, band):
         low = lo if lo is not None else max(2.0, np.sqrt(d.N.max()))
         top = d[d.N == d.N.max()]
         gap = top.optimum_gap.clip(lower=0) if 'optimum_gap' in top else np.nan  # unknown (L-BFGS, older tables): NaN, no bound
-        if 'certified' in top: gap = gap.where(top.certified.astype(bool))  # a solve that did not meet its stop rule: its gap an estimate, no bound
+        if 'certified' in top and 'optimum_gap' in top: gap = gap.where(top.certified.astype(bool))  # a solve that did not meet its stop rule: its gap an estimate, no bound
         bound = float((top.regret + top.N * gap).mean(skipna=False))  # the true regret lies between the reported one and this (a solver stops above the optimum); NaN where a scope has no bound
         under, unchecked = _under(d)
         n_under, n_win, n_unchecked = int((under & (d.N >= low)).sum()), int((d.N >= low).sum()), int((unchecked & (d.N >= low)).sum())
@@ -207,7 +207,7 @@ def growth_rows(df: pd.DataFrame, # one configuration's regret tables, with task
         verdict, why = c1_verdict(iv, len(s), len(below), band, noexp)
         note = _join(why, f'{s.nonpositive.sum()} of {s.window.sum()} fitted prefixes have regret <= 0',
                      f'seed(s) {below}: regret below 0 at the last prefix, beyond the solver\'s optimum_gap' if below and why != NEGATIVE_REGRET else '',
-                     f'seed(s) {list(s.index[s.bound.isna()])}: no bound on the solver\'s distance at the last prefix (a solve that gives no optimum_gap, or one that did not meet its stop rule, whose optimum_gap is only an estimate), so negative regret there cannot be told from the solver\'s stop'
+                     f'seed(s) {list(s.index[s.bound.isna()])}: no bound at the last prefix (a solve there without optimum_gap, or uncertified: its gap an estimate), so negative regret cannot be told from the solver\'s stop'
                      if s.bound.isna().any() else '',
                      f'{s.under.sum()} of {s.in_window.sum()} solves in the window fit their prefix exactly (no more Taylor rows than variables and a Taylor '
                      'optimum of 0: their regret is the cumulative loss by construction), so their prefixes were left out for every scope '
@@ -219,7 +219,7 @@ def growth_rows(df: pd.DataFrame, # one configuration's regret tables, with task
                      f"{s.uncertified.sum()} of {s.fitted.sum()} fitted solves did not meet their stop rule (their optimum_gap only an estimate)" if s.uncertified.sum() else '',
                      _output_note(key[0], num))
         kw = dict(kind=kind, layer_number=int(num), measure='regret exponent')
-        over = f" over the {last['n']} of {len(s)} seeds with a bound" if last['n'] < len(s) else ''
+        over = '' if last['n'] == len(s) else ' (no seed with a bound)' if not last['n'] else f" over the {last['n']} of {len(s)} seeds with a bound"
         rows.append(dict(_row(key, 'C1: regret grows like sqrt(N)', 'figs 3, 4; Theorem 2', f'{r0.optimizer} ({r0.lr_label})', iv, verdict,
                               f'exponent {_fmt(iv, ".2f")}; regret at the last prefix (reported + N optimum_gap) {_fmt(last)}{over} '
                               f'({level:.0%} t intervals over seeds)', note, **kw), seeds=len(s) if why == NEGATIVE_REGRET else iv['n']))
