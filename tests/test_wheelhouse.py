@@ -116,6 +116,7 @@ def test_gpu_script_end_to_end_at_tiny_size(gpu_like, tmp_path):
         cfg = json.loads((out / folder / f'optimizer={opt}' / 'params.json').read_text())['config']
         assert cfg['dataset'] == dataset and cfg['data_root'] == str(tmp_path / 'data')
         assert (out / folder / f'optimizer={opt}' / 'notebook.ipynb').stat().st_size > 0
+    assert 'figure 3, certified solves per layer at each prefix N' in r.stdout and 'neuron scopes of layer 2: N=1: ' in r.stdout, r.stdout[-3000:]
     fig3 = json.loads((out / 'figure3' / 'optimizer=rmsprop' / 'params.json').read_text())['config']
     assert fig3['neuron_layers'] == [1, 2, 3] and fig3['layers'] == []
     assert json.loads((tmp_path / 'site/jupyter/share/jupyter/kernels/ntaylor-p4/kernel.json').read_text())['argv'][0] == str(gpu_like['py'])

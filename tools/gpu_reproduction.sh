@@ -127,6 +127,18 @@ for t in "${TASK_LIST[@]}"; do [ "$t" = gputests ] || { run_task "$t" & pids+=($
 for p in "${pids[@]}"; do wait "$p" || FAILED=1; done
 cat "$TIMES"
 for t in "${TASK_LIST[@]}"; do echo "--- $t.log, last lines:"; tail -n 4 "$OUT_DIR/$t.log" | cut -c1-300; done
+# figure 3's solves that met their stop rule (`certified`), per layer at each prefix: an uncertified Taylor optimum is one the
+# solver did not reach (its regret understated; benchmarks/RESULTS.md, P4, eighteenth session). Only a finished analysis has a table.
+for f in $(find "$OUT_DIR/figure3" -path '*/analysis/regret.csv' 2>/dev/null); do
+  "$PY" - "$f" <<'EOF'
+import sys, pandas as pd
+d = pd.read_csv(sys.argv[1])
+print(f'figure 3, certified solves per layer at each prefix N ({sys.argv[1]}):')
+for (kind, num), g in d.groupby(['kind', 'layer_number']):
+    c = g.groupby('N').certified.agg(['sum', 'size'])
+    print(f'  {kind} scopes of layer {num}: ' + ', '.join(f'N={n}: {int(r["sum"])}/{int(r["size"])}' for n, r in c.iterrows()))
+EOF
+done
 # 5. the report: figures 3-6 and the claims table from the finished runs of the autoencoder and convnet tasks. A run
 #    that trained but was stopped before its analysis was saved moves to OUT_DIR/unfinished (the report would analyse it)
 if [ -d "$OUT_DIR/runs" ]; then
