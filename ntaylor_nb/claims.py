@@ -152,8 +152,9 @@ def _c1_seeds(df, lo, band):
         e = window_exponent(curve.index, curve.values, low)
         ex = [window_exponent(g.N, g.regret, low)['exponent'] for _, g in d.groupby('neuron')]
         fit = d[(d.N >= low) & (d.regret.abs() > 0)]
-        gap = float((fit.optimum_gap * fit.N / fit.regret.abs()).max()) if 'optimum_gap' in fit and len(fit) else 0.0
         unc = int((~fit.certified.astype(bool)).sum()) if 'certified' in fit else 0  # solves that did not meet their stop rule
+        cert = fit[fit.certified.astype(bool)] if 'certified' in fit else fit  # (an uncertified solve's gap is an estimate: counted above, not here)
+        gap = float((cert.optimum_gap * cert.N / cert.regret.abs()).max()) if 'optimum_gap' in cert and len(cert) else 0.0
         ok = [a for a in ex if np.isfinite(a)]
         rows.append(dict(seed=seed, **e, bound=bound, under=n_under, cut=n_cut, in_window=n_win, unchecked=n_unchecked,
                          share=float(np.mean([band[0] <= a <= band[1] for a in ok])) if ok else np.nan,
@@ -215,7 +216,7 @@ def growth_rows(df: pd.DataFrame, # one configuration's regret tables, with task
                      f'{s.unchecked.sum()} of {s.in_window.sum()} solves in the window have no rows/variables counts (tables made before they were kept): '
                      'whether they fit their prefix exactly was not checked' if s.unchecked.sum() else '',
                      f'seed(s) {noexp}: fewer than 3 positive prefixes, no exponent' if noexp else '',
-                     f"the solver's optimum_gap is up to {s.solver_share.max():.1%} of a fitted regret" if s.solver_share.max() > 0.01 else '',
+                     f"the solver's optimum_gap is up to {s.solver_share.max():.1%} of a fitted regret (certified solves)" if s.solver_share.max() > 0.01 else '',
                      f"{s.uncertified.sum()} of {s.fitted.sum()} fitted solves did not meet their stop rule (their optimum_gap only an estimate)" if s.uncertified.sum() else '',
                      _output_note(key[0], num))
         kw = dict(kind=kind, layer_number=int(num), measure='regret exponent')
