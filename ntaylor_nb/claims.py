@@ -135,13 +135,17 @@ def _under(d):
     u = interpolating(d)
     return u.eq(1.0), u.isna()
 
+def _certified(t):
+    "Per row: did the solve meet its stop rule (its optimum_gap then checked, not an estimate)? True throughout for a table without the column (older tables)."
+    return t.certified.astype(bool) if 'certified' in t else pd.Series(True, index=t.index)
+
 def _c1_seeds(df, lo, band):
     rows = []
     for seed, d in df.groupby('seed'):
         low = lo if lo is not None else max(2.0, np.sqrt(d.N.max()))
         top = d[d.N == d.N.max()]
-        gap = top.optimum_gap.clip(lower=0) if 'optimum_gap' in top else np.nan  # unknown (L-BFGS, older tables): NaN, no bound
-        if 'certified' in top and 'optimum_gap' in top: gap = gap.where(top.certified.astype(bool))  # a solve that did not meet its stop rule: its gap an estimate, no bound
+        gap = top.optimum_gap.clip(lower=0) if 'optimum_gap' in top else pd.Series(np.nan, index=top.index)  # unknown (L-BFGS, older tables): NaN, no bound
+        gap = gap.where(_certified(top))  # a solve that did not meet its stop rule: its gap an estimate, no bound
         bound = float((top.regret + top.N * gap).mean(skipna=False))  # the true regret lies between the reported one and this (a solver stops above the optimum); NaN where a scope has no bound
         under, unchecked = _under(d)
         n_under, n_win, n_unchecked = int((under & (d.N >= low)).sum()), int((d.N >= low).sum()), int((unchecked & (d.N >= low)).sum())
@@ -152,13 +156,13 @@ def _c1_seeds(df, lo, band):
         e = window_exponent(curve.index, curve.values, low)
         ex = [window_exponent(g.N, g.regret, low)['exponent'] for _, g in d.groupby('neuron')]
         fit = d[(d.N >= low) & (d.regret.abs() > 0)]
-        unc = int((~fit.certified.astype(bool)).sum()) if 'certified' in fit else 0  # solves that did not meet their stop rule
-        cert = fit[fit.certified.astype(bool)] if 'certified' in fit else fit  # (an uncertified solve's gap is an estimate: counted above, not here)
-        gap = float((cert.optimum_gap * cert.N / cert.regret.abs()).max()) if 'optimum_gap' in cert and len(cert) else 0.0
+        ok_fit = _certified(fit)
+        unc, cert = int((~ok_fit).sum()), fit[ok_fit]  # solves that did not meet their stop rule, and the others (an estimated gap is no share)
+        solver_share = float((cert.optimum_gap * cert.N / cert.regret.abs()).max()) if 'optimum_gap' in cert and len(cert) else 0.0
         ok = [a for a in ex if np.isfinite(a)]
         rows.append(dict(seed=seed, **e, bound=bound, under=n_under, cut=n_cut, in_window=n_win, unchecked=n_unchecked,
                          share=float(np.mean([band[0] <= a <= band[1] for a in ok])) if ok else np.nan,
-                         no_exponent=len(ex) - len(ok), neurons=len(ex), solver_share=gap,
+                         no_exponent=len(ex) - len(ok), neurons=len(ex), solver_share=solver_share,
                          fitted=len(fit), uncertified=unc))
     return pd.DataFrame(rows).set_index('seed')
 
