@@ -131,7 +131,7 @@ def window_exponent(N, # prefix lengths
 
 # %% ../nbs/15_claims.ipynb #46720671
 def _under(d):
-    "(fits, unchecked): the rows of a hindsight table whose scope fits its prefix exactly (`growth.interpolating`), and those the table cannot tell (no counts)."
+    "(fits, unchecked): the rows of a hindsight table whose scope fits its prefix exactly (`growth.interpolating`), and those it cannot tell (no counts, or an uncertified solve with no more rows than variables)."
     u = interpolating(d)
     return u.eq(1.0), u.isna()
 
@@ -217,8 +217,8 @@ def growth_rows(df: pd.DataFrame, # one configuration's regret tables, with task
                      f'{s.under.sum()} of {s.in_window.sum()} solves in the window fit their prefix exactly (no more Taylor rows than variables and a Taylor '
                      'optimum of 0: their regret is the cumulative loss by construction), so their prefixes were left out for every scope '
                      f'({s.cut.sum()} prefixes over the seeds); record more rounds' if s.under.sum() else '',
-                     f'{s.unchecked.sum()} of {s.in_window.sum()} solves in the window have no rows/variables counts (tables made before they were kept): '
-                     'whether they fit their prefix exactly was not checked' if s.unchecked.sum() else '',
+                     f'{s.unchecked.sum()} of {s.in_window.sum()} solves in the window have no rows/variables counts (tables made before they were kept) or are '
+                     'uncertified with no more rows than variables: whether they fit their prefix exactly cannot be told' if s.unchecked.sum() else '',
                      f'seed(s) {noexp}: fewer than 3 positive prefixes, no exponent' if noexp else '',
                      f"the solver's optimum_gap is up to {s.solver_share.max():.1%} of a fitted regret (certified solves)" if s.solver_share.max() > 0.01 else '',
                      f"{s.uncertified.sum()} of {s.fitted.sum()} fitted solves did not meet their stop rule (their optimum_gap only an estimate)" if s.uncertified.sum() else '',

@@ -59,12 +59,16 @@ def bootstrap_exponent(N: np.ndarray, # prefix lengths
 def interpolating(df: pd.DataFrame, # a hindsight table
                  ) -> pd.Series:
     """1.0 where a scope fits the prefix exactly: no more Taylor rows than variables and a Taylor optimum of 0 (at most its optimum_gap and
-    1e-6 of the average loss), so that its regret is the cumulative loss by construction; 0.0 where not; NaN where the table has no counts.
+    1e-6 of the average loss), so that its regret is the cumulative loss by construction; 0.0 where not; NaN where it cannot be told:
+    the table has no counts, or the solve did not meet its stop rule (`certified` False) with no more rows than variables and an optimum
+    above 1e-6 of the average loss (its optimum_gap an estimate, no bound: the infimum may be 0).
     The count alone is not enough: a scope whose stacked Jacobian has lower rank (a Linear neuron's is one a sample, dead units) can keep a positive optimum."""
     if not {'rows', 'variables'} <= set(df.columns): return pd.Series(np.nan, index=df.index)
     gap = df.optimum_gap.fillna(0) if 'optimum_gap' in df else 0.0
-    fits = ((df.rows <= df.variables) & (df.taylor_optimum <= gap + 1e-6 * df.average_loss)).astype(float)
-    return fits.where(df.rows.notna() & df.variables.notna())
+    under, zero = df.rows <= df.variables, df.taylor_optimum <= 1e-6 * df.average_loss
+    fits = (under & (df.taylor_optimum <= gap + 1e-6 * df.average_loss)).astype(float)
+    unknown = under & ~zero & ~df.certified.astype(bool) if 'certified' in df else False
+    return fits.where(df.rows.notna() & df.variables.notna() & ~unknown)
 
 def interpolating_by_N(df: pd.DataFrame, # a hindsight table (one group of scopes)
                        every: bool = True, # True: every scope of the table fits the prefix; False: at least one does

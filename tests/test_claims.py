@@ -349,7 +349,14 @@ def test_c1_under_determined_prefixes_are_left_out_and_counted():
     assert r.verdict == CONSISTENT and abs(r.estimate - 0.5) < 0.01, (r.verdict, r.estimate)
     legacy = row(tabs(None))
     assert abs(legacy.estimate - 0.5) > 0.1 and legacy.verdict != CONSISTENT and f'{window} of {window} solves in the window have no rows/variables counts' in legacy.note
-    assert 'not checked' not in r.note and 'left out' not in legacy.note and 'not checked' in legacy.note
+    assert 'cannot be told' not in r.note and 'left out' not in legacy.note and 'cannot be told' in legacy.note
+    # an uncertified solve of an under-determined prefix above the optimum 0: its gap is no bound, so whether it fits cannot be told
+    unc = {k: d.assign(taylor_optimum=np.where(d.N < cut, 0.05, 0.1), certified=d.N >= cut, optimum_gap=0.0) for k, d in tb.items()}
+    u = row(unc)
+    assert f'{under} of {window} solves in the window have no rows/variables counts (tables made before they were kept) or are uncertified' in u.note, u.note
+    assert 'fit their prefix exactly (no more' not in u.note  # not counted as fitting, not left out
+    c = row({k: d.assign(certified=True) for k, d in unc.items()}).note  # certified above 0: they do not fit, and that is known
+    assert 'cannot be told' not in c and 'fit their prefix exactly (no more' not in c, c
     none = row({k: v.assign(variables=10 ** 9, taylor_optimum=0.0) for k, v in tb.items()})  # every prefix fits exactly
     assert none.verdict == INCONCLUSIVE and f'{window} of {window} solves in the window fit their prefix exactly' in none.note
 
