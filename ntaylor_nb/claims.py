@@ -83,7 +83,8 @@ def _name(key): return '(' + ', '.join(map(str, key)) + ')'
 
 def check_runs(runs: pd.DataFrame, # ntaylor_nb.run.runs_table's table
               ) -> pd.DataFrame:
-    "`runs`, after refusing (ValueError) any table that would pool datasets, learning rates, snapshot counts or repeat a seed."
+    """`runs`, after refusing (ValueError) any table that would pool datasets, learning rates, snapshot counts or repeat a seed, or
+    compare runs of different lengths or minibatch sizes within a (task, dataset)."""
     miss = [c for c in GROUP + ['lr', 'seed'] if c not in runs]
     if miss: raise ValueError(f'runs has no {", ".join(miss)} column: claims are computed per (task, dataset) and '
                               'configurations are (task, dataset, optimizer, lr_label); nothing is pooled across them')
@@ -97,6 +98,12 @@ def check_runs(runs: pd.DataFrame, # ntaylor_nb.run.runs_table's table
         if 'snapshots' in g and g.snapshots.dropna().nunique() > 1:
             raise ValueError(f'configuration {_name(key)} pools runs with different snapshot counts {sorted(set(g.snapshots.dropna()))}: '
                              'exploration measures depend on the number of snapshots')
+    for key, g in runs.groupby(GROUP[:2], sort=False):  # every configuration of a (task, dataset) is compared with the others
+        for col, what in (('rounds', 'rounds (minibatches)'), ('batch_size', 'minibatch sizes')):
+            if col in g and g[col].dropna().nunique() > 1:
+                per = '; '.join(f'{v:g}: ' + ', '.join(sorted(set(r.optimizer + ' (' + r.lr_label + ')'))) for v, r in g.groupby(col))
+                raise ValueError(f'{key[0]} on {key[1]}: runs of different {what} would be compared ({per}): losses, regret and exploration '
+                                 'grow with training; put runs of another length or minibatch size under their own runs folder')
     return runs
 
 # %% ../nbs/15_claims.ipynb #70fcb076

@@ -160,7 +160,7 @@ def _training_summary(run: Run) -> dict:
     p, done = run.params, run.result
     c = p['config']
     acc = done['last_epoch_accuracy']
-    return dict(task=c['task'], dataset=c['dataset'], optimizer=c['optimizer'], lr=c['lr'], **_lr_origin(run, c['lr']), seed=c['seed'], rounds=done['rounds'],
+    return dict(task=c['task'], dataset=c['dataset'], optimizer=c['optimizer'], lr=c['lr'], **_lr_origin(run, c['lr']), seed=c['seed'], rounds=done['rounds'], batch_size=p.get('batch_size'),
                 epochs_trained=done['rounds'] / p['rounds_per_epoch'], last_epoch_loss=done['last_epoch_loss'], device=p['device'], last_epoch_accuracy=acc if np.isfinite(acc or np.nan) else None)
 
 # %% ../nbs/13_run.ipynb #ddb1a7aa

@@ -270,6 +270,14 @@ def test_pooling_refused():
         claims_table(runs.assign(snapshots=np.where(runs.optimizer == 'sgd', 6, 21)), regret_table=lambda p: None, measures=None)
     with pytest.raises(ValueError, match=r'holds seed\(s\) \[1\] more than once'):
         claims_table(runs.assign(seed=np.where(runs.seed == 2, 1, runs.seed)), measures=None)
+    # runs of one (task, dataset) are compared with each other: a different length or minibatch size anywhere is refused
+    long = runs.assign(rounds=np.where((runs.optimizer == 'adam') & (runs.seed == 1), 5000, 100), batch_size=64)
+    with pytest.raises(ValueError, match=r'autoencoder on digits: runs of different rounds \(minibatches\) would be compared \(100: .*sgd \(tuned\).*; 5000: adam \(tuned\)\)'):
+        claims_table(long, measures=None)
+    with pytest.raises(ValueError, match=r'runs of different minibatch sizes would be compared \(16: rmsprop \(tuned\); 64: adam \(tuned\), adam_tf .*sgd \(tuned\)\)'):
+        claims_table(runs.assign(rounds=100, batch_size=np.where(runs.optimizer == 'rmsprop', 16, 64)), measures=None)
+    other = runs.assign(dataset='mnist', rounds=5000, batch_size=64)  # another dataset may have its own length
+    assert len(claims_table(pd.concat([runs.assign(rounds=100, batch_size=64), other]), regret_table=lambda p: None, measures=None))
 
 
 def test_datasets_never_averaged():

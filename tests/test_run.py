@@ -123,6 +123,7 @@ def test_epochs_trained_also_for_a_summary_saved_before_it(run):
     "The summary's epochs_trained is rounds over rounds per epoch; a summary saved without it (an older version) gains it on reading."
     s = run.analyze(prefixes=3)
     assert s['epochs_trained'] == pytest.approx(12 / (1437 // 32)) and run.params['rounds_per_epoch'] == 1437 // 32
+    assert s['batch_size'] == 32 == run.params['config']['batch_size'] and s['rounds'] == 12  # what check_runs compares across configurations
     old = {k: v for k, v in run.read_json('summary').items() if k != 'epochs_trained'}
     run.write_json('summary', old)
     assert Run(run.path).analyze() == s and runs_table(run.path.parent).epochs_trained.tolist() == [s['epochs_trained']]
