@@ -15,10 +15,10 @@ from .growth import interpolating, interpolating_by_N
 from .run import Run
 
 # %% auto #0
-__all__ = ['HOLDS', 'FAILS', 'INCONCLUSIVE', 'SHOWN', 'NOT_MEASURED', 'CONSISTENT', 'SLOWER', 'FASTER', 'NEGATIVE_REGRET',
-           'ADAPTIVE', 'VARIANTS', 'GROUP', 'COLUMNS', 'seed_interval', 'seed_difference', 'judge', 'check_runs',
-           'output_layer', 'window_exponent', 'c1_verdict', 'growth_rows', 'loss_rows', 'gap_rows', 'accuracy_rows',
-           'exploration_rows', 'volume_rows', 'variant_agreement', 'claims_table', 'lr_table']
+__all__ = ['HOLDS', 'FAILS', 'INCONCLUSIVE', 'SHOWN', 'NOT_MEASURED', 'CONSISTENT', 'SLOWER', 'FASTER', 'NEGATIVE',
+           'NEGATIVE_REGRET', 'ADAPTIVE', 'VARIANTS', 'GROUP', 'COLUMNS', 'seed_interval', 'seed_difference', 'judge',
+           'check_runs', 'output_layer', 'window_exponent', 'c1_verdict', 'growth_rows', 'loss_rows', 'gap_rows',
+           'accuracy_rows', 'exploration_rows', 'volume_rows', 'variant_agreement', 'claims_table']
 
 # %% ../nbs/15_claims.ipynb #9a14eec5
 HOLDS, FAILS, INCONCLUSIVE = 'holds', 'does not hold', 'inconclusive'
@@ -26,6 +26,7 @@ SHOWN, NOT_MEASURED = 'shown, not judged', 'not measured'
 CONSISTENT = 'consistent with sqrt(N)'
 SLOWER = "slower than sqrt(N) (within Theorem 2's bound)"
 FASTER = "faster than sqrt(N) (beyond Theorem 2's bound)"
+NEGATIVE = "negative at the last prefix (within Theorem 2's bound)"  # the regret, in every seed: a sign, not an exponent
 NEGATIVE_REGRET = "negative regret: the loss incurred is below the hindsight Taylor optimum's"
 ADAPTIVE = ('rmsprop', 'adam', 'rmsprop_tf', 'adam_tf')  # compared with SGD
 VARIANTS = {'torch': ('rmsprop', 'adam'), 'tf': ('rmsprop_tf', 'adam_tf')}  # (RMSProp, Adam) of each implementation
@@ -36,6 +37,7 @@ COLUMNS = ['task', 'dataset', 'claim', 'paper', 'compared', 'variant', 'measure'
 # %% ../nbs/15_claims.ipynb #53628024
 def seed_interval(x, # one value per seed (NaNs are dropped)
                   level: float = 0.95, # coverage of the two-sided interval
+                  within: tuple | None = None, # the values' range (a share: (0, 1)): the interval is cut to it
                  ) -> dict:
     "Mean over seeds and its two-sided Student-t interval: dict(estimate, ci_low, ci_high, n)."
     x = np.asarray(x, float); x = x[np.isfinite(x)]; n = len(x)
@@ -43,7 +45,8 @@ def seed_interval(x, # one value per seed (NaNs are dropped)
     m = float(x.mean())
     if n < 2: return dict(estimate=m, ci_low=np.nan, ci_high=np.nan, n=n)
     h = float(stats.t.ppf(0.5 + level / 2, n - 1) * x.std(ddof=1) / np.sqrt(n))
-    return dict(estimate=m, ci_low=m - h, ci_high=m + h, n=n)
+    lo, hi = within or (-np.inf, np.inf)
+    return dict(estimate=m, ci_low=max(m - h, lo), ci_high=min(m + h, hi), n=n)
 
 # %% ../nbs/15_claims.ipynb #ce820ced
 def seed_difference(a: pd.Series, # one value per seed, indexed by seed
@@ -83,8 +86,8 @@ def _name(key): return '(' + ', '.join(map(str, key)) + ')'
 
 def check_runs(runs: pd.DataFrame, # ntaylor_nb.run.runs_table's table
               ) -> pd.DataFrame:
-    """`runs`, after refusing (ValueError) any table that would pool datasets, learning rates, snapshot counts or repeat a seed, or
-    compare runs of different lengths or minibatch sizes within a (task, dataset)."""
+    """`runs`, after refusing (ValueError) any table that would pool datasets or learning rates, repeat a seed, or compare runs of
+    different lengths, minibatch sizes or snapshot counts within a (task, dataset)."""
     miss = [c for c in GROUP + ['lr', 'seed'] if c not in runs]
     if miss: raise ValueError(f'runs has no {", ".join(miss)} column: claims are computed per (task, dataset) and '
                               'configurations are (task, dataset, optimizer, lr_label); nothing is pooled across them')
@@ -95,15 +98,12 @@ def check_runs(runs: pd.DataFrame, # ntaylor_nb.run.runs_table's table
                              'put each rate\'s runs under its own runs folder, or tune (lr="tune") and vary lr_factor')
         if g.seed.duplicated().any():
             raise ValueError(f'configuration {_name(key)} holds seed(s) {sorted(set(g.seed[g.seed.duplicated()]))} more than once')
-        if 'snapshots' in g and g.snapshots.dropna().nunique() > 1:
-            raise ValueError(f'configuration {_name(key)} pools runs with different snapshot counts {sorted(set(g.snapshots.dropna()))}: '
-                             'exploration measures depend on the number of snapshots')
     for key, g in runs.groupby(GROUP[:2], sort=False):  # every configuration of a (task, dataset) is compared with the others
-        for col, what in (('rounds', 'rounds (minibatches)'), ('batch_size', 'minibatch sizes')):
+        for col, what, why in (('rounds', 'rounds (minibatches)', 'losses, regret and exploration grow with training'), ('batch_size', 'minibatch sizes',
+                               'a round is one minibatch'), ('snapshots', 'snapshot counts', 'exploration measures depend on the number of snapshots')):
             if col in g and g[col].dropna().nunique() > 1:
                 per = '; '.join(f'{v:g}: ' + ', '.join(sorted(set(r.optimizer + ' (' + r.lr_label + ')'))) for v, r in g.groupby(col))
-                raise ValueError(f'{key[0]} on {key[1]}: runs of different {what} would be compared ({per}): losses, regret and exploration '
-                                 'grow with training; put runs of another length or minibatch size under their own runs folder')
+                raise ValueError(f'{key[0]} on {key[1]}: runs of different {what} would be compared ({per}): {why}; put them under their own runs folder')
     return runs
 
 # %% ../nbs/15_claims.ipynb #70fcb076
@@ -182,7 +182,7 @@ def c1_verdict(iv: dict, # seed_interval of the per-seed exponents
               ) -> tuple[str, str]:
     "The C1 verdict and its reason."
     if seeds < 3: return INCONCLUSIVE, f'{seeds} seeds; at least 3 needed'
-    if below == seeds: return SLOWER, NEGATIVE_REGRET
+    if below == seeds: return NEGATIVE, NEGATIVE_REGRET
     if len(no_exponent): return INCONCLUSIVE, f'seed(s) {list(no_exponent)} without an exponent: an interval over the others would leave them out'
     if iv['n'] < 3: return INCONCLUSIVE, f"{iv['n']} seeds with an exponent; at least 3 needed"
     lo, hi = iv['ci_low'], iv['ci_high']
@@ -236,7 +236,7 @@ def growth_rows(df: pd.DataFrame, # one configuration's regret tables, with task
                               f'exponent {_fmt(iv, ".2f")}; regret at the last prefix (reported + N optimum_gap) {_fmt(last)}{over} '
                               f'({level:.0%} t intervals over seeds)', note, **kw), seeds=len(s) if why == NEGATIVE_REGRET else iv['n']))
         if kind == 'neuron':
-            sv = seed_interval(s.share, level)
+            sv = seed_interval(s.share, level, within=(0, 1))
             rows.append(_row(key, 'C1: regret grows like sqrt(N), individually', 'section 2.4', f'{r0.optimizer} ({r0.lr_label})', sv,
                              SHOWN, f'share of neurons with exponent in [{band[0]}, {band[1]}]: {_fmt(sv, ".2f")}',
                              _join(f'{s.no_exponent.sum()} of {s.neurons.sum()} neuron fits (over seeds) have no exponent (fewer than 3 positive prefixes) and are not counted'
@@ -372,10 +372,20 @@ def exploration_rows(runs: pd.DataFrame, # one (task, dataset) of a checked runs
                          'nothing to compare: C5 needs RMSProp at its tuned rate and SGD runs')]
 
 # %% ../nbs/15_claims.ipynb #ce156c4a
+def _unit(measures, path, m):
+    "A run's per-unit values of measure `m` (an array), or None."
+    x = measures(path) if measures is not None else None
+    return np.asarray(x[m], float) if x is not None and m in x else None
+
 def _top(measures, path, top):
-    m = measures(path) if measures is not None else None
-    if m is None or 'log_volume' not in m: return np.nan
-    return float(np.sort(np.asarray(m['log_volume'], float))[::-1][:top].mean())
+    u = _unit(measures, path, 'log_volume')
+    return np.nan if u is None else float(np.sort(u)[::-1][:top].mean())
+
+def _per_unit(measures, g, k):
+    "The note on the singular values above the floor unit by unit, over the configuration's seeds."
+    u = [_unit(measures, p, 'sv_above_floor') for p in g.path] if 'path' in g else []
+    u = np.concatenate([a for a in u if a is not None] or [[]])
+    return f'per unit over the seeds: {u.min():g} to {u.max():g}, median {np.median(u):g}; {int((u < k).sum())} of {u.size} units below {k}' if u.size else ''
 
 def volume_rows(runs: pd.DataFrame, # one (task, dataset) of a checked runs table
                 measures: callable | None = None, # path -> dict with a per-unit 'log_volume' array (or None)
@@ -384,7 +394,7 @@ def volume_rows(runs: pd.DataFrame, # one (task, dataset) of a checked runs tabl
                 k: int = 50, # the leading singular values a log-volume sums (figure 5(c); `exploration_measures`' k)
                ) -> list[dict]:
     """Per configuration: mean log-volume, mean of the `top` largest unit log-volumes, singular values above the floor (shown, not
-    judged); with N snapshots at most N - 1 of the k singular values can be above the floor, which a row's note says where N <= k."""
+    judged; the note gives them unit by unit); with N snapshots at most N - 1 of the k singular values can be above the floor, which a row's note says where N <= k."""
     key, rows = tuple(runs[['task', 'dataset']].iloc[0]), []
     runs = runs.assign(**{f'top{top}_log_volume': [_top(measures, p, top) for p in runs.path]}) if 'path' in runs else runs
     for g in _configs(runs, runs.optimizer.unique()):
@@ -395,7 +405,7 @@ def volume_rows(runs: pd.DataFrame, # one (task, dataset) of a checked runs tabl
             few = (f'{n} snapshots: at most {n - 1} of the {k} singular values can be above the floor, so every unit\'s log-volume has '
                    f'at least {k - n + 1} floor terms (snapshot more often than {k} times)') if n is not None and n <= k else ''
             rows.append(_row(key, 'C5: log-volume', 'fig 5, section 3.3', f'{g.optimizer.iloc[0]} ({g.lr_label.iloc[0]})', iv, SHOWN,
-                             f'{m} {_fmt(iv)}', few, measure=m, variant='tf' if g.optimizer.iloc[0].endswith('_tf') else 'torch' if g.optimizer.iloc[0] != 'sgd' else ''))
+                             f'{m} {_fmt(iv)}', _join(few, _per_unit(measures, g, k) if m == 'sv_above_floor' else ''), measure=m, variant='tf' if g.optimizer.iloc[0].endswith('_tf') else 'torch' if g.optimizer.iloc[0] != 'sgd' else ''))
     return rows
 
 # %% ../nbs/15_claims.ipynb #c4f2dd42
@@ -432,17 +442,3 @@ def claims_table(runs: pd.DataFrame, # ntaylor_nb.run.runs_table's table (one ro
         if task == 'convnet': rows += accuracy_rows(r, level)
         rows += exploration_rows(r, level) + volume_rows(r, measures, level)
     return pd.DataFrame(rows).reindex(columns=COLUMNS).astype(dict(layer_number='Int64', seeds=int))
-
-# %% ../nbs/15_claims.ipynb #b9d85c78
-def lr_table(runs: pd.DataFrame, # a runs table with task, dataset and path columns
-             trials: callable = lambda path: Run(path).lr_trials(), # path -> the run's trial table (lr_tuning.csv), or None
-            ) -> pd.DataFrame:
-    "Per (task, dataset, optimizer): the rates tried, the chosen rate, the at-edge flag, the trial horizon and seeds."
-    fr = [t.assign(task=r.task, dataset=r.dataset) for r in runs.itertuples() for t in [trials(r.path)] if t is not None and len(t)]
-    cols = ['task', 'dataset', 'optimizer', 'rates_tried', 'chosen', 'at_edge', 'rounds', 'trial_seeds']
-    if not fr: return pd.DataFrame(columns=cols)
-    t = pd.concat(fr).drop_duplicates()
-    fmt = lambda v: ', '.join(f'{x:g}' for x in sorted(set(v)))
-    return pd.DataFrame([dict(task=k[0], dataset=k[1], optimizer=k[2], rates_tried=fmt(g.lr), chosen=fmt(g.lr[g.chosen.astype(bool)]),
-                              at_edge=bool(g.at_edge.astype(bool).any()), rounds=fmt(g.rounds), trial_seeds=fmt(g.seed))
-                         for k, g in t.groupby(['task', 'dataset', 'optimizer'], sort=False)], columns=cols)

@@ -11,7 +11,7 @@ import pandas as pd
 from .run import LAYOUT, Run
 
 # %% auto #0
-__all__ = ['plot_figure6', 'plot_lr_searches', 'markdown_table', 'failed_points']
+__all__ = ['plot_figure6', 'lr_table', 'plot_lr_searches', 'markdown_table', 'failed_points']
 
 # %% ../nbs/15_report.ipynb #138afe34
 def _label(r) -> str:
@@ -36,6 +36,20 @@ def plot_figure6(runs: pd.DataFrame, # ntaylor_nb.run.runs_table's table
     fig.tight_layout()
     if save is not None: fig.savefig(save, dpi=120)
     return fig
+
+# %% ../nbs/15_report.ipynb #b9d85c78
+def lr_table(runs: pd.DataFrame, # a runs table with task, dataset and path columns
+             trials: callable = lambda path: Run(path).lr_trials(), # path -> the run's trial table (lr_tuning.csv), or None
+            ) -> pd.DataFrame:
+    "Per (task, dataset, optimizer): the rates tried, the chosen rate, the at-edge flag, the trial horizon and seeds."
+    fr = [t.assign(task=r.task, dataset=r.dataset) for r in runs.itertuples() for t in [trials(r.path)] if t is not None and len(t)]
+    cols = ['task', 'dataset', 'optimizer', 'rates_tried', 'chosen', 'at_edge', 'rounds', 'trial_seeds']
+    if not fr: return pd.DataFrame(columns=cols)
+    t = pd.concat(fr).drop_duplicates()
+    fmt = lambda v: ', '.join(f'{x:g}' for x in sorted(set(v)))
+    return pd.DataFrame([dict(task=k[0], dataset=k[1], optimizer=k[2], rates_tried=fmt(g.lr), chosen=fmt(g.lr[g.chosen.astype(bool)]),
+                              at_edge=bool(g.at_edge.astype(bool).any()), rounds=fmt(g.rounds), trial_seeds=fmt(g.seed))
+                         for k, g in t.groupby(['task', 'dataset', 'optimizer'], sort=False)], columns=cols)
 
 # %% ../nbs/15_report.ipynb #06eda5de
 def plot_lr_searches(runs: pd.DataFrame, # a runs table with task, dataset and path columns
