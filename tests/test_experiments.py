@@ -90,6 +90,7 @@ def test_batch_runner_local_skip_and_report(tmp_path, capsys):
               'explorer_static.png', 'claims.csv', 'claims.md', 'claims_all.csv', 'runs.csv'):
         assert (rep / f).stat().st_size > 0, f
     assert summary.stat().st_mtime_ns == analysed, 'the report must reuse the analysis the experiment saved'
+    assert '...</td>' not in (tmp_path / 'report.ipynb').read_text(), 'a table cell cut off (an interval or a note lost on the page)'
     # one seed per optimizer at fixed rates: every growth verdict is inconclusive (3 seeds needed), and the comparisons
     # with SGD at its tuned rate are not measured (no run was tuned); every row names its dataset
     claims = pd.read_csv(rep / 'claims.csv')

@@ -30,3 +30,9 @@ def publish(tmp_path, commit_txt):
 def test_the_page_names_the_commit_that_made_the_runs(tmp_path, txt, says):
     head = publish(tmp_path, txt)
     assert head.startswith('# The report on the runs') and 'executed by `make reproduce`' in head and says in head
+
+
+@pytest.mark.parametrize('page', sorted((ROOT / 'nbs/results').glob('*.ipynb')), ids=lambda p: p.stem)
+def test_published_pages_show_their_tables_whole(page):
+    "No table cell of a published report is cut off by pandas' display width: an interval or a note cut short is lost on the site."
+    assert '...</td>' not in page.read_text()
