@@ -52,16 +52,15 @@ def search_lr(trial: Callable[[float, int], float], # (lr, seed) -> the trial's 
     def score(lr):
         if lr not in losses: losses[lr] = [float(trial(lr, s)) for s in seeds]
         return float(np.mean(losses[lr])) if np.isfinite(losses[lr]).all() else math.inf
-    rates, added, blocked = sorted(set(grid)), {1: 0, -1: 0}, False  # blocked: the next rate up diverged
+    rates, added = sorted(set(grid)), {1: 0, -1: 0}
     for lr in rates: score(lr)
     while True:
         best = min(rates, key=score)  # ties: the smaller rate
         if not math.isfinite(score(best)): d = -1  # every rate tried diverged: go down
-        else: d = 1 if best == rates[-1] and not blocked else -1 if best == rates[0] else 0
+        else: d = 1 if best == rates[-1] else -1 if best == rates[0] else 0  # a rate that diverged is never best: above it, the best is interior
         if d == 0 or added[d] == max_extend: break
         nxt = step(rates[-1] if d > 0 else rates[0], d); added[d] += 1
         rates = sorted([*rates, nxt])
-        blocked = blocked or (d > 0 and not math.isfinite(score(nxt)))
     if not math.isfinite(score(best)): raise FloatingPointError(f'every rate diverged, down to {rates[0]:g}: no learning rate found')
     at_edge = d != 0
     rows = [dict(lr=lr, seed=s, final_loss=v, diverged=not math.isfinite(v), mean_loss=score(lr), extended=lr not in grid,
