@@ -27,6 +27,7 @@ $(STAMP): settings.ini setup.py
 #  3. sgd_rates/: SGD at SGD_FACTORS times its tuned rate (the paper's exploration claim is for several SGD rates),
 #     activations only;
 #  4. tf/: TensorFlow 1's RMSProp and Adam (the paper's defaults) at their own tuned rates, activations only;
+#     tf_rates/: the same at the rates tuned for PyTorch's RMSProp and Adam (the control: the implementation without its rate);
 #  5. the report (papermill): learning-rate searches, figures 3-6, the claims table with intervals over seeds.
 # Every run snapshots the probe set SNAPSHOTS times, evenly over training (more than the 50 singular values figure 5
 # uses). A point that fails (a rate that diverges) is listed in its results.csv and the report says what is missing.
@@ -46,6 +47,8 @@ define protocol
 	  "$${common[@]}" --param 'layers=[]' --param 'neuron_layers=[]' || echo "WARNING: some runs of $(1)/sgd_rates failed (see its results.csv)"
 	$(BIN)/ntaylor-batch $$nb --out $(1)/tf --grid seed=$(SEEDS) --grid optimizer=rmsprop_tf,adam_tf \
 	  "$${common[@]}" --param 'layers=[]' --param 'neuron_layers=[]' || echo "WARNING: some runs of $(1)/tf failed (see its results.csv)"
+	$(BIN)/ntaylor-batch $$nb --out $(1)/tf_rates --grid seed=$(SEEDS) --grid optimizer=rmsprop_tf,adam_tf --param lr_of=torch \
+	  "$${common[@]}" --param 'layers=[]' --param 'neuron_layers=[]' || echo "WARNING: some runs of $(1)/tf_rates failed (see its results.csv)"
 	# (ipykernel warns at each start that its local sockets are unencrypted: that one line is dropped, all else kept)
 	$(PAPERMILL) nbs/experiments/report.ipynb $(1)/report.ipynb -p runs_dir $(1) -p interactive False \
 	  2> >(grep -v 'Kernel is running over TCP without encryption' >&2)

@@ -29,7 +29,8 @@ FASTER = "faster than sqrt(N) (beyond Theorem 2's bound)"
 NEGATIVE = "negative at the last prefix (within Theorem 2's bound)"  # the regret, in every seed: a sign, not an exponent
 NEGATIVE_REGRET = "negative regret: the loss incurred is below the hindsight Taylor optimum's"
 ADAPTIVE = ('rmsprop', 'adam', 'rmsprop_tf', 'adam_tf')  # compared with SGD
-VARIANTS = {'torch': ('rmsprop', 'adam'), 'tf': ('rmsprop_tf', 'adam_tf')}  # (RMSProp, Adam) of each implementation
+VARIANTS = {'torch': (('rmsprop', 'tuned'), ('adam', 'tuned')), 'tf': (('rmsprop_tf', 'tuned'), ('adam_tf', 'tuned')),  # ((RMSProp, label), (Adam, label))
+            'tf at torch rates': (('rmsprop_tf', 'tuned for rmsprop'), ('adam_tf', 'tuned for adam'))}  # the control: implementation without rate
 GROUP = ['task', 'dataset', 'optimizer', 'lr_label']  # one configuration
 COLUMNS = ['task', 'dataset', 'claim', 'paper', 'compared', 'variant', 'measure', 'kind', 'layer_number', 'seeds',
            'estimate', 'ci_low', 'ci_high', 'measured', 'verdict', 'note']
@@ -265,6 +266,10 @@ def _configs(runs, opts, label=None):
     sel = runs[runs.optimizer.isin(opts) & ((runs.lr_label == label) if label is not None else True)]
     return [g for _, g in sel.groupby(['optimizer', 'lr_label'], sort=False)]
 
+def _variant(g):
+    "The variant (`VARIANTS`) a configuration belongs to, or '' (SGD, or a rate of its own)."
+    return next((v for v, pairs in VARIANTS.items() if (g.optimizer.iloc[0], g.lr_label.iloc[0]) in pairs), '')
+
 def loss_rows(runs: pd.DataFrame, # one (task, dataset) of a checked runs table
               level: float = 0.95, # coverage of the intervals
              ) -> list[dict]:
@@ -335,12 +340,6 @@ def accuracy_rows(runs: pd.DataFrame, # one (task, dataset) of a checked runs ta
     return rows
 
 # %% ../nbs/15_claims.ipynb #06f6612c
-def _same_snapshots(*gs):
-    n = {f'{g.optimizer.iloc[0]} ({g.lr_label.iloc[0]})': int(g.snapshots.dropna().iloc[0]) for g in gs if 'snapshots' in g and g.snapshots.notna().any()}
-    if len(set(n.values())) > 1:
-        raise ValueError(f'exploration compared over different snapshot counts ({", ".join(f"{k}: {v}" for k, v in n.items())}): '
-                         'the measures depend on the number of snapshots')
-
 def _adam_row(key, sgd, rms, adam, m, level, variant):
     a = _against(key, rms, [adam], m, level, '', '')[0]; b = _against(key, adam, [sgd], m, level, '', '')[0]
     vs = [a['verdict'], b['verdict']]
@@ -355,19 +354,18 @@ def _adam_row(key, sgd, rms, adam, m, level, variant):
 def exploration_rows(runs: pd.DataFrame, # one (task, dataset) of a checked runs table
                      level: float = 0.95, # coverage of the intervals
                     ) -> list[dict]:
-    "C5 on novelty and switches: RMSProp against each SGD configuration, and Adam between them, per variant (torch, tf)."
+    "C5 on novelty and switches: RMSProp against each SGD configuration, and Adam between them, per variant (`VARIANTS`)."
     key, rows = tuple(runs[['task', 'dataset']].iloc[0]), []
     ms = [m for m in ('novelty', 'switches') if m in runs and runs[m].notna().any()]
     if not ms: return [_row(key, 'C5: exploration', 'fig 5, section 3.3', '', seed_interval([]), NOT_MEASURED, '', 'no exploration measures')]
-    for variant, (rn, an) in VARIANTS.items():
-        for rms in _configs(runs, [rn], 'tuned'):
+    for variant, ((rn, rl), (an, al)) in VARIANTS.items():
+        for rms in _configs(runs, [rn], rl):
             for sgd in _configs(runs, ['sgd']):
-                _same_snapshots(rms, sgd)
                 for m in ms:
                     r = _against(key, rms, [sgd], m, level, 'C5: RMSProp explores more than SGD', 'fig 5, section 3.3')[0]
                     rows.append(dict(r, variant=variant))
-                    for adam in _configs(runs, [an], 'tuned'):
-                        _same_snapshots(rms, sgd, adam); rows.append(_adam_row(key, sgd, rms, adam, m, level, variant))
+                    for adam in _configs(runs, [an], al):
+                        rows.append(_adam_row(key, sgd, rms, adam, m, level, variant))
     return rows or [_row(key, 'C5: exploration', 'fig 5, section 3.3', '', seed_interval([]), NOT_MEASURED, '',
                          'nothing to compare: C5 needs RMSProp at its tuned rate and SGD runs')]
 
@@ -405,18 +403,21 @@ def volume_rows(runs: pd.DataFrame, # one (task, dataset) of a checked runs tabl
             few = (f'{n} snapshots: at most {n - 1} of the {k} singular values can be above the floor, so every unit\'s log-volume has '
                    f'at least {k - n + 1} floor terms (snapshot more often than {k} times)') if n is not None and n <= k else ''
             rows.append(_row(key, 'C5: log-volume', 'fig 5, section 3.3', f'{g.optimizer.iloc[0]} ({g.lr_label.iloc[0]})', iv, SHOWN,
-                             f'{m} {_fmt(iv)}', _join(few, _per_unit(measures, g, k) if m == 'sv_above_floor' else ''), measure=m, variant='tf' if g.optimizer.iloc[0].endswith('_tf') else 'torch' if g.optimizer.iloc[0] != 'sgd' else ''))
+                             f'{m} {_fmt(iv)}', _join(few, _per_unit(measures, g, k) if m == 'sv_above_floor' else ''), measure=m, variant=_variant(g)))
     return rows
 
 # %% ../nbs/15_claims.ipynb #c4f2dd42
 def variant_agreement(claims: pd.DataFrame, # claims_table's table
                      ) -> pd.DataFrame:
-    "Per (task, dataset, claim, SGD configuration, measure): the torch and tf verdicts of C5 and whether they are the same."
-    c = claims[claims.claim.str.startswith('C5') & claims.variant.isin(['torch', 'tf']) & (claims.verdict != SHOWN)].copy()
+    """Per (task, dataset, claim, SGD configuration, measure): the C5 verdicts of each variant (`VARIANTS`), whether tf's is torch's
+    (`same`), and, where the control ran, whether tf's at torch's rates is (`same_at_torch_rates`: the implementation alone)."""
+    c = claims[claims.claim.str.startswith('C5') & claims.variant.isin(list(VARIANTS)) & (claims.verdict != SHOWN)].copy()
     c['against'] = c.compared.str.extract(r'(sgd \(.*\))$', expand=False)
     w = c.pivot_table(index=['task', 'dataset', 'claim', 'against', 'measure'], columns='variant', values='verdict', aggfunc='first')
-    w = w.reindex(columns=['torch', 'tf']).reset_index().dropna(subset=['torch', 'tf'])
-    return w.assign(same=w.torch == w.tf).rename_axis(columns=None).reset_index(drop=True)
+    w = w.reindex(columns=list(VARIANTS)).reset_index().dropna(subset=['torch', 'tf'])
+    ctl = w['tf at torch rates']
+    w = w.assign(same=w.torch == w.tf, same_at_torch_rates=(w.torch == ctl).where(ctl.notna()))
+    return w.dropna(axis=1, how='all').rename_axis(columns=None).reset_index(drop=True)
 
 # %% ../nbs/15_claims.ipynb #126b26bf
 def _regret(runs, tables):

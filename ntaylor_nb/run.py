@@ -146,13 +146,15 @@ def _table(self: Run, name):
     return pd.read_csv(f) if f.is_file() else None
 
 # %% ../nbs/13_run.ipynb #e348a47d
-def _lr_origin(run: Run, lr: float) -> dict:
-    "lr_tuned (the search's choice, or None) and lr_label ('tuned', 'tuned x F' or 'fixed') of a run whose rate is `lr`."
+def _lr_origin(run: Run, lr: float, optimizer: str | None = None) -> dict:
+    """lr_tuned (the search's choice, or None) and lr_label ('tuned', 'tuned x F' or 'fixed') of a run of `optimizer` whose rate is `lr`;
+    a rate searched for another optimizer (a control: one implementation at another's rate) is 'tuned for OTHER' (x F)."""
     t = run.lr_trials()
     if t is None: return dict(lr_tuned=None, lr_label='fixed')
     tuned = float(t.lr[t.chosen].iloc[0])
-    factor = lr / tuned
-    return dict(lr_tuned=tuned, lr_label='tuned' if np.isclose(factor, 1, rtol=1e-9) else f'tuned x {factor:.3g}')
+    factor, other = lr / tuned, t.optimizer.iloc[0] if 'optimizer' in t else optimizer
+    base = 'tuned' if other == optimizer or optimizer is None else f'tuned for {other}'
+    return dict(lr_tuned=tuned, lr_label=base if np.isclose(factor, 1, rtol=1e-9) else f'{base} x {factor:.3g}')
 
 # %% ../nbs/13_run.ipynb #19b86649
 def _training_summary(run: Run) -> dict:
@@ -160,7 +162,7 @@ def _training_summary(run: Run) -> dict:
     p, done = run.params, run.result
     c = p['config']
     acc = done['last_epoch_accuracy']
-    return dict(task=c['task'], dataset=c['dataset'], optimizer=c['optimizer'], lr=c['lr'], **_lr_origin(run, c['lr']), seed=c['seed'], rounds=done['rounds'], batch_size=p.get('batch_size'),
+    return dict(task=c['task'], dataset=c['dataset'], optimizer=c['optimizer'], lr=c['lr'], **_lr_origin(run, c['lr'], c['optimizer']), seed=c['seed'], rounds=done['rounds'], batch_size=p.get('batch_size'),
                 epochs_trained=done['rounds'] / p['rounds_per_epoch'], last_epoch_loss=done['last_epoch_loss'], device=p['device'], last_epoch_accuracy=acc if np.isfinite(acc or np.nan) else None)
 
 # %% ../nbs/13_run.ipynb #ddb1a7aa

@@ -19,7 +19,7 @@ from .train import TASKS, RunConfig, train_run
 
 # %% auto #0
 __all__ = ['LR_GRID', 'TRIAL_SCORE', 'TUNE_SEEDS', 'half_decade', 'LRSearch', 'search_lr', 'rounds_per_epoch', 'trial_score',
-           'tune_lr']
+           'tune_lr', 'rate_source']
 
 # %% ../nbs/12_tune.ipynb #ff374e34
 LR_GRID = {'sgd': [0.01, 0.03, 0.1, 0.3, 1.0], 'rmsprop': [1e-4, 3e-4, 1e-3, 3e-3, 1e-2], 'adam': [1e-4, 3e-4, 1e-3, 3e-3, 1e-2],
@@ -150,3 +150,16 @@ def tune_lr(cfg: RunConfig, # the run to tune (its lr and seed are ignored)
     s = s._replace(trials=s.trials.assign(optimizer=cfg.optimizer, rounds=rounds)[['optimizer', 'rounds', *s.trials]])
     if cache is not None: _save_search(cache, key, s)
     return s
+
+# %% ../nbs/12_tune.ipynb #b8d2f1c3
+def rate_source(optimizer: str, # the run's optimizer
+                lr_of: str | None = None, # None (its own search), an optimizer's name, or 'torch' (a TensorFlow variant's PyTorch counterpart)
+               ) -> str:
+    "The optimizer whose learning-rate search a run of `optimizer` trains at."
+    if lr_of is None: return optimizer
+    if lr_of == 'torch':
+        if not optimizer.endswith('_tf'):
+            raise ValueError(f"lr_of='torch' takes the rate tuned for a TensorFlow variant's PyTorch counterpart; optimizer={optimizer!r} is no such variant (rmsprop_tf and adam_tf are)")
+        return optimizer.removesuffix('_tf')
+    if lr_of not in LR_GRID: raise ValueError(f'lr_of={lr_of!r}: allowed are None (the run\'s own search), "torch", or an optimizer: {", ".join(LR_GRID)}')
+    return lr_of

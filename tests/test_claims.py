@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from ntaylor_nb.claims import (CONSISTENT, FAILS, FASTER, HOLDS, INCONCLUSIVE, NEGATIVE, NEGATIVE_REGRET, NOT_MEASURED, SHOWN, SLOWER,
-                               claims_table, exploration_rows, variant_agreement)
+                               claims_table, variant_agreement)
 from ntaylor_nb.report import lr_table
 
 N = np.unique(np.geomspace(1, 400, 40).round())  # log-spaced prefixes, as hindsight's
@@ -256,6 +256,25 @@ def test_variant_agreement():
     assert a.loc[('C5: RMSProp explores more than SGD', 'sgd (tuned)', 'novelty')].tolist() == [HOLDS, INCONCLUSIVE, False]
     assert a.loc[('C5: RMSProp explores more than SGD', 'sgd (tuned)', 'switches')].tolist() == [HOLDS, HOLDS, True]
     assert len(a) == 8  # 2 claims x 2 SGD rates x 2 measures
+    assert 'tf at torch rates' not in a and 'same_at_torch_rates' not in a  # no control ran: no column for it
+
+
+def test_the_control_separates_the_implementation_from_its_rate():
+    "rmsprop_tf at the rate tuned for rmsprop (the control) is judged as a variant of its own, and set beside torch's verdicts."
+    runs = exploration_runs(rms_tf_novelty=(11.0, 10, 12))  # tf at its own rate: inconclusive on novelty against sgd (tuned)
+    ctl = runs_table({('rmsprop_tf', 'tuned for rmsprop'): dict(novelty=[20.5, 22, 21.5], switches=[0.2, 0.22, 0.21], log_volume=[-310.0, -311, -309], snapshots=[21] * 3),
+                      ('adam_tf', 'tuned for adam'): dict(novelty=[15.0, 16, 17], switches=[0.15, 0.16, 0.17], log_volume=[-315.0, -316, -314], snapshots=[21] * 3)})
+    t = claims_table(pd.concat([runs, ctl]), regret_table=lambda p: None, measures=None)
+    rms = 'C5: RMSProp explores more than SGD'
+    r = c_row(t[t.variant == 'tf at torch rates'], rms, 'rmsprop_tf (tuned for rmsprop) vs sgd (tuned)', 'novelty')
+    d = np.subtract([20.5, 22, 21.5], [10.0, 11, 12])
+    assert r.verdict == HOLDS and r.estimate == pytest.approx(d.mean())
+    a = variant_agreement(t).set_index(['claim', 'against', 'measure'])
+    row = a.loc[(rms, 'sgd (tuned)', 'novelty')]
+    assert [row.torch, row.tf, row['tf at torch rates'], row.same, row.same_at_torch_rates] == [HOLDS, INCONCLUSIVE, HOLDS, False, True]
+    assert a.same_at_torch_rates.notna().all() and len(a) == 8
+    lv = t[(t.claim == 'C5: log-volume') & (t.compared == 'rmsprop_tf (tuned for rmsprop)')]
+    assert len(lv) and (lv.variant == 'tf at torch rates').all()
 
 
 def test_pooling_refused():
@@ -270,8 +289,6 @@ def test_pooling_refused():
         claims_table(runs.assign(snapshots=np.where((runs.optimizer == 'rmsprop') & (runs.seed == 0), 6, 21)), measures=None)
     with pytest.raises(ValueError, match=r'runs of different snapshot counts would be compared \(6: sgd \(tuned x 10\), sgd \(tuned\); 21: adam'):
         claims_table(runs.assign(snapshots=np.where(runs.optimizer == 'sgd', 6, 21)), regret_table=lambda p: None, measures=None)
-    with pytest.raises(ValueError, match=r'exploration compared over different snapshot counts \(rmsprop \(tuned\): 21, sgd \(tuned\): 6\)'):
-        exploration_rows(runs.assign(snapshots=np.where(runs.optimizer == 'sgd', 6, 21)))  # called alone, without check_runs
     with pytest.raises(ValueError, match=r'holds seed\(s\) \[1\] more than once'):
         claims_table(runs.assign(seed=np.where(runs.seed == 2, 1, runs.seed)), measures=None)
     # runs of one (task, dataset) are compared with each other: a different length or minibatch size anywhere is refused
