@@ -87,8 +87,7 @@ def _name(key): return '(' + ', '.join(map(str, key)) + ')'
 
 def check_runs(runs: pd.DataFrame, # ntaylor_nb.run.runs_table's table
               ) -> pd.DataFrame:
-    """`runs`, after refusing (ValueError) any table that would pool datasets or learning rates, repeat a seed, or compare runs of
-    different lengths, minibatch sizes or snapshot counts within a (task, dataset)."""
+    "`runs`, after refusing (ValueError) a table that would pool, repeat a seed, compare unlike runs, or a control off its rate."
     miss = [c for c in GROUP + ['lr', 'seed'] if c not in runs]
     if miss: raise ValueError(f'runs has no {", ".join(miss)} column: claims are computed per (task, dataset) and '
                               'configurations are (task, dataset, optimizer, lr_label); nothing is pooled across them')
@@ -105,6 +104,11 @@ def check_runs(runs: pd.DataFrame, # ntaylor_nb.run.runs_table's table
             if col in g and g[col].dropna().nunique() > 1:
                 per = '; '.join(f'{v:g}: ' + ', '.join(sorted(set(r.optimizer + ' (' + r.lr_label + ')'))) for v, r in g.groupby(col))
                 raise ValueError(f'{key[0]} on {key[1]}: runs of different {what} would be compared ({per}): {why}; put them under their own runs folder')
+        for (o, l), c in g.groupby(['optimizer', 'lr_label'], sort=False):  # a control ('tuned for X') trains at X's tuned rate, or it is none
+            x = g[(g.optimizer == l.removeprefix('tuned for ')) & (g.lr_label == 'tuned')].lr
+            if l.startswith('tuned for ') and len(x) and not np.isclose(c.lr.iloc[0], x.iloc[0], rtol=1e-9):
+                raise ValueError(f'{key[0]} on {key[1]}: {o} ({l}) trained at lr {c.lr.iloc[0]:g}, but {l.removeprefix("tuned for ")} (tuned) at {x.iloc[0]:g}: '
+                                 'its search was made again and chose otherwise, so it is no control at one rate; run both from one tuning cache')
     return runs
 
 # %% ../nbs/15_claims.ipynb #70fcb076
@@ -397,7 +401,7 @@ def volume_rows(runs: pd.DataFrame, # one (task, dataset) of a checked runs tabl
     runs = runs.assign(**{f'top{top}_log_volume': [_top(measures, p, top) for p in runs.path]}) if 'path' in runs else runs
     for g in _configs(runs, runs.optimizer.unique()):
         for m in ('log_volume', f'top{top}_log_volume', 'sv_above_floor'):
-            iv = seed_interval(_series(g, m), level)
+            iv = seed_interval(_series(g, m), level, within=(0, k) if m == 'sv_above_floor' else None)  # a count of the k
             if iv['n'] == 0: continue
             n = int(g.snapshots.max()) if 'snapshots' in g and g.snapshots.notna().any() else None
             few = (f'{n} snapshots: at most {n - 1} of the {k} singular values can be above the floor, so every unit\'s log-volume has '

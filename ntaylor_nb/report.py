@@ -81,15 +81,17 @@ def implementation_effect(runs: pd.DataFrame, # a runs table (ntaylor_nb.run.run
                           measures: tuple = ('novelty', 'switches', 'log_volume', 'last_epoch_loss'), # the columns compared
                          ) -> pd.DataFrame:
     "Per (task, dataset), optimizer and measure: TensorFlow's rules minus PyTorch's at PyTorch's tuned rate (the control), paired by seed."
-    cols = ['task', 'dataset', 'compared', 'lr', 'measure', 'torch', 'tf', 'difference', 'ci_low', 'ci_high', 'seeds']
+    cols = ['task', 'dataset', 'compared', 'lr', 'measure', 'torch', 'tf', 'difference', 'ci_low', 'ci_high', 'seeds', 'method', 'dropped']
     rows = []
     for (task, ds), r in runs.groupby(['task', 'dataset'], sort=False):
         for (to, tl), (co, cl) in zip(VARIANTS['torch'], VARIANTS['tf at torch rates']):
             a, b = (r[(r.optimizer == o) & (r.lr_label == l)].set_index('seed') for o, l in ((co, cl), (to, tl)))
             for m in (m for m in measures if m in r and len(a) and len(b)):
                 iv = seed_difference(a[m].astype(float), b[m].astype(float), level)
-                rows.append(dict(task=task, dataset=ds, compared=f'{co} ({cl}) - {to} ({tl})', lr=float(a.lr.iloc[0]), measure=m, torch=float(b[m].mean()),
-                                 tf=float(a[m].mean()), difference=iv['estimate'], ci_low=iv['ci_low'], ci_high=iv['ci_high'], seeds=iv['n']))
+                on = lambda x: x.drop(iv['dropped'], errors='ignore') if iv['method'] == 'paired' else x  # each side's mean over the seeds compared
+                rows.append(dict(task=task, dataset=ds, compared=f'{co} ({cl}) - {to} ({tl})', lr=float(a.lr.iloc[0]), measure=m, torch=float(on(b[m]).mean()),
+                                 tf=float(on(a[m]).mean()), difference=iv['estimate'], ci_low=iv['ci_low'], ci_high=iv['ci_high'], seeds=iv['n'],
+                                 method=iv['method'], dropped=iv['dropped']))
     return pd.DataFrame(rows, columns=cols)
 
 # %% ../nbs/15_report.ipynb #70b0455f

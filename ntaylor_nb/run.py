@@ -147,8 +147,7 @@ def _table(self: Run, name):
 
 # %% ../nbs/13_run.ipynb #e348a47d
 def _lr_origin(run: Run, lr: float, optimizer: str | None = None) -> dict:
-    """lr_tuned (the search's choice, or None) and lr_label ('tuned', 'tuned x F' or 'fixed') of a run of `optimizer` whose rate is `lr`;
-    a rate searched for another optimizer (a control: one implementation at another's rate) is 'tuned for OTHER' (x F)."""
+    "lr_tuned (the search's choice, or None) and lr_label ('tuned', 'tuned for OTHER' where another optimizer's search set it, x F, or 'fixed')."
     t = run.lr_trials()
     if t is None: return dict(lr_tuned=None, lr_label='fixed')
     tuned = float(t.lr[t.chosen].iloc[0])
@@ -162,8 +161,9 @@ def _training_summary(run: Run) -> dict:
     p, done = run.params, run.result
     c = p['config']
     acc = done['last_epoch_accuracy']
-    return dict(task=c['task'], dataset=c['dataset'], optimizer=c['optimizer'], lr=c['lr'], **_lr_origin(run, c['lr'], c['optimizer']), seed=c['seed'], rounds=done['rounds'], batch_size=p.get('batch_size'),
-                epochs_trained=done['rounds'] / p['rounds_per_epoch'], last_epoch_loss=done['last_epoch_loss'], device=p['device'], last_epoch_accuracy=acc if np.isfinite(acc or np.nan) else None)
+    return dict(task=c['task'], dataset=c['dataset'], optimizer=c['optimizer'], lr=c['lr'], **_lr_origin(run, c['lr'], c['optimizer']), seed=c['seed'],
+                rounds=done['rounds'], batch_size=p.get('batch_size'), epochs_trained=done['rounds'] / p['rounds_per_epoch'],
+                last_epoch_loss=done['last_epoch_loss'], device=p['device'], last_epoch_accuracy=acc if np.isfinite(acc or np.nan) else None)
 
 # %% ../nbs/13_run.ipynb #ddb1a7aa
 def _analyze_regret(run: Run, prefixes: int, progress: bool, device: str) -> dict:
