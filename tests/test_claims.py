@@ -275,6 +275,10 @@ def test_the_control_separates_the_implementation_from_its_rate():
     assert a.same_at_torch_rates.notna().all() and len(a) == 8
     lv = t[(t.claim == 'C5: log-volume') & (t.compared == 'rmsprop_tf (tuned for rmsprop)')]
     assert len(lv) and (lv.variant == 'tf at torch rates').all()
+    # the control's loss is no C2 evidence: it trains at another optimizer's rate
+    c2 = claims_table(pd.concat([runs, ctl]).assign(last_epoch_loss=0.1), regret_table=lambda p: None, measures=None)
+    c2 = c2[c2.claim.str.startswith('C2')]
+    assert len(c2) == 4 and not c2.compared.str.contains('tuned for').any(), c2.compared.tolist()
 
 
 def test_pooling_refused():
