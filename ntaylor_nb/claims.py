@@ -104,10 +104,10 @@ def check_runs(runs: pd.DataFrame, # ntaylor_nb.run.runs_table's table
             if col in g and g[col].dropna().nunique() > 1:
                 per = '; '.join(f'{v:g}: ' + ', '.join(sorted(set(r.optimizer + ' (' + r.lr_label + ')'))) for v, r in g.groupby(col))
                 raise ValueError(f'{key[0]} on {key[1]}: runs of different {what} would be compared ({per}): {why}; put them under their own runs folder')
-        for (o, l), c in g.groupby(['optimizer', 'lr_label'], sort=False):  # a control ('tuned for X') trains at X's tuned rate, or it is none
-            x = g[(g.optimizer == l.removeprefix('tuned for ')) & (g.lr_label == 'tuned')].lr
-            if l.startswith('tuned for ') and len(x) and not np.isclose(c.lr.iloc[0], x.iloc[0], rtol=1e-9):
-                raise ValueError(f'{key[0]} on {key[1]}: {o} ({l}) trained at lr {c.lr.iloc[0]:g}, but {l.removeprefix("tuned for ")} (tuned) at {x.iloc[0]:g}: '
+        for (o, l), c in g[g.lr_label.str.startswith('tuned for ')].groupby(['optimizer', 'lr_label'], sort=False):  # a control ('tuned for X') trains at X's tuned rate, or it is none
+            x = g[(g.optimizer == (X := l.removeprefix('tuned for '))) & (g.lr_label == 'tuned')].lr
+            if len(x) and not np.isclose(c.lr.iloc[0], x.iloc[0], rtol=1e-9):
+                raise ValueError(f'{key[0]} on {key[1]}: {o} ({l}) trained at lr {c.lr.iloc[0]:g}, but {X} (tuned) at {x.iloc[0]:g}: '
                                  'its search was made again and chose otherwise, so it is no control at one rate; run both from one tuning cache')
     return runs
 
@@ -399,6 +399,7 @@ def volume_rows(runs: pd.DataFrame, # one (task, dataset) of a checked runs tabl
     """Per configuration: mean log-volume, mean of the `top` largest unit log-volumes, singular values above the floor (shown, not
     judged; the note gives them unit by unit); with N snapshots at most N - 1 of the k singular values can be above the floor, which a row's note says where N <= k."""
     key, rows = tuple(runs[['task', 'dataset']].iloc[0]), []
+    measures = lru_cache(maxsize=None)(measures) if measures is not None else None  # each run's file read once, for both its uses
     runs = runs.assign(**{f'top{top}_log_volume': [_top(measures, p, top) for p in runs.path]}) if 'path' in runs else runs
     for g in _configs(runs, runs.optimizer.unique()):
         for m in ('log_volume', f'top{top}_log_volume', 'sv_above_floor'):

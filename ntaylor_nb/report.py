@@ -39,14 +39,18 @@ def plot_figure6(runs: pd.DataFrame, # ntaylor_nb.run.runs_table's table
     return fig
 
 # %% ../nbs/15_report.ipynb #b9d85c78
+def _trials(runs, trials=lambda path: Run(path).lr_trials()):
+    "Every run's trial table (lr_tuning.csv) with its task and dataset, one after another; None where no run has one."
+    fr = [t.assign(task=r.task, dataset=r.dataset) for r in runs.itertuples() for t in [trials(r.path)] if t is not None and len(t)]
+    return pd.concat(fr) if fr else None
+
 def lr_table(runs: pd.DataFrame, # a runs table with task, dataset and path columns
              trials: callable = lambda path: Run(path).lr_trials(), # path -> the run's trial table (lr_tuning.csv), or None
             ) -> pd.DataFrame:
     "Per (task, dataset, optimizer): the rates tried, the chosen rate, the at-edge flag, the trial horizon and seeds."
-    fr = [t.assign(task=r.task, dataset=r.dataset) for r in runs.itertuples() for t in [trials(r.path)] if t is not None and len(t)]
     cols = ['task', 'dataset', 'optimizer', 'rates_tried', 'chosen', 'at_edge', 'rounds', 'trial_seeds']
-    if not fr: return pd.DataFrame(columns=cols)
-    t = pd.concat(fr).drop_duplicates()
+    if (t := _trials(runs, trials)) is None: return pd.DataFrame(columns=cols)
+    t = t.drop_duplicates()
     fmt = lambda v: ', '.join(f'{x:g}' for x in sorted(set(v)))
     return pd.DataFrame([dict(task=k[0], dataset=k[1], optimizer=k[2], rates_tried=fmt(g.lr), chosen=fmt(g.lr[g.chosen.astype(bool)]),
                               at_edge=bool(g.at_edge.astype(bool).any()), rounds=fmt(g.rounds), trial_seeds=fmt(g.seed))
@@ -58,9 +62,8 @@ def plot_lr_searches(runs: pd.DataFrame, # a runs table with task, dataset and p
                     ):
     "Mean final trial loss against the learning rate per optimizer, one panel per task and dataset; chosen rates marked."
     import matplotlib.pyplot as plt
-    fr = [t.assign(task=r.task, dataset=r.dataset) for r in runs.itertuples() for t in [Run(r.path).lr_trials()] if t is not None]
-    if not fr: return None
-    t = pd.concat(fr).drop_duplicates(['task', 'dataset', 'optimizer', 'rounds', 'lr', 'seed'])
+    if (t := _trials(runs)) is None: return None
+    t = t.drop_duplicates(['task', 'dataset', 'optimizer', 'rounds', 'lr', 'seed'])
     keys = list(dict.fromkeys(zip(t.task, t.dataset)))
     fig, axs = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
     for ax, (task, ds) in zip(axs[0], keys):
@@ -86,7 +89,8 @@ def implementation_effect(runs: pd.DataFrame, # a runs table (ntaylor_nb.run.run
     for (task, ds), r in runs.groupby(['task', 'dataset'], sort=False):
         for (to, tl), (co, cl) in zip(VARIANTS['torch'], VARIANTS['tf at torch rates']):
             a, b = (r[(r.optimizer == o) & (r.lr_label == l)].set_index('seed') for o, l in ((co, cl), (to, tl)))
-            for m in (m for m in measures if m in r and len(a) and len(b)):
+            if a.empty or b.empty: continue  # the control, or its counterpart, did not run
+            for m in (m for m in measures if m in r):
                 iv = seed_difference(a[m].astype(float), b[m].astype(float), level)
                 on = lambda x: x.drop(iv['dropped'], errors='ignore') if iv['method'] == 'paired' else x  # each side's mean over the seeds compared
                 rows.append(dict(task=task, dataset=ds, compared=f'{co} ({cl}) - {to} ({tl})', lr=float(a.lr.iloc[0]), measure=m, torch=float(on(b[m]).mean()),
