@@ -88,7 +88,7 @@ def regret_exponents(df: pd.DataFrame, # hindsight's table (optionally with a `s
     left out of the fit for every scope of the group (in a table of several seeds: for every seed, where `ntaylor_nb.claims`
     decides per seed), so that the mean is over the same scopes at every N; `left_out` counts those with N >= lo."""
     rows, df = [], df.assign(seed=df['seed'] if 'seed' in df else 0)
-    for (kind, layer), g in df.groupby(['kind', 'layer'], sort=False):
+    for (kind, layer), g in df.groupby(['kind', 'layer'], sort=False, dropna=False):  # a network scope has no layer (NaN once read back)
         fits = interpolating_by_N(g, every=False)
         R = g.pivot_table(index=['scope', 'seed'], columns='N', values='regret')
         R = R.loc[:, ~fits.loc[R.columns].to_numpy()]
