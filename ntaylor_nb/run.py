@@ -111,7 +111,7 @@ def _open(cls, path): return cls(path) if path.exists() else None
 @patch
 def analyze(self: Run, prefixes: int | None = None, # log-spaced prefixes for the hindsight solve (None: as saved, or 64)
             progress: bool = False, # show progress bars while computing
-            device: str = 'cpu', # where convex solves of cross-entropy scopes run ("auto": CUDA when present)
+            device: str = 'cpu', # where the convex solves of cross-entropy and convolution scopes and the matrix-free layer scopes run ("auto": CUDA when present)
             refresh: bool = False, # recompute even if saved
            ) -> dict:
     "The flat summary; computed (with every analysis table) if missing, refreshed or asked for other `prefixes`, else read."
