@@ -410,8 +410,9 @@ def hindsight(rec: RegretRecording | str | Path, # a recording (or its folder)
             r += take; done += take
             if done == prefixes[pi]:
                 N, cum = done, float(losses[:done].sum())
-                for a in accs:
-                    rows += [_row(sc, nums, N, steps, cum, *res) for sc, res in a.solve(GAP_TOL * N).items()]
+                new = [_row(sc, nums, N, steps, cum, *res) for a in accs for sc, res in a.solve(GAP_TOL * N).items()]
+                rows += new  # the bar says how many of this prefix's solves did not meet the stop rule (seen also in a run stopped midway)
+                bar.set_postfix_str(f'N={N}: {sum(not r["certified"] for r in new)} of {len(new)} uncertified', refresh=False)
                 pi += 1; bar.update()
     bar.close()
     return _table(rows, mf, np.concatenate(B_all))

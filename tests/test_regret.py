@@ -466,3 +466,25 @@ def test_warm_start_is_the_best_point_on_the_ray_through_the_last_optimum():
     assert f0[1] < ends - 0.1  # a point inside the ray is lower than both (36.97); the start before took the lower end
     assert torch.equal(V0[0], zero[0])  # neuron 0 is inactive on the 5 samples: its last optimum is 0
     assert acc._start(prob, ['a', 'c'], two, 145, 'cpu')[1] is None  # a scope without a last optimum: from 0
+
+
+
+def test_progress_bar_counts_uncertified_solves(tmp_path, monkeypatch):
+    "The bar's postfix at each prefix counts the solves that did not meet the stop rule, as the finished table does."
+    import tqdm.auto
+    import ntaylor_nb.hindsight as hs
+    seen = []
+    class Bar(tqdm.auto.tqdm):
+        def set_postfix_str(self, s='', refresh=True): seen.append(s); super().set_postfix_str(s, refresh)
+    monkeypatch.setattr(tqdm.auto, 'tqdm', Bar)
+    train(convnet, 'cross_entropy', 'paper', tmp_path / 'c', rounds=8)
+    def check(**kw):
+        seen.clear()
+        df = hindsight(tmp_path / 'c', [2, 5, 8], progress=True, **kw)
+        assert seen == [f'N={N}: {int((~g.certified).sum())} of {len(g)} uncertified' for N, g in df.groupby('N')], seen
+        return df
+    check(solver='lbfgs', scopes=['neuron:4:0'])  # L-BFGS has no certificate: 1 of 1 uncertified at every prefix
+    assert seen == [f'N={N}: 1 of 1 uncertified' for N in (2, 5, 8)]
+    monkeypatch.setattr(hs, 'GAP_TOL', 0.0)  # a stop rule only exact solves meet: some certified, some not
+    df = check()
+    assert 0 < df.certified.sum() < len(df)

@@ -144,3 +144,25 @@ def test_gpu_script_refuses_bad_settings(tmp_path, setting, message):
     r = subprocess.run(['bash', 'tools/gpu_reproduction.sh'], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
     assert r.returncode == 2 and message in r.stderr, (r.returncode, r.stdout, r.stderr)
     assert not any(tmp_path.iterdir())
+
+
+def test_notebook_bars_reads_a_stopped_runs_text_bar(tmp_path):
+    "tools/notebook_bars.py finds a text bar's updates (tqdm's own output, carriage returns and all) in a notebook's stream outputs."
+    import io
+    from tqdm import tqdm
+    err = io.StringIO()
+    bar = tqdm(total=8, desc='hindsight', file=err, mininterval=0)
+    for N, unc in ((1, 0), (2, 3), (3, 5)): bar.set_postfix_str(f'N={N}: {unc} of 150 uncertified', refresh=False); bar.update()
+    nb = dict(cells=[dict(cell_type='code', outputs=[dict(output_type='stream', name='stdout', text=['training done\n']),
+                                                     dict(output_type='stream', name='stderr', text=err.getvalue())])])
+    (tmp_path / 'n.ipynb').write_text(json.dumps(nb))
+    r = subprocess.run([sys.executable, ROOT / 'tools' / 'notebook_bars.py', tmp_path / 'n.ipynb', 'hindsight', '2'], capture_output=True, text=True)
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and len(lines) == 2, r
+    assert '2/8' in lines[0] and 'N=2: 3 of 150 uncertified' in lines[0] and '3/8' in lines[1] and 'N=3: 5 of 150 uncertified' in lines[1], lines
+    nb['cells'][0]['outputs'].pop()  # no bar: said, not an error
+    (tmp_path / 'n.ipynb').write_text(json.dumps(nb))
+    r = subprocess.run([sys.executable, ROOT / 'tools' / 'notebook_bars.py', tmp_path / 'n.ipynb'], capture_output=True, text=True)
+    assert r.returncode == 0 and 'no text progress bar' in r.stdout
+    r = subprocess.run([sys.executable, ROOT / 'tools' / 'notebook_bars.py', tmp_path / 'n.ipynb', 'hindsight', 'three'], capture_output=True, text=True)
+    assert r.returncode != 0 and 'K: a whole number' in r.stderr

@@ -139,6 +139,13 @@ for (kind, num), g in d.groupby(['kind', 'layer_number']):
     print(f'  {kind} scopes of layer {num}: ' + ', '.join(f'N={n}: {int(r["sum"])}/{int(r["size"])}' for n, r in c.iterrows()))
 EOF
 done
+# a figure-3 run stopped before its table: the last updates of its hindsight bar (saved in the notebook as it ran), which
+# say at each prefix N how many of that prefix's solves did not meet their stop rule
+for nb in $(find "$OUT_DIR/figure3" -name notebook.ipynb 2>/dev/null); do
+  [ -f "$(dirname "$nb")/analysis/regret.csv" ] && continue
+  echo "figure 3 stopped before its table ($nb); its hindsight bar's last updates:"
+  "$PY" tools/notebook_bars.py "$nb" hindsight 3 || echo "  (the notebook could not be read; the steps above are not affected)"
+done
 # 5. the report: figures 3-6 and the claims table from the finished runs of the autoencoder and convnet tasks. A run
 #    that trained but was stopped before its analysis was saved moves to OUT_DIR/unfinished (the report would analyse it)
 if [ -d "$OUT_DIR/runs" ]; then
