@@ -160,10 +160,11 @@ def _training_summary(run: Run) -> dict:
     "What a complete run's params.json and done.json say about it, flat."
     p, done = run.params, run.result
     c = p['config']
-    acc = done['last_epoch_accuracy']
+    acc = done['last_epoch_accuracy']  # None where not measured (an autoencoder); 0.0 is a measured accuracy
     return dict(task=c['task'], dataset=c['dataset'], optimizer=c['optimizer'], lr=c['lr'], **_lr_origin(run, c['lr'], c['optimizer']), seed=c['seed'],
                 rounds=done['rounds'], batch_size=p.get('batch_size'), epochs_trained=done['rounds'] / p['rounds_per_epoch'],
-                last_epoch_loss=done['last_epoch_loss'], device=p['device'], last_epoch_accuracy=acc if np.isfinite(acc or np.nan) else None)
+                probe_size=c.get('probe_size'), exploration_units=c.get('exploration_units'),  # (compared by check_runs with batch_size)
+                last_epoch_loss=done['last_epoch_loss'], device=p['device'], last_epoch_accuracy=acc if acc is not None and np.isfinite(acc) else None)
 
 # %% ../nbs/13_run.ipynb #ddb1a7aa
 def _analyze_regret(run: Run, prefixes: int, progress: bool, device: str) -> dict:
@@ -209,7 +210,7 @@ def _analyze(run: Run, prefixes: int, progress: bool, device: str) -> dict:
     run.write_json('summary', s)
     return s
 
-ANALYSIS_VERSION = 2  # 2: exponents leave out a prefix where any scope fits it; summary keys by the paper's layer numbers (1: module indices)
+ANALYSIS_VERSION = 3  # 3: no interval for a single scope's exponent (it had a zero-width one); 2: exponents leave out a prefix where any scope fits it; summary keys by the paper's layer numbers (1: module indices)
 
 def _upgrade(run: Run, saved: dict) -> dict:
     """A summary saved by an older analysis, its regret numbers made again from the saved hindsight table (no solve is

@@ -127,3 +127,13 @@ def test_epochs_trained_also_for_a_summary_saved_before_it(run):
     old = {k: v for k, v in run.read_json('summary').items() if k != 'epochs_trained'}
     run.write_json('summary', old)
     assert Run(run.path).analyze() == s and runs_table(run.path.parent).epochs_trained.tolist() == [s['epochs_trained']]
+
+
+def test_a_measured_accuracy_of_zero_is_kept(run):
+    "done.json's last_epoch_accuracy: 0.0 is a measured accuracy (kept), None or NaN not measured (None)."
+    done = run.result
+    for acc, want in ((0.0, 0.0), (None, None), (float('nan'), None), (0.25, 0.25)):
+        run.write_json('done', dict(done, last_epoch_accuracy=acc))
+        assert Run(run.path).analyze(prefixes=3)['last_epoch_accuracy'] == want, acc
+    s = Run(run.path).analyze()
+    assert (s['probe_size'], s['exploration_units']) == (20, None)  # what check_runs compares across the runs that recorded exploration
