@@ -99,7 +99,9 @@ def _changed(folder: Path, params: dict, defaults: dict) -> str:
     one given at that value); '' where they do not differ, or where that notebook is not there to tell."""
     try: old = json.loads((folder / 'notebook.ipynb').read_text())['metadata']['papermill']['parameters']
     except (OSError, KeyError, ValueError): return ''
-    val = lambda d, k: json.dumps(d.get(k), sort_keys=True, default=str)  # lists and tuples alike; NaN equals NaN
+    num = lambda x: (float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else [num(y) for y in x] if isinstance(x, (list, tuple))
+                     else {k: num(y) for k, y in x.items()} if isinstance(x, dict) else x)  # 1 and 1.0 alike (a number is its value)
+    val = lambda d, k: json.dumps(num(d.get(k)), sort_keys=True, default=str)  # lists and tuples alike; NaN equals NaN
     old, new = ({**defaults, **{k: v for k, v in d.items() if k != 'out_dir'}} for d in (old, params))
     return ', '.join(f'{k}: {old.get(k)!r} there, {new.get(k)!r} asked' for k in sorted(set(old) | set(new)) if val(old, k) != val(new, k))
 
