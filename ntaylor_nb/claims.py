@@ -36,11 +36,15 @@ COLUMNS = ['task', 'dataset', 'claim', 'paper', 'compared', 'variant', 'measure'
            'estimate', 'ci_low', 'ci_high', 'measured', 'verdict', 'note']
 
 # %% ../nbs/15_claims.ipynb #53628024
+def _check_level(level):
+    if not (isinstance(level, (int, float)) and 0 < level < 1): raise ValueError(f'level={level!r}: a coverage strictly between 0 and 1, e.g. 0.95')
+
 def seed_interval(x, # one value per seed (NaNs are dropped)
                   level: float = 0.95, # coverage of the two-sided interval
                   within: tuple | None = None, # the values' range (a share: (0, 1)): the interval is cut to it
                  ) -> dict:
     "Mean over seeds and its two-sided Student-t interval: dict(estimate, ci_low, ci_high, n)."
+    _check_level(level)
     x = np.asarray(x, float); x = x[np.isfinite(x)]; n = len(x)
     if n == 0: return dict(estimate=np.nan, ci_low=np.nan, ci_high=np.nan, n=0)
     m = float(x.mean())
@@ -56,6 +60,7 @@ def seed_difference(a: pd.Series, # one value per seed, indexed by seed
                    ) -> dict:
     """Interval on mean(a) - mean(b): the per-seed differences (paired) on the seeds where both have a value, if at least two
     do; else Welch's over all values. `dropped`: the seeds of either side left out of a pairing (a value missing on one side or both)."""
+    _check_level(level)
     seeds = set(a.index) | set(b.index)
     a, b = a.dropna(), b.dropna()
     both = sorted(set(a.index) & set(b.index))
@@ -104,6 +109,14 @@ def check_runs(runs: pd.DataFrame, # ntaylor_nb.run.runs_table's table
             if col in g and g[col].dropna().nunique() > 1:
                 per = '; '.join(f'{v:g}: ' + ', '.join(sorted(set(r.optimizer + ' (' + r.lr_label + ')'))) for v, r in g.groupby(col))
                 raise ValueError(f'{key[0]} on {key[1]}: runs of different {what} would be compared ({per}): {why}; put them under their own runs folder')
+        if 'probe_size' in g:  # the runs that recorded exploration: the same probe points and units, or their measures cannot be compared
+            e = g[g.probe_size.fillna(0) > 0]
+            for col, what in (('probe_size', 'probe sizes'), ('exploration_units', 'recorded units per ReLU module')):
+                v = e[col].astype(float).fillna(-1) if col in e else pd.Series(dtype=float)  # (-1: no units given, all of them)
+                if v.nunique() > 1:
+                    per = '; '.join(('all' if x < 0 else f'{x:g}') + ': ' + ', '.join(sorted(set(r.optimizer + ' (' + r.lr_label + ')'))) for x, r in e.groupby(v))
+                    raise ValueError(f'{key[0]} on {key[1]}: runs of different {what} would be compared ({per}): novelty counts the probe '
+                                     'points and units, and every exploration measure depends on them; put them under their own runs folder')
         for (o, l), c in g[g.lr_label.str.startswith('tuned for ')].groupby(['optimizer', 'lr_label'], sort=False):  # a control ('tuned for X') trains at X's tuned rate, or it is none
             x = g[(g.optimizer == (X := l.removeprefix('tuned for '))) & (g.lr_label == 'tuned')].lr
             if len(x) and not np.isclose(c.lr.iloc[0], x.iloc[0], rtol=1e-9):
@@ -427,8 +440,14 @@ def variant_agreement(claims: pd.DataFrame, # claims_table's table
 
 # %% ../nbs/15_claims.ipynb #126b26bf
 def _regret(runs, tables):
-    frames = [t.assign(seed=r.seed) for r in runs.itertuples() for t in [tables(r.path)] if t is not None and len(t)]
-    return pd.concat(frames).assign(**runs.iloc[0][GROUP].to_dict()) if frames else None
+    "The configuration's regret tables, one seed each (None if none), and the seeds without one."
+    got = {r.seed: t for r in runs.itertuples() for t in [tables(r.path)] if t is not None and len(t)}
+    missing = sorted(set(runs.seed) - set(got))
+    return (pd.concat([t.assign(seed=s) for s, t in got.items()]).assign(**runs.iloc[0][GROUP].to_dict()) if got else None), missing
+
+def _c1_missing(key, why):
+    return _row(key, 'C1: regret grows like sqrt(N)', 'figs 3, 4; Theorem 2', 'every configuration', seed_interval([]), NOT_MEASURED, '', why,
+                measure='regret exponent')
 
 def claims_table(runs: pd.DataFrame, # ntaylor_nb.run.runs_table's table (one row per complete run)
                  regret_table: callable = lambda path: Run(path).regret_table(), # path -> hindsight's table, or None
@@ -438,13 +457,17 @@ def claims_table(runs: pd.DataFrame, # ntaylor_nb.run.runs_table's table (one ro
                  lo: float | None = None, # C1: fit window N >= lo (default: max(2, sqrt(largest N)))
                 ) -> pd.DataFrame:
     "The paper's claims C1-C5 judged on `runs`, per (task, dataset) and configuration, from intervals over seeds."
-    check_runs(runs); rows, cache = [], {}
+    _check_level(level); check_runs(runs); rows, cache = [], {}
     tables = lambda p: cache[p] if p in cache else cache.setdefault(p, regret_table(p))
     for (task, dataset), r in runs.groupby(['task', 'dataset'], sort=False):
+        c1 = []
         if 'path' in r:
             for g in _configs(r, r.optimizer.unique()):
-                d = _regret(g, tables)
-                if d is not None: rows += growth_rows(d, lo, band, level)
+                d, missing = _regret(g, tables)  # a configuration without any table recorded no regret scopes (exploration only): no C1 row
+                miss = f'seed(s) {missing}: no regret table (a run without regret scopes, or its analysis missing), left out' if missing else ''
+                if d is not None: c1 += [dict(x, note=_join(x['note'], miss)) for x in growth_rows(d, lo, band, level)]
+        rows += c1 or [_c1_missing((task, dataset), 'no run of this task and dataset has a regret table (no regret scopes recorded)' if 'path' in r
+                                   else 'the runs table has no path column: the runs\' regret tables cannot be read')]
         if task == 'autoencoder': rows += loss_rows(r, level) + (gap_rows(r, tables, level) if 'path' in r else [])
         if task == 'convnet': rows += accuracy_rows(r, level)
         rows += exploration_rows(r, level) + volume_rows(r, measures, level)

@@ -502,3 +502,39 @@ def test_c3_under_determined_layer_is_not_a_gap():
     assert 'left out' not in gap.loc['sgd (tuned)'].note  # counted per configuration
     cmp = out[out.claim.str.startswith('C3: the gap')].set_index('compared').loc['sgd (tuned) vs rmsprop (tuned)']
     assert 'rmsprop (tuned): 1 run(s) left out' in cmp.note and 'sgd (tuned): ' not in cmp.note
+
+
+def test_exploration_runs_of_different_probes_refused():
+    "Novelty counts the probe points and units: runs that recorded exploration with different probes are not compared; runs without are left out of the check."
+    runs = exploration_runs().assign(probe_size=1000, exploration_units=None)
+    assert len(claims_table(runs, regret_table=lambda p: None, measures=None))
+    with pytest.raises(ValueError, match=r'runs of different probe sizes would be compared \(200: rmsprop \(tuned\); 1000: adam .*\): novelty counts'):
+        claims_table(runs.assign(probe_size=np.where(runs.optimizer == 'rmsprop', 200, 1000)), measures=None)
+    with pytest.raises(ValueError, match=r'runs of different recorded units per ReLU module would be compared \(all: adam.*; 500: sgd '):
+        claims_table(runs.assign(exploration_units=np.where(runs.optimizer == 'sgd', 500, None)), measures=None)
+    none = runs.assign(probe_size=np.where(runs.optimizer == 'rmsprop', 0, 1000))  # rmsprop recorded no exploration: nothing of it is compared
+    assert len(claims_table(none, regret_table=lambda p: None, measures=None))
+
+
+def test_a_coverage_outside_0_1_is_refused():
+    runs = exploration_runs()
+    for bad in (95, 0, 1, -0.5, '0.95'):
+        with pytest.raises(ValueError, match='a coverage strictly between 0 and 1'): claims_table(runs, measures=None, level=bad)
+    from ntaylor_nb.claims import seed_difference, seed_interval
+    with pytest.raises(ValueError, match='level=95'): seed_interval([1.0, 1.1, 0.9], level=95)
+    with pytest.raises(ValueError, match='level=95'): seed_difference(pd.Series([1.0, 2.0]), pd.Series([1.5, 2.5]), level=95)
+
+
+def test_c1_says_when_regret_was_not_measured_and_which_seeds_lack_a_table():
+    runs = exploration_runs()
+    t = claims_table(runs, regret_table=lambda p: None, measures=None)
+    rows = t[t.claim.str.startswith('C1')]
+    assert len(rows) == 1 and rows.verdict.iloc[0] == NOT_MEASURED and 'no run of this task and dataset has a regret table' in rows.note.iloc[0]
+    t = claims_table(runs.drop(columns='path'), measures=None); rows = t[t.claim.str.startswith('C1')]
+    assert len(rows) == 1 and rows.verdict.iloc[0] == NOT_MEASURED and 'no path column' in rows.note.iloc[0]
+    # one seed of three without its table: the rows are over the other two, and the note names it
+    _, tabs = c1([0.5, 0.5, 0.5])
+    del tabs['autoencoder/digits/sgd/tuned/1']
+    t = claims_table(runs_table({('sgd', 'tuned'): dict(x=[0, 0, 0])}), regret_table=tabs.get, measures=None)
+    row = t[t.claim == 'C1: regret grows like sqrt(N)'].iloc[0]
+    assert row.seeds == 2 and row.verdict == INCONCLUSIVE and 'seed(s) [1]: no regret table' in row.note, row.note
