@@ -352,3 +352,18 @@ def test_conv_newton_stops_a_separable_neuron_by_its_value(monkeypatch):
     V2, f2, _, lam2, it2 = conv_newton(cc, idx, V0, tol)
     assert int(it2[0]) == 100 and float(lam2[0]) / 2 > 100 * tol and float(f2[0] - fl[0]) <= tol
     assert abs(float(f2[1] - f[1])) <= 5 * tol  # neuron 1 within the two stops (its path can differ: the batch decides when CG is tried)
+
+
+def test_p5_neuron_investigation_forms_the_reference_loss():
+    "benchmarks/p5_neuron.py's samples formed in float64 (its continuation's value, gradient and Hessian) against the autograd reference."
+    from torch.func import grad, hessian
+    from benchmarks.p5_neuron import Formed  # (`python -m pytest` from the repository root, as `make test` runs it)
+    cc, ref, _, _ = _compact_problem('cross_entropy', None)
+    V = torch.randn(19, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 0.3
+    for u in range(2):
+        prob = Formed([dict({k: nb[k] for k in ('rs', 'j', 'base', 'y', 's', 'const')}, X=cc._rows(nb)) for nb in cc._segments(u)])
+        f, g, H = prob.fgH(V)
+        assert f == pytest.approx(float(ref(u)(V)), rel=1e-12) and prob.value(V) == pytest.approx(f, rel=1e-13)
+        torch.testing.assert_close(g, grad(ref(u))(V), rtol=1e-11, atol=1e-13)
+        Href = hessian(ref(u))(V)
+        torch.testing.assert_close(H, Href, rtol=1e-10, atol=1e-13 * float(Href.abs().max()))
