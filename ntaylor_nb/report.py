@@ -60,16 +60,19 @@ def lr_table(runs: pd.DataFrame, # a runs table with task, dataset and path colu
 def plot_lr_searches(runs: pd.DataFrame, # a runs table with task, dataset and path columns
                      save: str | Path | None = None, # also write the figure to this PNG file
                     ):
-    "Mean final trial loss against the learning rate per optimizer, one panel per task and dataset; chosen rates marked."
+    "Mean final trial loss against the learning rate per optimizer (and trial length, where its searches had several), one panel per task and dataset; chosen rates marked."
     import matplotlib.pyplot as plt
     if (t := _trials(runs)) is None: return None
     t = t.drop_duplicates(['task', 'dataset', 'optimizer', 'rounds', 'lr', 'seed'])
     keys = list(dict.fromkeys(zip(t.task, t.dataset)))
     fig, axs = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
     for ax, (task, ds) in zip(axs[0], keys):
-        for o, g in t[(t.task == task) & (t.dataset == ds)].groupby('optimizer', sort=False):
+        td = t[(t.task == task) & (t.dataset == ds)]
+        many = td.groupby('optimizer').rounds.nunique()  # searches of other trial lengths are drawn apart: their losses are not comparable
+        for (o, h), g in td.groupby(['optimizer', 'rounds'], sort=False):
             m = g.groupby('lr').final_loss.mean()  # inf where a trial diverged: not drawn
-            line, = ax.plot(m.index, m.values, 'o-', label=o + (' (best at an edge)' if g.at_edge.astype(bool).any() else ''))
+            line, = ax.plot(m.index, m.values, 'o-', label=o + (f' ({h:g}-round trials)' if many[o] > 1 else '')
+                            + (' (best at an edge)' if g.at_edge.astype(bool).any() else ''))
             best = g.lr[g.chosen.astype(bool)].iloc[0]
             ax.plot([best], [m[best]], '*', ms=14, color=line.get_color())
         ax.set(xscale='log', yscale='log', xlabel='learning rate', ylabel=f"mean final trial loss (seeds {', '.join(map(str, sorted(set(t.seed))))})", title=f'{task} on {ds}: searches')
