@@ -5,7 +5,6 @@
 # %% ../nbs/13_run.ipynb #2bf8d7fe
 from __future__ import annotations
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from .exploration import ExplorationRecording, exploration_measures, layer_summa
 from .growth import interpolating, log_prefixes, regret_exponents
 from .hindsight import hindsight
 from .regret import RegretRecording
+from .storage import write_json_atomic
 
 # %% auto #0
 __all__ = ['LAYOUT', 'ANALYSIS_VERSION', 'Run', 'find_runs', 'runs_table']
@@ -76,8 +76,7 @@ class Run:
                    obj: dict, # what to write
                   ):
         "Write a JSON member atomically (a reader sees the old file or the new one)."
-        f = self.file(name); tmp = f.with_name(f.name + '.tmp')
-        tmp.write_text(json.dumps(obj, indent=1)); os.replace(tmp, f)
+        write_json_atomic(self.file(name), obj)
 
 # %% ../nbs/13_run.ipynb #297ce6c7
 @patch(as_prop=True)

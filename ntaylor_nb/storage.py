@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -16,19 +17,29 @@ from fastcore.basics import patch
 import ntaylor_nb
 
 # %% auto #0
-__all__ = ['MANIFEST', 'write_json_atomic', 'write_chunk', 'read_manifest', 'read_chunk', 'keep_chunks', 'ArrayRecord',
-           'Recorder', 'Recording', 'stored_array']
+__all__ = ['MANIFEST', 'atomic_file', 'write_json_atomic', 'write_chunk', 'read_manifest', 'read_chunk', 'keep_chunks',
+           'ArrayRecord', 'Recorder', 'Recording', 'stored_array']
 
 # %% ../nbs/91_storage.ipynb #64a21596
 MANIFEST = 'manifest.json'
+
+@contextmanager
+def atomic_file(path: str | Path, # the file to (re)place
+                tag: str = '', # put into the temporary file's name (a process id, where several processes may write the same file)
+               ):
+    """A temporary path beside `path` for the block to write, renamed onto `path` when the block ends, removed if the block
+    raises: a reader sees the old file or the new one, and a failed write (a full disk) leaves nothing behind."""
+    path = Path(path); tmp = path.with_name(f'{path.name}{tag}.tmp')
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally: tmp.unlink(missing_ok=True)  # (after the rename there is nothing to remove)
 
 def write_json_atomic(path: str | Path, # file to (re)place
                       obj, # anything JSON can write
                      ) -> None:
     "Write `obj` as JSON to `path` through a temporary file and an atomic rename."
-    tmp = Path(str(path) + '.tmp')
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp: tmp.write_text(json.dumps(obj, indent=1))
 
 # %% ../nbs/91_storage.ipynb #6c3659c1
 def write_chunk(folder: Path, # the recording's folder
@@ -36,11 +47,10 @@ def write_chunk(folder: Path, # the recording's folder
                 pieces, # buffers (numpy arrays, bytes) written back to back
                ) -> tuple[int, str]:
     "Write a chunk atomically, hashing as it goes; returns (bytes written, SHA-256)."
-    h, n, tmp = hashlib.sha256(), 0, Path(folder) / (name + '.tmp')
-    with open(tmp, 'wb') as f:
+    h, n = hashlib.sha256(), 0
+    with atomic_file(Path(folder) / name) as tmp, open(tmp, 'wb') as f:  # (the file is closed before the rename)
         for p in pieces:
             mv = memoryview(p).cast('B'); f.write(mv); h.update(mv); n += len(mv)
-    os.replace(tmp, Path(folder) / name)
     return n, h.hexdigest()
 
 # %% ../nbs/91_storage.ipynb #b7ec9437

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from .models import autoencoder, convnet
 from .optimizers import AdamTF, RMSpropTF
 from .regret import PRESETS, RegretRecorder
 from .run import Run
+from .storage import atomic_file
 from .devices import _exact_cuda, resolve_device
 from .taylor import weight_layers
 from .schedules import every
@@ -67,19 +67,22 @@ class RunConfig:
             if not ok: raise ValueError(msg)
         need(self.task in TASKS, f'task={self.task!r}; allowed: {", ".join(TASKS)}')
         need(self.dataset in DATASETS, f'dataset={self.dataset!r}; allowed: {", ".join(DATASETS)}')
-        need(not (self.task == 'convnet' and self.dataset == 'digits'), "the convnet needs images: use dataset='digits32' (offline), 'cifar10' or 'mnist'")
+        need(not (self.task == 'convnet' and self.dataset in ('digits', 'mnist')), f"the convnet takes images whose side divides by 8 (three 2x2 "
+             f"poolings), so not dataset={self.dataset!r}: use dataset='digits32' (offline) or 'cifar10'")
         need(self.optimizer in OPTIMIZERS, f'optimizer={self.optimizer!r}; allowed: {", ".join(OPTIMIZERS)}')
         need(isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr), f'lr={self.lr!r} must be a positive number')
         need(isinstance(self.epochs, int) and self.epochs >= 1, f'epochs={self.epochs!r} must be a positive integer')
         need(self.rounds is None or (isinstance(self.rounds, int) and self.rounds >= 1), f'rounds={self.rounds!r} must be None or a positive integer')
         need(self.batch_size is None or (isinstance(self.batch_size, int) and self.batch_size >= 1), f'batch_size={self.batch_size!r} must be a positive integer')
-        need(isinstance(self.seed, int), f'seed={self.seed!r} must be an integer')
+        need(isinstance(self.seed, int) and self.seed >= 0, f'seed={self.seed!r} must be an integer >= 0 (it seeds numpy generators too)')
         resolve_device(self.device)  # the device's own clear errors
         need(self.scopes is None or isinstance(self.scopes, list) or self.scopes in ('auto', *PRESETS),
              f'scopes={self.scopes!r}; allowed: None, "auto", a list of scopes, or one of {", ".join(PRESETS)}')
         for k in ('neurons_per_layer', 'regret_every', 'regret_chunk', 'checkpoint_every'):
             need(isinstance(getattr(self, k), int) and getattr(self, k) >= 1, f'{k}={getattr(self, k)!r} must be a positive integer')
         need(isinstance(self.probe_size, int) and self.probe_size >= 0, f'probe_size={self.probe_size!r} must be an integer >= 0')
+        need(self.exploration_units is None or (isinstance(self.exploration_units, int) and self.exploration_units >= 1),
+             f'exploration_units={self.exploration_units!r} must be None (every unit) or a positive integer')
         need(self.snapshots is None or (isinstance(self.snapshots, int) and self.snapshots >= 2),
              f'snapshots={self.snapshots!r} must be None (once per epoch) or an integer >= 2')
         return self
@@ -131,7 +134,7 @@ def run_scopes(cfg: RunConfig, # the run's configuration
 
 # %% ../nbs/12_train.ipynb #c4e68b00
 def _save_checkpoint(path, **state):
-    tmp = path.with_suffix('.tmp'); torch.save(state, tmp); os.replace(tmp, path)
+    with atomic_file(path) as tmp: torch.save(state, tmp)
 
 def _epoch_order(cfg, n, epoch):
     return torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
@@ -164,9 +167,19 @@ def _start_or_resume(run, cfg, model, opt, dev, **facts):
         state = torch.load(ck, map_location=dev, weights_only=False)
         model.load_state_dict(state['model']); opt.load_state_dict(state['optimizer'])
         return state
+    _discard_start(run)  # what an attempt stopped before its first checkpoint left: nothing of it can be resumed
     run.write_json('params', dict(config=asdict(cfg), device=str(dev), **facts, version=ntaylor_nb.__version__, torch=torch.__version__))
-    for f in ('metrics', 'epochs'): run.file(f).unlink(missing_ok=True)
     return None
+
+_STARTED = ('params', 'metrics', 'epochs', 'regret', 'exploration')  # what a fresh start writes into a run's folder before its first checkpoint
+
+def _discard_start(run):
+    "Remove what a fresh start writes (`_STARTED`) from a run folder that holds no checkpoint and no finished run."
+    import shutil
+    for k in _STARTED:
+        p = run.file(k)
+        if p.is_dir(): shutil.rmtree(p)
+        else: p.unlink(missing_ok=True)
 
 # %% ../nbs/12_train.ipynb #73a75aca
 def _recorders(cfg, run, model, opt, X, B, total, state):
@@ -192,7 +205,11 @@ def _prepare(cfg: RunConfig, run: Run) -> _Training:
     per_epoch = len(X) // B  # the last partial batch is dropped: every round has B datapoints
     if per_epoch < 1: raise ValueError(f'batch_size={B} is larger than the dataset ({len(X)} datapoints)')
     total = min(cfg.rounds or per_epoch * cfg.epochs, per_epoch * cfg.epochs)
-    snap = snapshot_rounds(cfg.snapshots, total, per_epoch)  # before anything is written: a bad count leaves no folder behind
+    if cfg.rounds and cfg.rounds > total:
+        import warnings
+        warnings.warn(f'rounds={cfg.rounds} is more than epochs={cfg.epochs} hold ({per_epoch} rounds an epoch): the run stops after {total} '
+                      f'rounds; give epochs={math.ceil(cfg.rounds / per_epoch)} to train {cfg.rounds}', stacklevel=3)
+    snap = snapshot_rounds(cfg.snapshots, total, per_epoch)  # before anything is written into the folder
     model = build_model(cfg, tuple(X.shape[1:]), int(Y.max()) + 1).to(dev)
     opt = OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.lr)
     state = _start_or_resume(run, cfg, model, opt, dev, rounds=total, rounds_per_epoch=per_epoch, batch_size=B)
@@ -294,10 +311,17 @@ def train_run(cfg: RunConfig, # what to run
              ) -> Path:
     "Train, record and checkpoint one run into `out_dir`; resume it if it was interrupted. Returns the folder."
     cfg.validate()
+    new = not Path(out_dir).exists()
     run = Run(out_dir, create=True)
     check_run_folder(cfg, run.path)
     if run.complete: return run.path
-    t = _prepare(cfg, run)
+    fresh = not run.file('checkpoint').exists()
+    try: t = _prepare(cfg, run)
+    except BaseException:  # bad input found while preparing (a layer the model lacks, data not found, ...): nothing half-written stays
+        if fresh:
+            _discard_start(run)
+            if new: run.path.rmdir() if not any(run.path.iterdir()) else None
+        raise
     _train_rounds(t, progress)
     _finish(t)
     return run.path
@@ -317,8 +341,7 @@ def _rows(path, keep):
     return [tuple(num(v) for v in l.split(',')) for l in path.read_text().splitlines()[1:keep + 1]]
 
 def _write_rows(path, rows, header):
-    tmp = path.with_suffix('.tmp')
-    tmp.write_text(header + '\n' + ''.join(','.join(repr(v) for v in row) + '\n' for row in rows)); os.replace(tmp, path)
+    with atomic_file(path) as tmp: tmp.write_text(header + '\n' + ''.join(','.join(repr(v) for v in row) + '\n' for row in rows))
 
 # %% ../nbs/12_train.ipynb #f502fdb1
 _MOVED = ('LR_GRID', 'TRIAL_SCORE', 'TUNE_SEEDS', 'half_decade', 'LRSearch', 'search_lr', 'rounds_per_epoch', 'trial_score', 'tune_lr')

@@ -15,6 +15,7 @@ import numpy as np
 import ntaylor_nb
 from .data import load_dataset
 from .run import Run
+from .storage import atomic_file
 from .train import TASKS, RunConfig, train_run
 
 # %% auto #0
@@ -113,7 +114,7 @@ def _cached_search(cache, key) -> LRSearch | None:
 
 def _save_search(cache, key, s: LRSearch):
     f = _search_file(cache, key); f.parent.mkdir(parents=True, exist_ok=True)
-    tmp = f.with_name(f'{f.name}.{os.getpid()}.tmp'); s.trials.to_csv(tmp, index=False); os.replace(tmp, f)
+    with atomic_file(f, tag=f'.{os.getpid()}') as tmp: s.trials.to_csv(tmp, index=False)
 
 # %% ../nbs/12_tune.ipynb #6133a97c
 def tune_lr(cfg: RunConfig, # the run to tune (its lr and seed are ignored)

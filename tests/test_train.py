@@ -76,6 +76,51 @@ def test_bad_configs(tmp_path):
         train_run(RunConfig(batch_size=5000), tmp_path / 'b', progress=False)
 
 
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_again(tmp_path, monkeypatch):
+    "Killed (here: interrupted) before any checkpoint, a run's folder holds nothing to resume: training it again starts afresh and equals a run never stopped."
+    import ntaylor_nb.train as tr
+    cfg = RunConfig(epochs=2, lr=1e-2, neurons_per_layer=3, probe_size=30, checkpoint_every=500, seed=4)
+    ref = train_run(cfg, tmp_path / 'ref', progress=False)
+    real = tr._round
+    def stop(t, r, *a):
+        if r == 3: raise KeyboardInterrupt
+        return real(t, r, *a)
+    monkeypatch.setattr(tr, '_round', stop)
+    with pytest.raises(KeyboardInterrupt): train_run(cfg, tmp_path / 'again', progress=False)
+    assert (tmp_path / 'again' / 'regret' / 'manifest.json').exists() and not (tmp_path / 'again' / 'checkpoint.pt').exists()
+    monkeypatch.setattr(tr, '_round', real)
+    train_run(cfg, tmp_path / 'again', progress=False)  # it raised "already holds a recording" before
+    for f in ('metrics.csv', 'epochs.csv'): assert (ref / f).read_text() == (tmp_path / 'again' / f).read_text(), f
+    a, b = torch.load(ref / 'model.pt'), torch.load(tmp_path / 'again' / 'model.pt')
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    np.testing.assert_array_equal(ExplorationRecording(ref / 'exploration').dense(), ExplorationRecording(tmp_path / 'again' / 'exploration').dense())
+    ra, rb = list(RegretRecording(ref / 'regret').chunks()), list(RegretRecording(tmp_path / 'again' / 'regret').chunks())
+    for k in ra[0]: np.testing.assert_array_equal(np.concatenate([c[k] for c in ra]), np.concatenate([c[k] for c in rb]), err_msg=k)
+
+
+def test_bad_input_leaves_nothing_half_written(tmp_path):
+    "Refused before training (validate) or while preparing (a layer the model lacks, data not found): no folder, or the folder as it was."
+    for bad, msg in ((dict(seed=-1), 'seed=-1 must be an integer >= 0'), (dict(exploration_units=0), 'exploration_units=0 must be None'),
+                     (dict(task='convnet', dataset='mnist'), "side divides by 8.*not dataset='mnist'")):
+        with pytest.raises(ValueError, match=msg): train_run(RunConfig(**bad), tmp_path / 'v', progress=False)
+        assert not (tmp_path / 'v').exists()
+    for bad, err in ((dict(layers=[9]), ValueError), (dict(dataset='mnist', data_root=str(tmp_path / 'nowhere')), FileNotFoundError),
+                     (dict(batch_size=5000), ValueError)):
+        with pytest.raises(err): train_run(RunConfig(**bad), tmp_path / 'p', progress=False)
+        assert not (tmp_path / 'p').exists(), list((tmp_path / 'p').iterdir())
+        (tmp_path / 'q').mkdir(exist_ok=True); (tmp_path / 'q' / 'notebook.ipynb').write_text('{}')  # a folder the caller made (papermill's notebook in it)
+        with pytest.raises(err): train_run(RunConfig(**bad), tmp_path / 'q', progress=False)
+        assert [p.name for p in (tmp_path / 'q').iterdir()] == ['notebook.ipynb']
+    train_run(RunConfig(rounds=3, probe_size=10, neurons_per_layer=2), tmp_path / 'q', progress=False)  # and the corrected run trains there
+    assert (tmp_path / 'q' / 'done.json').exists()
+
+
+def test_more_rounds_than_the_epochs_hold_is_said(tmp_path):
+    with pytest.warns(UserWarning, match=r'rounds=100 is more than epochs=1 hold \(22 rounds an epoch\): the run stops after 22 rounds; give epochs=5'):
+        run = train_run(RunConfig(rounds=100, probe_size=0, scopes=None), tmp_path / 'r', progress=False)
+    assert json.loads((run / 'done.json').read_text())['rounds'] == 22
+
 @pytest.mark.skipif(not (SHARED / 'mnist').exists(), reason='needs ../shared/data (real MNIST files)')
 def test_real_mnist_through_torchvision(tmp_path):
     shutil.copytree(SHARED / 'mnist' / 'MNIST', tmp_path / 'MNIST')
