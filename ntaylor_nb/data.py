@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .storage import atomic_file
+
 # %% auto #0
 __all__ = ['DATASETS', 'CIFAR10_CLASSES', 'data_root', 'load_dataset', 'probe_indices']
 
@@ -49,14 +51,27 @@ def _digits(train, size=None):
     if size: x = F.interpolate(x.reshape(-1, 1, 8, 8), size=(size, size), mode='bilinear', align_corners=False).expand(-1, 3, -1, -1).contiguous()
     return x, y
 
+def _extract_mnist(raw: Path):
+    """The official .gz files in `raw` extracted beside them, as torchvision's download leaves them, after checking each against
+    torchvision's md5 sum: no network, and a damaged file is an error that names it (torchvision would fetch it again)."""
+    import gzip, shutil
+    from torchvision.datasets import MNIST
+    from torchvision.datasets.utils import check_integrity
+    for name, md5 in MNIST.resources:
+        z, f = raw / name, raw / name.removesuffix('.gz')
+        if f.exists() or not z.exists(): continue
+        if not check_integrity(str(z), md5): raise ValueError(f'{z} is damaged: its md5 sum is not the official {md5}; replace it with the official file')
+        try:
+            with gzip.open(z) as src, atomic_file(f) as tmp, open(tmp, 'wb') as dst: shutil.copyfileobj(src, dst)
+        except OSError as e: raise OSError(f'{z} could not be extracted into {raw} ({e}): use a data root that can be written') from None
+
 def _mnist(root, train, download):
     from torchvision.datasets import MNIST
     raw = root / 'MNIST' / 'raw'
-    files = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
-    # the official .gz files already in place: torchvision checks their md5 sums and extracts them, with no network
-    local = all((raw / f).exists() or (raw / f'{f}.gz').exists() for f in files)
     try:
-        with _data_lock(root / 'MNIST'): ds = MNIST(str(root), train=train, download=download or local)  # one extracts, the others wait
+        with _data_lock(root / 'MNIST'):  # one extracts, the others wait
+            if not download and raw.is_dir(): _extract_mnist(raw)
+            ds = MNIST(str(root), train=train, download=download)
     except RuntimeError as e:
         raise FileNotFoundError(f'MNIST not found under {root / "MNIST" / "raw"}: expected the four official files '
                                 f'(train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, '

@@ -87,3 +87,22 @@ def test_cifar_cache_write_stopped_by_another_error_leaves_nothing(tmp_path, mon
     monkeypatch.setattr(np, 'savez', broken)
     with pytest.raises(MemoryError): load_dataset('cifar10', root=tmp_path)  # not swallowed
     assert sorted(p.name for p in (tmp_path / 'cifar10').iterdir()) == ['.lock', 'train'], 'no temporary file left behind'
+
+
+@pytest.mark.skipif(not (SHARED / 'mnist' / 'MNIST' / 'raw').is_dir(), reason='needs ../shared/data (the official MNIST files)')
+def test_mnist_is_extracted_here_never_fetched_and_a_damaged_file_is_named(tmp_path, monkeypatch):
+    "download=False: the .gz files are checked and extracted without torchvision's downloader; a damaged one is an error that names it."
+    from torchvision.datasets import MNIST
+    def no_network(*a, **k): raise AssertionError('torchvision was asked to download')
+    monkeypatch.setattr(MNIST, 'download', no_network)
+    raw = tmp_path / 'MNIST' / 'raw'; raw.mkdir(parents=True)
+    for f in (SHARED / 'mnist' / 'MNIST' / 'raw').glob('t10k-*.gz'): shutil.copy(f, raw)
+    for f in (SHARED / 'mnist' / 'MNIST' / 'raw').glob('train-*.gz'): shutil.copy(f, raw)
+    b = bytearray((raw / 'train-labels-idx1-ubyte.gz').read_bytes()); b[100] ^= 1; (raw / 'train-labels-idx1-ubyte.gz').write_bytes(bytes(b))
+    with pytest.raises(ValueError, match=r'train-labels-idx1-ubyte.gz is damaged: its md5 sum is not the official'):
+        load_dataset('mnist', root=tmp_path, train=False)
+    assert not (raw / 'train-labels-idx1-ubyte').exists() and not list(raw.glob('*.tmp'))
+    shutil.copy(SHARED / 'mnist' / 'MNIST' / 'raw' / 'train-labels-idx1-ubyte.gz', raw)
+    x, y = load_dataset('mnist', root=tmp_path, train=False)
+    assert x.shape == (10000, 1, 28, 28) and float(x.mean()) * 255 == pytest.approx(33.79, abs=0.01)
+    assert sorted(p.name for p in raw.iterdir() if not p.name.endswith('.gz')) == sorted(n.removesuffix('.gz') for n, _ in MNIST.resources)
