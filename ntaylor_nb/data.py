@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from .storage import atomic_file
 
 # %% auto #0
-__all__ = ['DATASETS', 'CIFAR10_CLASSES', 'data_root', 'load_dataset', 'probe_indices']
+__all__ = ['DATASETS', 'CIFAR10_CLASSES', 'data_root', 'load_dataset', 'data_identity', 'probe_indices']
 
 # %% ../nbs/10_data.ipynb #643536d6
 DATASETS = ('digits', 'digits32', 'mnist', 'cifar10')
@@ -79,6 +79,20 @@ def _mnist(root, train, download):
     return ds.data[:, None].float() / 255.0, ds.targets.clone()
 
 # %% ../nbs/10_data.ipynb #0bacac3a
+def _files_digest(folder: Path, # a folder of files (an ImageFolder copy's split)
+                  mtimes: bool = True, # also their modification times
+                 ) -> str:
+    "A SHA-256 of the paths (relative to `folder`), sizes and modification times of every file under `folder`."
+    import hashlib
+    items = []
+    for d, _, files in os.walk(folder):
+        for name in files:
+            st = os.stat(p := os.path.join(d, name))
+            items.append((os.path.relpath(p, folder).replace(os.sep, '/'), st.st_size, st.st_mtime_ns if mtimes else 0))
+    h = hashlib.sha256()
+    for rel, size, mt in sorted(items): h.update(f'{rel}\0{size}\0{mt}\n'.encode())
+    return h.hexdigest()
+
 def _cifar10(root, train, download):
     import torchvision
     official = root / 'cifar-10-batches-py'
@@ -92,9 +106,13 @@ def _cifar10(root, train, download):
                                 f'an ImageFolder copy in {root / "cifar10" / split}/<class>/*.png|jpg; pass download=True on a '
                                 'machine that is online to fetch the official files')
     cache = folder.parent / f'{split}_uint8.npz'  # decoding 60,000 images is slow: keep them once decoded
+    source = _files_digest(folder)  # the cache holds the digest of the files it was decoded from: files changed since, decoded again
     with _data_lock(folder.parent):  # one decodes, the others wait and read its cache
+        hit = None
         if cache.exists():
-            z = np.load(cache); x, y = z['x'], z['y']
+            with np.load(cache) as z:
+                if 'source' in z.files and str(z['source']) == source: hit = z['x'], z['y']
+        if hit is not None: x, y = hit
         else:
             ds = torchvision.datasets.ImageFolder(str(folder))
             if list(ds.classes) != list(CIFAR10_CLASSES):
@@ -103,7 +121,7 @@ def _cifar10(root, train, download):
             x = np.stack([np.asarray(ds.loader(p).convert('RGB')) for p, _ in tqdm(ds.samples, desc=f'decoding CIFAR-10 {split}')])
             y = np.array(ds.targets)
             tmp = cache.with_name(f'{cache.stem}.{os.getpid()}.tmp.npz')  # written whole, then renamed: never a half-written cache
-            try: np.savez(tmp, x=x, y=y); os.replace(tmp, cache)
+            try: np.savez(tmp, x=x, y=y, source=np.array(source)); os.replace(tmp, cache)
             except OSError: pass  # a read-only root: decode again next time
             finally: tmp.unlink(missing_ok=True)  # whatever stopped the write (after the rename there is nothing to remove)
     return torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0, torch.from_numpy(y).long()
@@ -120,6 +138,17 @@ def load_dataset(name: str, # one of DATASETS
     if name == 'digits32': return _digits(train, 32)
     root = data_root(root)
     return _mnist(root, train, download) if name == 'mnist' else _cifar10(root, train, download)
+
+def data_identity(name: str, # one of DATASETS
+                  root: str | Path | None = None, # data root (default: $NTAYLOR_DATA or ./data)
+                 ) -> str:
+    """What a dataset's training numbers depend on beyond its name: for an ImageFolder copy of CIFAR-10, a digest of its training
+    files' names and sizes (a lossy JPEG copy is not the official data, and two copies need not agree); the name otherwise."""
+    if name != 'cifar10': return name
+    root = data_root(root)
+    if (root / 'cifar-10-batches-py').exists(): return 'cifar10 (official)'
+    folder = next((p for p in (root / 'cifar10' / 'train', root / 'train') if p.is_dir()), None)
+    return f'cifar10 (ImageFolder {_files_digest(folder, mtimes=False)[:16]})' if folder else 'cifar10'
 
 def probe_indices(n: int, # dataset size
                   D: int, # probe size

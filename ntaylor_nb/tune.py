@@ -13,7 +13,7 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 
 import ntaylor_nb
-from .data import load_dataset
+from .data import data_identity, load_dataset
 from .run import Run
 from .storage import atomic_file
 from .train import TASKS, RunConfig, train_run
@@ -135,7 +135,7 @@ def tune_lr(cfg: RunConfig, # the run to tune (its lr and seed are ignored)
     base = replace(cfg, epochs=epochs or cfg.epochs, scopes=None, probe_size=0, snapshots=None).validate()  # trials need only their losses
     rounds = _total_rounds(base)
     if fraction < 1: base = replace(base, rounds=(rounds := max(1, math.ceil(fraction * rounds))))
-    key = dict(base={f: getattr(base, f) for f in _TRAINING}, grid=sorted(lrs or LR_GRID[cfg.optimizer]), seeds=list(seeds),
+    key = dict(base={f: getattr(base, f) for f in _TRAINING}, data=data_identity(base.dataset, base.data_root), grid=sorted(lrs or LR_GRID[cfg.optimizer]), seeds=list(seeds),
                max_extend=max_extend, version=ntaylor_nb.__version__, score=TRIAL_SCORE)  # what the trials' scores depend on (not what a run records)
     if cache is not None and (saved := _cached_search(cache, key)) is not None: return saved
     bar = tqdm(desc=f'tuning {cfg.optimizer}', unit='trial', disable=not progress)

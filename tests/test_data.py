@@ -106,3 +106,38 @@ def test_mnist_is_extracted_here_never_fetched_and_a_damaged_file_is_named(tmp_p
     x, y = load_dataset('mnist', root=tmp_path, train=False)
     assert x.shape == (10000, 1, 28, 28) and float(x.mean()) * 255 == pytest.approx(33.79, abs=0.01)
     assert sorted(p.name for p in raw.iterdir() if not p.name.endswith('.gz')) == sorted(n.removesuffix('.gz') for n, _ in MNIST.resources)
+
+
+def test_cifar_cache_follows_its_files(tmp_path):
+    "The decoded cache records the files it came from: an image changed or added since is decoded again, not served stale."
+    tiny_cifar(tmp_path)
+    x, y = load_dataset('cifar10', root=tmp_path)
+    img = tmp_path / 'cifar10' / 'train' / 'cat' / '0.png'
+    Image.fromarray(np.full((32, 32, 3), 255, np.uint8)).save(img)  # every pixel white
+    x2, _ = load_dataset('cifar10', root=tmp_path)
+    k = int(np.flatnonzero((x2 != x).flatten(1).any(1))[0])
+    assert (x2 != x).flatten(1).any(1).sum() == 1 and bool((x2[k] == 1).all()), 'exactly the changed image, now white'
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / 'cifar10' / 'train' / 'dog' / '2.png')  # one more
+    x3, y3 = load_dataset('cifar10', root=tmp_path)
+    assert len(x3) == 21 and int((y3 == CIFAR10_CLASSES.index('dog')).sum()) == 3
+
+
+def test_data_identity_tells_copies_of_cifar_apart(tmp_path, monkeypatch):
+    "The learning-rate searches are saved under the data's identity: a lossy copy and another copy of CIFAR-10 are not one dataset."
+    from ntaylor_nb.data import data_identity
+    import ntaylor_nb.tune as tune
+    from ntaylor_nb.train import RunConfig
+    a, b = tmp_path / 'a', tmp_path / 'b'
+    tiny_cifar(a); tiny_cifar(b)
+    assert data_identity('cifar10', a) == data_identity('cifar10', b) != 'cifar10'  # the same files (names and sizes)
+    p = b / 'cifar10' / 'train' / 'cat' / '0.png'; Image.open(p).save(p.with_suffix('.jpg'), quality=75); p.unlink()  # one image lossy
+    assert data_identity('cifar10', a) != data_identity('cifar10', b)
+    (tmp_path / 'c' / 'cifar-10-batches-py').mkdir(parents=True)
+    assert data_identity('cifar10', tmp_path / 'c') == 'cifar10 (official)' and data_identity('mnist', tmp_path) == 'mnist'
+    keys = []
+    class Seen(Exception): pass
+    def seen(cache, key): keys.append(key); raise Seen
+    monkeypatch.setattr(tune, '_cached_search', seen)
+    for root in (a, b):
+        with pytest.raises(Seen): tune.tune_lr(RunConfig(task='convnet', dataset='cifar10', data_root=str(root)), cache=tmp_path / 'tuning')
+    assert keys[0]['data'] != keys[1]['data'] and tune._search_file('t', keys[0]) != tune._search_file('t', keys[1])
