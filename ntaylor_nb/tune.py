@@ -27,11 +27,18 @@ LR_GRID = {'sgd': [0.01, 0.03, 0.1, 0.3, 1.0], 'rmsprop': [1e-4, 3e-4, 1e-3, 3e-
            'rmsprop_tf': [1e-4, 3e-4, 1e-3, 3e-3, 1e-2], 'adam_tf': [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]}
 
 def half_decade(lr: float, # a learning rate
-                direction: int, # +1: the next half-decade up, -1: down
+                direction: int, # +1: the next half-decade up, -1: down (k: k steps; 0: the nearest grid rate)
                ) -> float:
-    "The neighbouring rate on the half-decade grid 1, 3, 10, 30, ... (times a power of ten)."
-    e = round(2 * math.log10(lr)) + direction
-    return float(f'{10 ** (e / 2):.1g}')
+    "The neighbouring rate on the half-decade grid 1, 3, 10, 30, ... (times a power of ten): the next one above `lr` (or below), on the grid or off it."
+    if not (lr > 0 and math.isfinite(lr)) or not isinstance(direction, int): raise ValueError(f'half_decade({lr!r}, {direction!r}): a positive rate and a whole number of steps')
+    g = lambda e: float(f'{10 ** (e / 2):.1g}')  # the grid, increasing in e
+    if direction == 0: return g(round(2 * math.log10(lr)))
+    for _ in range(abs(direction)):
+        up = direction > 0
+        e = math.floor(2 * math.log10(lr)) - 1 if up else math.ceil(2 * math.log10(lr)) + 2  # a grid point on the far side of lr
+        while (g(e) <= lr * (1 + 1e-9)) if up else (g(e) >= lr * (1 - 1e-9)): e += 1 if up else -1
+        lr = g(e)
+    return lr
 
 # %% ../nbs/12_tune.ipynb #1d3e6032
 class LRSearch(NamedTuple):
