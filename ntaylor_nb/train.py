@@ -164,6 +164,10 @@ def _start_or_resume(run, cfg, model, opt, dev, **facts):
     "The checkpoint, loaded into `model` and `opt`; for a fresh run None, after writing params.json (config, device, `facts`)."
     ck = run.file('checkpoint')
     if ck.exists():
+        if (was := torch.device(run.params['device'])).type != dev.type:
+            import warnings
+            warnings.warn(f'{run.path} started on {was.type} and resumes on {dev.type}: its rounds from the checkpoint on are not bit-for-bit '
+                          'those of an uninterrupted run (other kernels); resume it on the same device for that', stacklevel=3)
         state = torch.load(ck, map_location=dev, weights_only=False)
         model.load_state_dict(state['model']); opt.load_state_dict(state['optimizer'])
         return state

@@ -233,3 +233,19 @@ def test_tune_lr_scores_a_horizon_past_an_epoch_on_more_than_one_minibatch():
 def test_lr_grids_are_half_decade_log_grids():
     for opt, g in LR_GRID.items():
         assert all(half_decade(a, 1) == b for a, b in zip(g, g[1:])), opt
+
+
+def test_resuming_on_another_device_is_said(tmp_path, monkeypatch):
+    "A run started on one kind of device and resumed on another is not bit-for-bit an uninterrupted run: a warning says so."
+    import ntaylor_nb.train as tr
+    cfg = RunConfig(epochs=2, lr=1e-2, probe_size=0, scopes=None, checkpoint_every=5, device='cpu')
+    real = tr._round
+    def stop(t, r, *a):
+        if r == 7: raise KeyboardInterrupt
+        return real(t, r, *a)
+    monkeypatch.setattr(tr, '_round', stop)
+    with pytest.raises(KeyboardInterrupt): train_run(cfg, tmp_path / 'r', progress=False)
+    monkeypatch.setattr(tr, '_round', real)
+    p = json.loads((tmp_path / 'r' / 'params.json').read_text()); (tmp_path / 'r' / 'params.json').write_text(json.dumps(dict(p, device='cuda')))
+    with pytest.warns(UserWarning, match='started on cuda and resumes on cpu'): train_run(cfg, tmp_path / 'r', progress=False)
+    assert (tmp_path / 'r' / 'done.json').exists()
