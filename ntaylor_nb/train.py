@@ -324,7 +324,7 @@ def train_run(cfg: RunConfig, # what to run
     except BaseException:  # bad input found while preparing (a layer the model lacks, data not found, ...): nothing half-written stays
         if fresh:
             _discard_start(run)
-            if new: run.path.rmdir() if not any(run.path.iterdir()) else None
+            if new and not any(run.path.iterdir()): run.path.rmdir()  # (a folder this call made)
         raise
     _train_rounds(t, progress)
     _finish(t)
