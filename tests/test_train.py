@@ -77,19 +77,24 @@ def test_bad_configs(tmp_path):
 
 
 
-def test_a_run_stopped_before_its_first_checkpoint_starts_again(tmp_path, monkeypatch):
-    "Killed (here: interrupted) before any checkpoint, a run's folder holds nothing to resume: training it again starts afresh and equals a run never stopped."
+def interrupted(cfg, folder, at, monkeypatch):
+    "Train `cfg` into `folder` and stop it (KeyboardInterrupt) as round `at` begins."
     import ntaylor_nb.train as tr
-    cfg = RunConfig(epochs=2, lr=1e-2, neurons_per_layer=3, probe_size=30, checkpoint_every=500, seed=4)
-    ref = train_run(cfg, tmp_path / 'ref', progress=False)
     real = tr._round
     def stop(t, r, *a):
-        if r == 3: raise KeyboardInterrupt
+        if r == at: raise KeyboardInterrupt
         return real(t, r, *a)
-    monkeypatch.setattr(tr, '_round', stop)
-    with pytest.raises(KeyboardInterrupt): train_run(cfg, tmp_path / 'again', progress=False)
+    with monkeypatch.context() as m:
+        m.setattr(tr, '_round', stop)
+        with pytest.raises(KeyboardInterrupt): train_run(cfg, folder, progress=False)
+
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_again(tmp_path, monkeypatch):
+    "Killed (here: interrupted) before any checkpoint, a run's folder holds nothing to resume: training it again starts afresh and equals a run never stopped."
+    cfg = RunConfig(epochs=2, lr=1e-2, neurons_per_layer=3, probe_size=30, checkpoint_every=500, seed=4)
+    ref = train_run(cfg, tmp_path / 'ref', progress=False)
+    interrupted(cfg, tmp_path / 'again', 3, monkeypatch)
     assert (tmp_path / 'again' / 'regret' / 'manifest.json').exists() and not (tmp_path / 'again' / 'checkpoint.pt').exists()
-    monkeypatch.setattr(tr, '_round', real)
     train_run(cfg, tmp_path / 'again', progress=False)  # it raised "already holds a recording" before
     for f in ('metrics.csv', 'epochs.csv'): assert (ref / f).read_text() == (tmp_path / 'again' / f).read_text(), f
     a, b = torch.load(ref / 'model.pt'), torch.load(tmp_path / 'again' / 'model.pt')
@@ -237,15 +242,8 @@ def test_lr_grids_are_half_decade_log_grids():
 
 def test_resuming_on_another_device_is_said(tmp_path, monkeypatch):
     "A run started on one kind of device and resumed on another is not bit-for-bit an uninterrupted run: a warning says so."
-    import ntaylor_nb.train as tr
     cfg = RunConfig(epochs=2, lr=1e-2, probe_size=0, scopes=None, checkpoint_every=5, device='cpu')
-    real = tr._round
-    def stop(t, r, *a):
-        if r == 7: raise KeyboardInterrupt
-        return real(t, r, *a)
-    monkeypatch.setattr(tr, '_round', stop)
-    with pytest.raises(KeyboardInterrupt): train_run(cfg, tmp_path / 'r', progress=False)
-    monkeypatch.setattr(tr, '_round', real)
+    interrupted(cfg, tmp_path / 'r', 7, monkeypatch)
     p = json.loads((tmp_path / 'r' / 'params.json').read_text()); (tmp_path / 'r' / 'params.json').write_text(json.dumps(dict(p, device='cuda')))
     with pytest.warns(UserWarning, match='started on cuda and resumes on cpu'): train_run(cfg, tmp_path / 'r', progress=False)
     assert (tmp_path / 'r' / 'done.json').exists()
