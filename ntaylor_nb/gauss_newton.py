@@ -85,8 +85,8 @@ def encode_round(mods: dict, # the model's modules by name
         rec['e_out'] = stored_array(e[:, u])
     rec['weights'] = stored_array(torch.cat(ws))[None]  # one copy of every weight the replay needs
     if lo != out_l:
-        Wo = mods[out_l].weight.detach()
-        rec['G'], rec['d_top'] = stored_array(Wo.T @ Wo)[None], stored_array(e @ Wo)
+        Wo = mods[out_l].weight.detach().double()  # in float64: G has the rank of the output layer, which float32's rounding would lift
+        rec['G'], rec['d_top'] = stored_array(Wo.T @ Wo)[None], stored_array(e.detach().double() @ Wo)  # (when the layer below is wider)
     return GaussNewtonRecord(**rec)
 
 # %% ../nbs/05_gauss_newton.ipynb #ef0ef9f4
