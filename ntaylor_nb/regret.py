@@ -236,14 +236,22 @@ def _warn_under(self: RegretRecorder, rows: int, # Taylor rows of the whole reco
 # %% ../nbs/06_regret.ipynb #da20d902
 @patch
 def _probe(self: RegretRecorder, x):
-    seen = {}
+    seen, order = {}, []
     hs = [self.mods[l].register_forward_hook(lambda m, i, o, l=l: seen.__setitem__(l, (i[0].shape, o.shape))) for l in self.plan]
+    weights = [n for n, m in self.model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]  # as weight_layers numbers them
+    hs += [self.model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: order.append(n)) for n in weights]
     try:
         with torch.random.fork_rng(devices=[x.device.index] if x.is_cuda else []), torch.no_grad(): out = self.model(x)
     finally:
         for h in hs: h.remove()
     missing = [l for l in self.plan if l not in seen]
     if missing: raise ValueError(f'layer(s) {missing} are never called in the forward pass')
+    if twice := sorted({l for l in order if order.count(l) > 1} & {*self.plan, *self.hooked}):
+        raise ValueError(f'layer(s) {twice} are applied more than once in a forward pass (shared weights): a recording takes layers applied once')
+    if (first := list(dict.fromkeys(order))) != [n for n in weights if n in first]:  # the paper's layer numbers count from the input
+        raise ValueError(f'the model applies its weight layers in the order {first} but registers them as {[n for n in weights if n in first]}: '
+                         'the layer numbers (weight_layers: from the input) would be wrong; register the layers in the order the forward '
+                         'pass applies them (as nn.Sequential does)')
     def rk(l):
         k, m = layer_kind(self.mods[l]), self.mods[l]
         if k != 'conv2d' or self.conv_record == 'conv' or m.groups != 1 or isinstance(m.padding, str) or m.padding_mode != 'zeros': return record_kind(k, self.loss, self.fast)
@@ -297,6 +305,9 @@ def _forward(self: RegretRecorder, x):
 @torch.no_grad()
 def _make_record(self: RegretRecorder, x: torch.Tensor, y: torch.Tensor) -> dict:
     "The round's record at the current weights (`record(step, x, y)`: after the forward pass, before optimizer.step())."
+    if self.loss == 'cross_entropy' and (y.is_floating_point() or y.dim() != 1):
+        raise ValueError(f'cross-entropy targets are recorded as class indices (integers, one a sample); got {y.dtype} of shape {tuple(y.shape)} '
+                         '(soft or probability targets are not supported)')
     own = self._seen.get('__out__', (None,))[0] is not x
     with torch.random.fork_rng(devices=[x.device.index] if x.is_cuda else []) if (own or not self.fast) else contextlib.nullcontext():
         seen = self._forward(x) if own else self._seen

@@ -62,7 +62,7 @@ class Scope:
 # %% ../nbs/01_taylor.ipynb #8b478b1e
 def weight_layers(model: nn.Module, # a network
                  ) -> dict[int, str]:
-    "The weight layers (Linear, Conv2d) numbered 1.. from the input, as the paper numbers them, mapped to their module paths."
+    "The weight layers (Linear, Conv2d) numbered 1.. in the order the model registers them, mapped to their module paths: from the input (as the paper numbers them) for nn.Sequential and any model that registers its layers in the order it applies them (`RegretRecorder` refuses one that does not)."
     return {i + 1: n for i, n in enumerate(n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d)))}
 
 # %% ../nbs/01_taylor.ipynb #1d29a941
@@ -253,6 +253,9 @@ def _layer(model, layer):
         if mod.groups != 1 or mod.padding_mode != 'zeros':
             raise ValueError(f'layer {layer!r}: the factored form handles Conv2d with groups=1 and zero padding; '
                              'use taylor_output (the generic path) for this layer')
+        if isinstance(mod.padding, str):
+            raise ValueError(f'layer {layer!r} has padding={mod.padding!r}: the factored form takes the padding as numbers '
+                             '(padding=0 for "valid", (k - 1) // 2 for "same" with an odd kernel k), or use taylor_output (the generic path)')
     elif not isinstance(mod, nn.Linear):
         raise ValueError(f'layer {layer!r} is a {type(mod).__name__}: the factored form is for Linear and Conv2d layers '
                          '(use taylor_output, the generic path, for any other module)')
@@ -267,6 +270,12 @@ def _patches(mod, inp):
     return F.unfold(inp, mod.kernel_size, mod.dilation, mod.padding, mod.stride)
 
 # %% ../nbs/01_taylor.ipynb #a8dbc453
+def _per_sample(model):
+    "Refuse a model whose outputs mix the samples of a batch (batch norm in training mode): the factored form is per sample."
+    bn = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    if bn: raise ValueError(f'{bn}: batch norm in training mode mixes the samples of a batch, so the per-sample factored form does not hold; '
+                            'call model.eval() first, or use taylor_output (the generic path)')
+
 def _output_jacobian(f, a):
     "f(z) at z = 0 and its per-sample Jacobian (B, outputs, units), for offsets z shaped like the layer output `a`."
     z0 = torch.zeros_like(a)
@@ -289,14 +298,17 @@ def layer_jacobian(model: nn.Module, # the network
                   ) -> LayerJacobian:
     "The factors $\\mathbf{J}^L_l$ and $\\mathbf{x}_{l-1}$ of the layer's Jacobian tensor on the batch `x`."
     mod = _layer(model, layer)
+    _per_sample(model)
     W = current_weights(model) if W is None else dict(W)
-    seen = {}
-    def record(m, i, o): seen['x'], seen['a'] = i[0].detach(), o.detach()
+    seen = {'calls': 0}
+    def record(m, i, o): seen['x'], seen['a'] = i[0].detach(), o.detach(); seen['calls'] += 1
     h = mod.register_forward_hook(record)
     try:
         with torch.no_grad(): functional_call(model, W, (x,))
     finally: h.remove()
     if 'a' not in seen: raise ValueError(f'layer {layer!r} is never called in the forward pass')
+    if seen['calls'] > 1: raise ValueError(f'layer {layer!r} is applied {seen["calls"]} times in one forward pass (shared weights): the factored '
+                                           'form takes a layer applied once; use taylor_output (the generic path)')
     a = seen['a']
     def f(z):
         h = mod.register_forward_hook(lambda m, i, o: o + z)
@@ -392,7 +404,9 @@ def clamped_output(model: nn.Module, # a rectifier network (nn.ReLU, optionally 
     mods = _relu_modules(model) + [(n, m) for n, m in model.named_modules() if isinstance(m, nn.MaxPool2d)]
     frozen, inputs = {}, {}
     def freeze(n):
-        def hook(m, i, o): frozen[n] = inputs[n] > 0 if isinstance(m, nn.ReLU) else _pool_indices(m, inputs[n])
+        def hook(m, i, o):
+            if n in frozen: raise ValueError(f'module {n!r} is applied more than once; give each use its own nn.ReLU (nn.MaxPool2d)')
+            frozen[n] = inputs[n] > 0 if isinstance(m, nn.ReLU) else _pool_indices(m, inputs[n])
         return hook
     def apply(n):
         def hook(m, i, o):

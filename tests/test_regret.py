@@ -508,3 +508,26 @@ def test_fast_path_of_a_float32_model_whose_top_hidden_layer_is_wider_than_its_o
     m = gen.merge(fast, on=['scope', 'N'], suffixes=('_gen', '_fast'))
     err = (m.taylor_optimum_fast - m.taylor_optimum_gen).abs() / m.average_loss_gen
     assert err.max() < 1e-6 and (m.taylor_optimum_fast > -1e-6 * m.average_loss_gen).all(), m.assign(err=err)[['scope', 'N', 'taylor_optimum_gen', 'taylor_optimum_fast', 'err']]
+
+
+def test_recorder_refuses_what_would_number_or_record_wrongly(tmp_path):
+    "Shared weights, layers registered in another order than applied (the paper numbers them from the input), soft cross-entropy targets."
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__(); self.i, self.h, self.o = nn.Linear(6, 4), nn.Linear(4, 4), nn.Linear(4, 6)
+        def forward(self, x): return self.o(self.h(self.h(self.i(x)).relu()).relu())
+    class Backwards(nn.Module):  # the decoder registered first
+        def __init__(self):
+            super().__init__(); self.dec, self.enc = nn.Linear(3, 6), nn.Linear(6, 3)
+        def forward(self, x): return self.dec(self.enc(x).relu())
+    x = torch.randn(8, 6, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"layer\(s\) \['h'\] are applied more than once in a forward pass \(shared weights\)"):
+        RegretRecorder(Tied().double(), 'mse', ['layer:h'], tmp_path / 'a', x, 4)
+    with pytest.raises(ValueError, match=r"applies its weight layers in the order \['enc', 'dec'\] but registers them as \['dec', 'enc'\]"):
+        RegretRecorder(Backwards().double(), 'mse', ['layer:enc'], tmp_path / 'b', x, 4)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)).double()
+    with RegretRecorder(model, 'cross_entropy', ['layer:0'], tmp_path / 'c', x, 4) as rec:
+        with pytest.raises(ValueError, match='cross-entropy targets are recorded as class indices'):
+            rec.maybe(0, x, torch.softmax(torch.randn(8, 3, dtype=torch.float64), 1))
+        rec.maybe(0, x, torch.randint(0, 3, (8,)))  # class indices: recorded
+    assert len(RegretRecording(tmp_path / 'c')) == 1

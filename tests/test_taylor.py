@@ -243,3 +243,27 @@ def test_bad_V_and_modules():
     with pytest.raises(ValueError, match='applied more than once'):
         r = nn.ReLU(); activation_configuration(nn.Sequential(nn.Linear(6, 6), r, nn.Linear(6, 6), r).double(), x)
     with pytest.raises(TypeError, match='a Scope or a string'): Scope.parse(3)
+
+
+class _Tied(nn.Module):
+    "One Linear layer applied twice (shared weights), one nn.ReLU module used twice."
+    def __init__(self):
+        super().__init__()
+        self.i, self.h, self.r, self.o = nn.Linear(3, 4), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)
+    def forward(self, x): return self.o(self.r(self.h(self.r(self.h(self.i(x))))))
+
+
+def test_the_factored_form_refuses_what_it_cannot_represent():
+    "Shared weights, reused ReLU modules, batch norm in training mode and string padding: each a clear error, not a silently wrong expansion."
+    torch.manual_seed(0)
+    m, x = _Tied().double(), torch.randn(5, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"layer 'h' is applied 2 times in one forward pass \(shared weights\)"): layer_jacobian(m, x, 'h')
+    with pytest.raises(ValueError, match=r"module 'r' is applied more than once"): clamped_output(m, x, scope_weights(m, 'network'))
+    bn = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2)).double()
+    with pytest.raises(ValueError, match=r"\['1'\]: batch norm in training mode mixes the samples"): layer_jacobian(bn, x, '0')
+    bn.eval()  # per sample again: the factored form equals the generic path
+    V = {k: v + 0.1 for k, v in scope_weights(bn, 'layer:0').items()}
+    torch.testing.assert_close(layer_jacobian(bn, x, '0').taylor({k.split('.')[-1]: v for k, v in V.items()}), taylor_output(bn, x, V, 'layer:0'))
+    for pad in ('same', 'valid'):
+        c = nn.Sequential(nn.Conv2d(1, 2, 3, padding=pad), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2)).double(); xi = torch.randn(2, 1, 6, 6, dtype=torch.float64); c(xi)
+        with pytest.raises(ValueError, match=f"layer '0' has padding='{pad}': the factored form takes the padding as numbers"): layer_jacobian(c, xi, '0')
