@@ -18,6 +18,9 @@ class Ball:
     "The Euclidean ball of radius `radius` around the origin."
     radius: float = 1.0  # radius R of the ball
 
+    def __post_init__(self):
+        if not (isinstance(self.radius, (int, float)) and 0 < self.radius < float('inf')): raise ValueError(f'Ball(radius={self.radius!r}): a positive, finite radius')
+
     def project(self, x: np.ndarray, # a point
                ) -> np.ndarray:
         "The closest point of the ball to `x`."
@@ -35,6 +38,10 @@ class Box:
     "The box [lo, hi] in every coordinate."
     lo: float = -1.0  # lower bound of every coordinate
     hi: float = 1.0  # upper bound of every coordinate
+
+    def __post_init__(self):
+        if not (isinstance(self.lo, (int, float)) and isinstance(self.hi, (int, float)) and float('-inf') < self.lo < self.hi < float('inf')):
+            raise ValueError(f'Box(lo={self.lo!r}, hi={self.hi!r}): finite bounds with lo < hi')
 
     def project(self, x: np.ndarray, # a point
                ) -> np.ndarray:

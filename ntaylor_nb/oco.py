@@ -24,7 +24,7 @@ class Environment:
                  seed: int = 0, # seeds the sequence
                 ):
         if not (isinstance(dim, int) and dim >= 1): raise ValueError(f'dim must be a positive integer, got {dim!r}')
-        self.dim, self.seed, self.rng = dim, seed, np.random.default_rng(seed)
+        self.dim, self.seed, self.rng, self.played = dim, seed, np.random.default_rng(seed), 0  # played: rounds revealed by `play`
 
     def _check(self, x):
         x = np.asarray(x, dtype=np.float64).reshape(-1)
@@ -137,6 +137,8 @@ class LogisticDigits(Environment):
     def __init__(self, lam: float = 1e-3, # L2 weight of each round's loss
                  seed: int = 0, # seeds the order of the stream
                 ):
+        if not (isinstance(lam, (int, float)) and 0 < lam < float('inf')):
+            raise ValueError(f'lam={lam!r}: a positive weight (without it the hindsight optimum of separable data does not exist)')
         from sklearn.datasets import load_digits
         d = load_digits()
         X = np.hstack([d.data / 16.0, np.ones((len(d.data), 1))])
@@ -218,10 +220,12 @@ def play(learner: Learner, # the online learner
     if learner.dim != env.dim: raise ValueError(f'learner has dimension {learner.dim}, environment {env.dim}')
     prefixes = (np.arange(1, N + 1) if N <= 2000 else log_prefixes(N, 200)) if prefixes is None else np.asarray(prefixes)
     if prefixes.min() < 1 or prefixes.max() > N: raise ValueError(f'prefixes must lie in 1..{N}')
+    if env.played: raise ValueError(f'{type(env).__name__} has already revealed {env.played} rounds to a play: its hindsight counts from its '
+                                    'first round, so make a fresh environment for each play')
     xs, losses = [], []
     for t in range(1, N + 1):
         x = learner.predict(); f, g = env.round(t, x)
-        xs.append(x); losses.append(f); learner.update(g)
+        xs.append(x); losses.append(f); learner.update(g); env.played = t
     return Play(learner.name, np.array(xs), np.array(losses), prefixes, env.hindsight(prefixes))
 
 # %% ../nbs/02_oco.ipynb #e8639150

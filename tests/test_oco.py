@@ -146,3 +146,17 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match='C > 2'): ReddiCounterexample(1.0)
     with pytest.raises(ValueError, match='point has 3 coordinates, expected 4'): LinearLosses(4).round(1, np.zeros(3))
     with pytest.raises(ValueError, match='prefixes must lie in 1..10'): play(make_learner('sgd', np.zeros(4)), LinearLosses(4), 10, prefixes=np.array([0, 5]))
+
+
+def test_bad_domains_and_a_replayed_environment_are_refused():
+    "A domain that is no convex set, an unregularised logistic stream, and an environment played twice (its hindsight would count the first play's rounds)."
+    from ntaylor_nb.learners import Ball, Box, make_learner
+    from ntaylor_nb.oco import LinearLosses, LogisticDigits, play
+    for bad in (lambda: Ball(-1.0), lambda: Ball(0.0), lambda: Box(1.0, -1.0), lambda: Box(0.0, float('inf'))):
+        with pytest.raises(ValueError, match='a positive, finite radius|finite bounds with lo < hi'): bad()
+    for lam in (0.0, -1e-3):
+        with pytest.raises(ValueError, match=f'lam={lam!r}: a positive weight'): LogisticDigits(lam=lam)
+    env = LinearLosses(3, domain=Ball(1.0), seed=0)
+    first = play(make_learner('ogd', np.zeros(3), lr=0.1, domain=Ball(1.0)), env, 50)
+    assert env.played == 50 and np.isfinite(first.regret).all()
+    with pytest.raises(ValueError, match='LinearLosses has already revealed 50 rounds to a play'): play(make_learner('ogd', np.zeros(3), lr=0.1, domain=Ball(1.0)), env, 50)
