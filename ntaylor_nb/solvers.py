@@ -19,11 +19,14 @@ __all__ = ['MAX_DIRECT', 'quad_min', 'quad_min_shared', 'LinearSamples', 'ConvSa
 
 # %% ../nbs/04_solvers.ipynb #73c211e1
 def _pinv_quad(Q, q):
-    "q'Q^+q for a positive semi-definite Q with q in its range: pivoted Cholesky (LAPACK pstrf), rank-revealing."
+    """q'Q^+q for a positive semi-definite Q (positive diagonal) with q in its range: pivoted Cholesky (LAPACK pstrf), rank-revealing,
+    of Q scaled to a unit diagonal, so that which directions count as zero does not depend on the variables' units (the value
+    is the same: it is the quadratic's minimum, whatever the parametrisation)."""
     from scipy.linalg import lapack, solve_triangular
-    U, piv, r, info = lapack.dpstrf(Q, lower=0, tol=1e-12 * max(Q.diagonal().max(), 1e-300))
+    s = 1 / np.sqrt(Q.diagonal())
+    U, piv, r, info = lapack.dpstrf(Q * s[:, None] * s[None, :], lower=0, tol=1e-12)
     if info < 0: raise ValueError(f'pivoted Cholesky failed (info={info})')
-    z = solve_triangular(np.triu(U[:r, :r]), q[piv[:r] - 1], trans='T')
+    z = solve_triangular(np.triu(U[:r, :r]), (q * s)[piv[:r] - 1], trans='T')
     return float(z @ z)
 
 # %% ../nbs/04_solvers.ipynb #ff8939db

@@ -149,3 +149,17 @@ def test_run_summary_has_no_gap_where_the_layer_fits_every_sample(ce_run, tmp_pa
     assert np.isfinite(long[f'gap_layer_{n}']) and np.isnan(short[f'gap_layer_{n}'])
     ex = pd.read_csv(tmp_path / 'exponents.csv').set_index('kind')
     assert ex.loc['layer', 'left_out'] == 3 and np.isnan(ex.loc['layer', 'exponent'])  # every prefix of the short run fits exactly (N = 2..4 in the fit's range N >= 2)
+
+
+def test_quad_min_of_rank_deficient_problems_does_not_depend_on_the_units():
+    "Fewer rows than variables, columns scaled by 1e-3 .. 1e3: the minimum (against lstsq on the unscaled rows) is the same; the rank decision was relative to the largest diagonal entry."
+    from ntaylor_nb.solvers import quad_min, quad_min_shared
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        P = int(rng.integers(10, 60)); n = int(rng.integers(5, P))
+        A0, r = rng.normal(size=(n, P)), rng.normal(size=n)
+        A = A0 * rng.choice([1, 1e-3, 1e3], size=P)
+        Q, q, c = A.T @ A, A.T @ r, r @ r
+        truth = float(np.sum((A0 @ np.linalg.lstsq(A0, -r, rcond=None)[0] + r) ** 2))  # 0: more variables than rows
+        assert abs(float(quad_min(Q, q, c)) - truth) <= 1e-9 * c
+        assert abs(quad_min_shared(Q, q[None], c) - truth) <= 1e-9 * c
