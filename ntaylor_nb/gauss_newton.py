@@ -85,8 +85,10 @@ def encode_round(mods: dict, # the model's modules by name
         rec['e_out'] = stored_array(e[:, u])
     rec['weights'] = stored_array(torch.cat(ws))[None]  # one copy of every weight the replay needs
     if lo != out_l:
-        Wo = mods[out_l].weight.detach().double()  # in float64: G has the rank of the output layer, which float32's rounding would lift
-        rec['G'], rec['d_top'] = stored_array(Wo.T @ Wo)[None], stored_array(e.detach().double() @ Wo)  # (when the layer below is wider)
+        Wo = mods[out_l].weight.detach()
+        if Wo.shape[1] > Wo.shape[0]:  # a top hidden layer wider than the output: G = W_L' W_L is singular, and in float32 its rounding
+            Wo, e = Wo.double(), e.detach().double()  # gives it curvature it does not have (Taylor optima off by 1% of the loss): float64
+        rec['G'], rec['d_top'] = stored_array(Wo.T @ Wo)[None], stored_array(e @ Wo)
     return GaussNewtonRecord(**rec)
 
 # %% ../nbs/05_gauss_newton.ipynb #ef0ef9f4
