@@ -98,8 +98,8 @@ def regret_exponents(df: pd.DataFrame, # hindsight's table (optionally with a `s
         R = g.pivot_table(index=['scope', 'seed'], columns='N', values='regret')
         if R.isna().any().any():  # a mean over different scopes at different N would bend the exponent
             ns = {k: sorted(d.N.unique().tolist()) for k, d in g.groupby('seed')}
-            raise ValueError(f'{kind} scopes of layer {layer}: the scopes or seeds were solved at different prefixes ({ns} by seed): '
-                             'solve every run with the same prefixes (Run.analyze(prefixes=...), hindsight(prefixes=...))')
+            raise ValueError(f'{kind} scopes of layer {layer}: the scopes or seeds were solved at different prefixes ({ns} by seed), or a regret '
+                             'is missing: solve every run with the same prefixes (Run.analyze(prefixes=...), hindsight(prefixes=...))')
         R = R.loc[:, ~fits.loc[R.columns].to_numpy()]
         try: est, a, b = bootstrap_exponent(R.columns.values, R.values, lo=lo, n_boot=n_boot, seed=seed)
         except ValueError: est = a = b = np.nan

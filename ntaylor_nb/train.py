@@ -171,15 +171,21 @@ def _start_or_resume(run, cfg, model, opt, dev, **facts):
         state = torch.load(ck, map_location=dev, weights_only=False)
         model.load_state_dict(state['model']); opt.load_state_dict(state['optimizer'])
         return state
-    _discard_start(run)  # what an attempt stopped before its first checkpoint left: nothing of it can be resumed
+    _discard_start(run)  # what an attempt of this package stopped before its first checkpoint left: nothing of it can be resumed
     run.write_json('params', dict(config=asdict(cfg), device=str(dev), **facts, version=ntaylor_nb.__version__, torch=torch.__version__))
     return None
 
 _STARTED = ('params', 'metrics', 'epochs', 'regret', 'exploration')  # what a fresh start writes into a run's folder before its first checkpoint
 
 def _discard_start(run):
-    "Remove what a fresh start writes (`_STARTED`) from a run folder that holds no checkpoint and no finished run."
+    """Remove what a fresh start writes (`_STARTED`) from a run folder that holds no checkpoint and no finished run; refuse
+    (ValueError) where those names are there without a params.json of this package: files this package did not make."""
     import shutil
+    there = [run.file(k).name for k in _STARTED if run.file(k).exists()]
+    if not there: return
+    try: ours = 'config' in json.loads(run.file('params').read_text())
+    except (OSError, ValueError): ours = False
+    if not ours: raise ValueError(f'{run.path} holds {there} but no params.json of a run: files this package did not write; give another folder')
     for k in _STARTED:
         p = run.file(k)
         if p.is_dir(): shutil.rmtree(p)
@@ -284,7 +290,7 @@ def _finish(t: _Training):
         _checkpoint(t, t.total)
     for rec in (t.reg, t.exp):
         if rec: rec.close()
-    torch.save(t.model.state_dict(), t.run.file('model'))
+    with atomic_file(t.run.file('model')) as tmp: torch.save(t.model.state_dict(), tmp)
     t.run.write_json('done', dict(rounds=t.total, final_loss=t.metrics[-1][2], last_epoch_loss=t.epochs[-1][1] if t.epochs else None,
                                   last_epoch_accuracy=t.epochs[-1][2] if t.epochs else None))
     t.run.file('checkpoint').unlink(missing_ok=True)
@@ -315,16 +321,21 @@ def train_run(cfg: RunConfig, # what to run
              ) -> Path:
     "Train, record and checkpoint one run into `out_dir`; resume it if it was interrupted. Returns the folder."
     cfg.validate()
-    new = not Path(out_dir).exists()
+    top, p = None, Path(out_dir).absolute()
+    while not p.exists(): top, p = p, p.parent  # the first folder this call makes (None: out_dir is there)
     run = Run(out_dir, create=True)
     check_run_folder(cfg, run.path)
     if run.complete: return run.path
-    fresh = not run.file('checkpoint').exists()
+    params = run.file('params')
+    before = params.stat().st_mtime_ns if params.exists() else None
     try: t = _prepare(cfg, run)
     except BaseException:  # bad input found while preparing (a layer the model lacks, data not found, ...): nothing half-written stays
-        if fresh:
-            _discard_start(run)
-            if new and not any(run.path.iterdir()): run.path.rmdir()  # (a folder this call made)
+        if params.exists() and params.stat().st_mtime_ns != before: _discard_start(run)  # a fresh start of this call: what it wrote
+        d = run.path.absolute()
+        while top is not None and d.is_dir() and not any(d.iterdir()):  # and the folders it made, where empty
+            d.rmdir()
+            if d == top: break
+            d = d.parent
         raise
     _train_rounds(t, progress)
     _finish(t)

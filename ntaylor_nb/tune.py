@@ -30,7 +30,10 @@ def half_decade(lr: float, # a learning rate
                 direction: int, # +1: the next half-decade up, -1: down (k: k steps; 0: the nearest grid rate)
                ) -> float:
     "The neighbouring rate on the half-decade grid 1, 3, 10, 30, ... (times a power of ten): the next one above `lr` (or below), on the grid or off it."
-    if not (lr > 0 and math.isfinite(lr)) or not isinstance(direction, int): raise ValueError(f'half_decade({lr!r}, {direction!r}): a positive rate and a whole number of steps')
+    import operator
+    try: direction = operator.index(direction) if not isinstance(direction, bool) else None
+    except TypeError: direction = None
+    if not (lr > 0 and math.isfinite(lr)) or direction is None: raise ValueError(f'half_decade({lr!r}, ...): a positive rate and a whole number of steps')
     g = lambda e: float(f'{10 ** (e / 2):.1g}')  # the grid, increasing in e
     if direction == 0: return g(round(2 * math.log10(lr)))
     for _ in range(abs(direction)):

@@ -119,6 +119,13 @@ def test_bad_input_leaves_nothing_half_written(tmp_path):
         assert [p.name for p in (tmp_path / 'q').iterdir()] == ['notebook.ipynb']
     train_run(RunConfig(rounds=3, probe_size=10, neurons_per_layer=2), tmp_path / 'q', progress=False)  # and the corrected run trains there
     assert (tmp_path / 'q' / 'done.json').exists()
+    with pytest.raises(ValueError): train_run(RunConfig(layers=[9]), tmp_path / 'n' / 'e' / 's', progress=False)
+    assert not (tmp_path / 'n').exists(), 'the folders the call made are gone, the nested ones too'
+    (tmp_path / 'f' / 'exploration').mkdir(parents=True); (tmp_path / 'f' / 'exploration' / 'notes.txt').write_text('mine')
+    (tmp_path / 'f' / 'metrics.csv').write_text('x')  # names a run uses, in a folder no run made: never removed
+    with pytest.raises(ValueError, match=r"holds \['metrics.csv', 'exploration'\] but no params.json of a run"):
+        train_run(RunConfig(rounds=3, probe_size=10, neurons_per_layer=2), tmp_path / 'f', progress=False)
+    assert (tmp_path / 'f' / 'exploration' / 'notes.txt').read_text() == 'mine' and (tmp_path / 'f' / 'metrics.csv').read_text() == 'x'
 
 
 def test_more_rounds_than_the_epochs_hold_is_said(tmp_path):
