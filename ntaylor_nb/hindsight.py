@@ -325,13 +325,18 @@ def _table(rows, mf=None, B=None):
 
 def _check_prefixes(prefixes, R):
     if R < 1: raise ValueError('the recording holds no rounds')
-    p = log_prefixes(R, 64) if prefixes is None else np.unique(np.asarray(prefixes, dtype=int))
+    if prefixes is None: return log_prefixes(R, 64)
+    a = np.asarray(prefixes) if not isinstance(prefixes, (str, bytes)) else np.array([])
+    whole = a.ndim == 1 and a.size and a.dtype != bool and np.issubdtype(a.dtype, np.number) and np.isfinite(a).all() and (a == np.round(a)).all()
+    if not whole: raise ValueError(f'prefixes={prefixes!r}: a non-empty list of whole numbers of recorded rounds, 1..{R}')
+    p = np.unique(a.astype(np.int64))
     if p.min() < 1 or p.max() > R: raise ValueError(f'prefixes must lie in 1..{R} (the recorded rounds)')
     return p
 
 # %% ../nbs/07_hindsight.ipynb #2b09f132
 def _select(rec, scopes):
     if scopes is None: return [s for s in rec.scopes if s.kind != 'network']
+    if isinstance(scopes, (str, Scope)) or not len(scopes): raise ValueError(f'scopes={scopes!r}: a non-empty list of recorded scopes, or None for all of them')
     out = [s if isinstance(s, Scope) else Scope.parse(s) for s in scopes]
     bad = [str(s) for s in out if s not in rec.scopes]
     if bad: raise ValueError(f'scope(s) {bad} were not recorded; recorded: {[str(s) for s in rec.scopes]}')

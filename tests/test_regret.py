@@ -531,3 +531,13 @@ def test_recorder_refuses_what_would_number_or_record_wrongly(tmp_path):
             rec.maybe(0, x, torch.softmax(torch.randn(8, 3, dtype=torch.float64), 1))
         rec.maybe(0, x, torch.randint(0, 3, (8,)))  # class indices: recorded
     assert len(RegretRecording(tmp_path / 'c')) == 1
+
+
+def test_hindsight_refuses_prefixes_and_scopes_it_would_misread(tmp_path):
+    "Fractional, empty, nested or non-numeric prefixes and an empty or string scope list: clear errors (2.9 had become round 2, [] a numpy error)."
+    train(autoencoder, 'mse', ['layer:2', 'neuron:2:0'], tmp_path / 'r', rounds=6)
+    for bad in ([], [2.9], np.geomspace(1, 6, 4), [[1, 2], [3, 4]], 5, '3', [True], [float('nan')]):
+        with pytest.raises(ValueError, match='a non-empty list of whole numbers of recorded rounds, 1..6'): hindsight(tmp_path / 'r', bad, progress=False)
+    for bad in ([], 'layer:2'):
+        with pytest.raises(ValueError, match='a non-empty list of recorded scopes, or None'): hindsight(tmp_path / 'r', [3], scopes=bad, progress=False)
+    assert hindsight(tmp_path / 'r', np.array([3.0, 6.0, 3.0]), progress=False).N.unique().tolist() == [3, 6]  # whole floats: taken, once each
