@@ -54,15 +54,19 @@ def quad_cg(hvp, # V -> QV, the quadratic's matrix applied without forming it
 def kfac_precond(A: Tensor, # (C, C) the output-side factor (symmetric, positive semi-definite)
                  B: Tensor, # (K1, K1) the input-side factor
                  damping: float = 1e-10, # added to the factored eigenvalues, relative to the largest
-                 rcond: float = 1e-12, # eigenvalues of a factor below this fraction of its largest are null
+                 rcond: float = 1e-12, # eigenvalues of a factor below this fraction of its largest are raised to it
                 ):
     """R (C, K1) -> (A (x) B + damping)^+ R through the eigendecompositions of both factors (a Kronecker-factored
-    preconditioner), restricted to the factors' ranges, which hold the range of every sum_b A_b (x) x_b x_b'."""
+    preconditioner), restricted to the factors' ranges, which hold the range of every sum_b A_b (x) x_b x_b': a factor's
+    null directions (a dead unit, an input that is always 0) are those of eigenvalues at rounding level (below n eps of the
+    largest, n the factor's size). Smaller eigenvalues above that are raised to `rcond` of the largest, not dropped: a
+    direction the factors barely see (nearly collinear inputs) can still carry curvature of the samples, and a
+    preconditioner without it keeps CG, and the stop rule, from ever seeing it."""
     la, Ua = torch.linalg.eigh(A); lb, Ub = torch.linalg.eigh(B)
-    ka, kb = la > rcond * la.max().clamp_min(0), lb > rcond * lb.max().clamp_min(0)
+    ka, kb = (l > len(l) * torch.finfo(l.dtype).eps * l.max().clamp_min(0) for l in (la, lb))
     la, Ua, lb, Ub = la[ka], Ua[:, ka], lb[kb], Ub[:, kb]
-    lab = la[:, None] * lb[None]
-    if not lab.numel(): return torch.zeros_like
+    if not (la.numel() and lb.numel()): return torch.zeros_like
+    lab = la.clamp_min(rcond * la.max())[:, None] * lb.clamp_min(rcond * lb.max())[None]
     lab = lab + damping * lab.max()
     return lambda R: Ua @ ((Ua.T @ R @ Ub) / lab) @ Ub.T
 
