@@ -58,12 +58,13 @@ def kfac_precond(A: Tensor, # (C, C) the output-side factor (symmetric, positive
                 ):
     """R (C, K1) -> (A (x) B + damping)^+ R through the eigendecompositions of both factors (a Kronecker-factored
     preconditioner), restricted to the factors' ranges, which hold the range of every sum_b A_b (x) x_b x_b': a factor's
-    null directions (a dead unit, an input that is always 0) are those of eigenvalues at rounding level (below n eps of the
-    largest, n the factor's size). Smaller eigenvalues above that are raised to `rcond` of the largest, not dropped: a
+    null directions (a dead unit, an input that is always 0) are those of eigenvalues at rounding level (below 10 n eps of
+    the largest, n the factor's size, as `hindsight_lsq` decides). Smaller eigenvalues above that are raised to `rcond` of the
+    factor's largest (the products' floor is then `damping`), not dropped: a
     direction the factors barely see (nearly collinear inputs) can still carry curvature of the samples, and a
     preconditioner without it keeps CG, and the stop rule, from ever seeing it."""
     la, Ua = torch.linalg.eigh(A); lb, Ub = torch.linalg.eigh(B)
-    ka, kb = (l > len(l) * torch.finfo(l.dtype).eps * l.max().clamp_min(0) for l in (la, lb))
+    ka, kb = (l > 10 * len(l) * torch.finfo(l.dtype).eps * l.max().clamp_min(0) for l in (la, lb))
     la, Ua, lb, Ub = la[ka], Ua[:, ka], lb[kb], Ub[:, kb]
     if not (la.numel() and lb.numel()): return torch.zeros_like
     lab = la.clamp_min(rcond * la.max())[:, None] * lb.clamp_min(rcond * lb.max())[None]

@@ -383,3 +383,14 @@ def test_newton_cg_sees_nearly_collinear_inputs(tmp_path):
     cg, dense = (hindsight(tmp_path / 'r', [4], progress=False, solver=s).iloc[0] for s in ('newton-cg', 'newton'))
     assert dense.certified and 4 * dense.taylor_optimum == pytest.approx(3.186724, abs=1e-5)
     assert cg.certified and abs(cg.taylor_optimum - dense.taylor_optimum) <= 1e-7 * dense.average_loss, (cg.taylor_optimum, dense.taylor_optimum)
+    # and with truly null directions beside it (an input always 0, two units dead on every sample): those stay out, the value the same
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)).double()
+    with torch.no_grad(): model[0].bias[[1, 3]] = -1e3
+    X0 = X.clone(); X0[:, 5] = 0
+    with RegretRecorder(model, 'cross_entropy', ['layer:0', 'layer:2'], tmp_path / 'z', X0[:20], 4, chunk_size=4) as rec:
+        for step in range(4):
+            i = torch.randint(0, 200, (20,), generator=g); x, y = X0[i], Y[i]
+            loss = F.cross_entropy(model(x), y); opt.zero_grad(); loss.backward(); rec.maybe(step, x, y)
+    cg, dense = (hindsight(tmp_path / 'z', [4], progress=False, solver=s).set_index('scope') for s in ('newton-cg', 'newton'))
+    assert cg.certified.all() and dense.certified.all()
+    assert ((cg.taylor_optimum - dense.taylor_optimum).abs() <= 1e-7 * dense.average_loss).all(), (cg.taylor_optimum, dense.taylor_optimum)
