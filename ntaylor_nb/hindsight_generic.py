@@ -72,6 +72,7 @@ def hindsight_generic(model: nn.Module, # the network that was recorded (its arc
     mf, R = rec.manifest, len(rec)
     if not any(k.startswith('w/') for k in rec.chunk(0)): raise ValueError('this recording has no weight snapshots: record with store_weights=True')
     prefixes, nums = _check_prefixes(prefixes, R), mf['layer_numbers']
+    if scopes is not None and (isinstance(scopes, (str, Scope)) or not len(scopes)): raise ValueError(f'scopes={scopes!r}: a non-empty list of scopes, or None for every recorded one')
     scopes = rec.scopes if scopes is None else [s if isinstance(s, Scope) else Scope.parse(s) for s in scopes]
     m64 = copy.deepcopy(model).double()
     names = [k for k, _ in m64.named_parameters()]

@@ -541,3 +541,7 @@ def test_hindsight_refuses_prefixes_and_scopes_it_would_misread(tmp_path):
     for bad in ([], 'layer:2'):
         with pytest.raises(ValueError, match='a non-empty list of recorded scopes, or None'): hindsight(tmp_path / 'r', [3], scopes=bad, progress=False)
     assert hindsight(tmp_path / 'r', np.array([3.0, 6.0, 3.0]), progress=False).N.unique().tolist() == [3, 6]  # whole floats: taken, once each
+    model, _ = train(autoencoder, 'mse', ['layer:2'], tmp_path / 'w', rounds=4, store_weights=True)  # the generic path too
+    for bad in ([], 'layer:2'):
+        with pytest.raises(ValueError, match='a non-empty list of scopes, or None'): hindsight_generic(model, tmp_path / 'w', [2], scopes=bad, progress=False)
+    with pytest.raises(ValueError, match='a non-empty list of whole numbers'): hindsight_generic(model, tmp_path / 'w', [2.5], progress=False)
