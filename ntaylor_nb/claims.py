@@ -5,23 +5,21 @@
 # %% ../nbs/15_claims.ipynb #31b9bba3
 from __future__ import annotations
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from .growth import interpolating, interpolating_by_N
+from .intervals import FAILS, HOLDS, INCONCLUSIVE, _check_level, judge, seed_difference, seed_interval  # (the statistics, their own chapter)
 from .run import Run
 
 # %% auto #0
-__all__ = ['HOLDS', 'FAILS', 'INCONCLUSIVE', 'SHOWN', 'NOT_MEASURED', 'CONSISTENT', 'SLOWER', 'FASTER', 'NEGATIVE',
-           'NEGATIVE_REGRET', 'ADAPTIVE', 'VARIANTS', 'GROUP', 'COLUMNS', 'seed_interval', 'seed_difference', 'judge',
-           'check_runs', 'output_layer', 'window_exponent', 'c1_verdict', 'growth_rows', 'loss_rows', 'gap_rows',
-           'accuracy_rows', 'exploration_rows', 'volume_rows', 'variant_agreement', 'claims_table']
+__all__ = ['SHOWN', 'NOT_MEASURED', 'CONSISTENT', 'SLOWER', 'FASTER', 'NEGATIVE', 'NEGATIVE_REGRET', 'ADAPTIVE', 'VARIANTS',
+           'GROUP', 'COLUMNS', 'check_runs', 'output_layer', 'window_exponent', 'c1_verdict', 'growth_rows',
+           'loss_rows', 'gap_rows', 'accuracy_rows', 'exploration_rows', 'volume_rows', 'variant_agreement',
+           'claims_table']
 
 # %% ../nbs/15_claims.ipynb #9a14eec5
-HOLDS, FAILS, INCONCLUSIVE = 'holds', 'does not hold', 'inconclusive'
 SHOWN, NOT_MEASURED = 'shown, not judged', 'not measured'
 CONSISTENT = 'consistent with sqrt(N)'
 SLOWER = "slower than sqrt(N) (within Theorem 2's bound)"
@@ -34,58 +32,6 @@ VARIANTS = {'torch': (('rmsprop', 'tuned'), ('adam', 'tuned')), 'tf': (('rmsprop
 GROUP = ['task', 'dataset', 'optimizer', 'lr_label']  # one configuration
 COLUMNS = ['task', 'dataset', 'claim', 'paper', 'compared', 'variant', 'measure', 'kind', 'layer_number', 'seeds',
            'estimate', 'ci_low', 'ci_high', 'measured', 'verdict', 'note']
-
-# %% ../nbs/15_claims.ipynb #53628024
-def _check_level(level):
-    if not (isinstance(level, (int, float)) and 0 < level < 1): raise ValueError(f'level={level!r}: a coverage strictly between 0 and 1, e.g. 0.95')
-
-def seed_interval(x, # one value per seed (NaNs are dropped)
-                  level: float = 0.95, # coverage of the two-sided interval
-                  within: tuple | None = None, # the values' range (a share: (0, 1)): the interval is cut to it
-                 ) -> dict:
-    "Mean over seeds and its two-sided Student-t interval: dict(estimate, ci_low, ci_high, n)."
-    _check_level(level)
-    x = np.asarray(x, float); x = x[np.isfinite(x)]; n = len(x)
-    if n == 0: return dict(estimate=np.nan, ci_low=np.nan, ci_high=np.nan, n=0)
-    m = float(x.mean())
-    if n < 2: return dict(estimate=m, ci_low=np.nan, ci_high=np.nan, n=n)
-    h = float(stats.t.ppf(0.5 + level / 2, n - 1) * x.std(ddof=1) / np.sqrt(n))
-    lo, hi = within or (-np.inf, np.inf)
-    return dict(estimate=m, ci_low=max(m - h, lo), ci_high=min(m + h, hi), n=n)
-
-# %% ../nbs/15_claims.ipynb #ce820ced
-def seed_difference(a: pd.Series, # one value per seed, indexed by seed
-                    b: pd.Series, # the same for the other configuration
-                    level: float = 0.95, # coverage of the two-sided interval
-                   ) -> dict:
-    """Interval on mean(a) - mean(b): the per-seed differences (paired) on the seeds where both have a value, if at least two
-    do; else Welch's over all values. `dropped`: the seeds of either side left out of a pairing (a value missing on one side or both)."""
-    _check_level(level)
-    seeds = set(a.index) | set(b.index)
-    a, b = a.dropna(), b.dropna()
-    both = sorted(set(a.index) & set(b.index))
-    if len(both) >= 2:  # the same seed: the same initialisation and data order on both sides
-        return dict(seed_interval((a[both] - b[both]).to_numpy(), level), method='paired', dropped=sorted(seeds - set(both)))
-    na, nb, m = len(a), len(b), float(a.mean() - b.mean()) if len(a) and len(b) else np.nan
-    if min(na, nb) < 2: return dict(estimate=m, ci_low=np.nan, ci_high=np.nan, n=min(na, nb), method='welch', dropped=[])
-    va, vb = a.var(ddof=1) / na, b.var(ddof=1) / nb
-    if va + vb == 0: return dict(estimate=m, ci_low=m, ci_high=m, n=min(na, nb), method='welch', dropped=[])
-    df = (va + vb) ** 2 / (va ** 2 / (na - 1) + vb ** 2 / (nb - 1))
-    h = float(stats.t.ppf(0.5 + level / 2, df) * np.sqrt(va + vb))
-    return dict(estimate=m, ci_low=m - h, ci_high=m + h, n=min(na, nb), method='welch', dropped=[])
-
-# %% ../nbs/15_claims.ipynb #0e6d2481
-def judge(iv: dict, # seed_interval's or seed_difference's result
-          threshold: float = 0.0, # the claim's threshold
-          inclusive: bool = False, # the threshold itself is on the claimed side (a claim of ">=")
-          min_seeds: int = 3, # fewer seeds give "inconclusive"
-         ) -> tuple[str, str]:
-    "The verdict (holds, does not hold, inconclusive) and its reason ('' when the interval decides)."
-    if iv['n'] < min_seeds: return INCONCLUSIVE, f"{iv['n']} seeds; at least {min_seeds} needed"
-    lo, hi, t = iv['ci_low'], iv['ci_high'], threshold
-    if (lo >= t) if inclusive else (lo > t): return HOLDS, ''
-    if (hi < t) if inclusive else (hi <= t): return FAILS, ''
-    return INCONCLUSIVE, 'the interval straddles the threshold'
 
 # %% ../nbs/15_claims.ipynb #3d2c99b9
 def _name(key): return '(' + ', '.join(map(str, key)) + ')'

@@ -19,7 +19,8 @@ from .growth import log_prefixes
 from .regret import ConvCompactRecord, ConvRecord, LinearJacobianRecord, OutputRecord, RegretRecording
 from .conv_solvers import CompactConv
 from .conv_newton import DenseProblems, conv_newton
-from .solvers import MAX_DIRECT, ConvFactoredSamples, ConvSamples, LinearSamples, _conv_k1, _conv_rows, _patches, Problems, _tri, lbfgs, loss_terms, quad_min, quad_min_shared
+from .solvers import MAX_DIRECT, ConvFactoredSamples, ConvSamples, LinearSamples, _conv_k1, _conv_rows, _patches, Problems, _tri, lbfgs, loss_terms
+from .quadratic import quad_min, quad_min_shared
 from .solvers_free import kfac_precond, newton_cg, quad_cg
 from .taylor import Scope, scope_variables, taylor_rows
 

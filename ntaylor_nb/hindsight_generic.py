@@ -15,7 +15,8 @@ from torch.func import functional_call
 
 from .hindsight import _check_prefixes, _row, _table
 from .regret import RegretRecording, WeightsRecord
-from .solvers import lbfgs, quad_min
+from .quadratic import quad_min
+from .solvers import lbfgs
 from .taylor import Scope
 
 # %% auto #0

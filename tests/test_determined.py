@@ -153,7 +153,7 @@ def test_run_summary_has_no_gap_where_the_layer_fits_every_sample(ce_run, tmp_pa
 
 def test_quad_min_of_rank_deficient_problems_does_not_depend_on_the_units():
     "Fewer rows than variables, columns scaled by 1e-3 .. 1e3: the minimum (against lstsq on the unscaled rows) is the same; the rank decision was relative to the largest diagonal entry."
-    from ntaylor_nb.solvers import quad_min, quad_min_shared
+    from ntaylor_nb.quadratic import quad_min, quad_min_shared
     rng = np.random.default_rng(0)
     for _ in range(60):
         P = int(rng.integers(10, 60)); n = int(rng.integers(5, P))

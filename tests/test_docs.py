@@ -76,9 +76,9 @@ def _sidebar_tool():
 # The reader's order (the paper, the machinery that runs experiments, the experiments, results, plumbing last),
 # written out here independently of the rule in tools/sidebar.py; notebooks not yet written are simply absent.
 READERS_ORDER = ['index.ipynb', '01_taylor.ipynb', '02_learners.ipynb', '02_oco.ipynb', '03_growth.ipynb', '03_regret.ipynb',
-                 '04_solvers.ipynb', '04_solvers_conv.ipynb', '04_solvers_conv_newton.ipynb', '04_solvers_free.ipynb', '05_gauss_newton.ipynb', '06_regret.ipynb', '07_hindsight.ipynb', '07_hindsight_generic.ipynb', '07_hindsight_lsq.ipynb', '08_regret_figures.ipynb',
+                 '04_solvers.ipynb', '04_solvers_conv.ipynb', '04_solvers_conv_newton.ipynb', '04_solvers_free.ipynb', '04_solvers_quad.ipynb', '05_gauss_newton.ipynb', '06_regret.ipynb', '07_hindsight.ipynb', '07_hindsight_generic.ipynb', '07_hindsight_lsq.ipynb', '08_regret_figures.ipynb',
                  '09_exploration.ipynb', '10_data.ipynb', '11_models.ipynb', '12_train.ipynb', '12_tune.ipynb', '13_run.ipynb', '14_batch.ipynb',
-                 '15_claims.ipynb', '15_report.ipynb', 'experiments/taylor_tour.ipynb', 'experiments/autoencoder.ipynb', 'experiments/convnet.ipynb',
+                 '15_claims.ipynb', '15_intervals.ipynb', '15_report.ipynb', 'experiments/taylor_tour.ipynb', 'experiments/autoencoder.ipynb', 'experiments/convnet.ipynb',
                  'experiments/report.ipynb', '16_results.ipynb', 'results/cifar10_report.ipynb', 'results/demo_report.ipynb', 'results/mnist_report.ipynb', '90_schedules.ipynb',
                  '91_storage.ipynb', '92_devices.ipynb']
 SECTIONS = ["The paper", "Running experiments", "Experiments", "Results", "Plumbing"]
