@@ -120,10 +120,9 @@ def _cifar10(root, train, download):
             from tqdm.auto import tqdm
             x = np.stack([np.asarray(ds.loader(p).convert('RGB')) for p, _ in tqdm(ds.samples, desc=f'decoding CIFAR-10 {split}')])
             y = np.array(ds.targets)
-            tmp = cache.with_name(f'{cache.stem}.{os.getpid()}.tmp.npz')  # written whole, then renamed: never a half-written cache
-            try: np.savez(tmp, x=x, y=y, source=np.array(source)); os.replace(tmp, cache)
+            try:  # written whole, then renamed: never a half-written cache, nor a temporary file left by a failed write
+                with atomic_file(cache, tag=f'.{os.getpid()}') as tmp, open(tmp, 'wb') as f: np.savez(f, x=x, y=y, source=np.array(source))
             except OSError: pass  # a read-only root: decode again next time
-            finally: tmp.unlink(missing_ok=True)  # whatever stopped the write (after the rename there is nothing to remove)
     return torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0, torch.from_numpy(y).long()
 
 # %% ../nbs/10_data.ipynb #aa36f255

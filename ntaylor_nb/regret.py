@@ -238,7 +238,7 @@ def _warn_under(self: RegretRecorder, rows: int, # Taylor rows of the whole reco
 def _probe(self: RegretRecorder, x):
     seen, order = {}, []
     hs = [self.mods[l].register_forward_hook(lambda m, i, o, l=l: seen.__setitem__(l, (i[0].shape, o.shape))) for l in self.plan]
-    weights = [n for n, m in self.model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]  # as weight_layers numbers them
+    weights = list(weight_layers(self.model).values())  # in the order their numbers count
     hs += [self.model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: order.append(n)) for n in weights]
     try:
         with torch.random.fork_rng(devices=[x.device.index] if x.is_cuda else []), torch.no_grad(): out = self.model(x)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .claims import VARIANTS, seed_difference
+from .claims import VARIANTS
+from .intervals import seed_difference
 from .run import LAYOUT, Run
 
 # %% auto #0

@@ -183,7 +183,7 @@ def _discard_start(run):
     import shutil
     there = [run.file(k).name for k in _STARTED if run.file(k).exists()]
     if not there: return
-    try: ours = 'config' in json.loads(run.file('params').read_text())
+    try: ours = 'config' in run.read_json('params')
     except (OSError, ValueError): ours = False
     if not ours: raise ValueError(f'{run.path} holds {there} but no params.json of a run: files this package did not write; give another folder')
     for k in _STARTED:

@@ -46,7 +46,7 @@ def test_cifar_cache_is_never_half_written(tmp_path, monkeypatch):
     cache = tmp_path / 'cifar10' / 'train_uint8.npz'
     real = np.savez
     def broken(f, **kw):  # the disk fills up halfway through the write
-        Path(f).write_bytes(b'PK\x03\x04 half a zip'); raise OSError('No space left on device')
+        f.write(b'PK\x03\x04 half a zip'); raise OSError('No space left on device')
     monkeypatch.setattr(np, 'savez', broken)
     x, y = load_dataset('cifar10', root=tmp_path)
     assert x.shape == (20, 3, 32, 32) and sorted(y.tolist()) == sorted(list(range(10)) * 2)
@@ -83,7 +83,7 @@ def test_mnist_read_side_by_side_from_a_fresh_root(tmp_path):
 def test_cifar_cache_write_stopped_by_another_error_leaves_nothing(tmp_path, monkeypatch):
     tiny_cifar(tmp_path)
     def broken(f, **kw):
-        Path(f).write_bytes(b'PK\x03\x04 half'); raise MemoryError('out of memory while compressing')
+        f.write(b'PK\x03\x04 half'); raise MemoryError('out of memory while compressing')
     monkeypatch.setattr(np, 'savez', broken)
     with pytest.raises(MemoryError): load_dataset('cifar10', root=tmp_path)  # not swallowed
     assert sorted(p.name for p in (tmp_path / 'cifar10').iterdir()) == ['.lock', 'train'], 'no temporary file left behind'
