@@ -151,6 +151,8 @@ def newton_cg(prob: Problems, # the problems; only its layer scope (cols None) i
     arithmetic would need P; past that only rounding is left to chase: the 5,000 iterations it could take made a
     111-variable problem take 45,000 products); one that reaches that cap confirms the stop only if its value fell by at
     most tol / 10 over its last 10 iterations (the first solve's own stop rule), else Newton goes on with its direction.
+    A solve that ends (at `max_iter`, or without a decrease) with a small decrement its confirmation could not resolve
+    reports the decrement as inf: unknown, so the solve is certified only by its value.
     A value within tol of the infimum 0 (every loss here is at least 0) stops the solve without a direction, its
     decrement then inf (not made). Returns V, value, gradient norm, Newton decrement, iterations."""
     V, zero = V0.clone(), torch.zeros(1, dtype=torch.long, device=V0.device)
@@ -173,5 +175,6 @@ def newton_cg(prob: Problems, # the problems; only its layer scope (cols None) i
         if not bool(acc[0]): break  # no decrease: rounding has the last word
         V = Vn[0]
         f, g = ev(V)
+    if lam2 / 2 <= tol and not confirmed: lam2 = float('inf')  # CG's decrement is only known from below: no certificate
     return V, float(f), float(g.norm()), lam2, it
 

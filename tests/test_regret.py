@@ -329,6 +329,27 @@ def test_newton_cg_on_separable_data_reaches_the_infimum():
     assert abs(f - float(fd[0])) <= 4 * tol  # the dense Newton's infimum, within the two stops
 
 
+@pytest.mark.parametrize('start,max_iter', [('zero', 100), ('minimum', 1), ('minimum', 0)])
+def test_newton_cg_certifies_no_decrement_its_confirmation_left_unresolved(monkeypatch, start, max_iter):
+    "A confirmation CG that runs to its cap with its last steps still falling leaves the decrement known only from below: a solve that then ends (at its cap, or with no decrease) reports it as inf, not as a small number a certificate would take."
+    from ntaylor_nb import solvers_free
+    D = random_data('linear', n=40, p=3, C=2, K1=4, seed=1)  # more samples than variables: a finite minimum
+    prob = Problems(D, 'cross_entropy')
+    tol, P = 1e-9 * float(D[2].sum()), prob.size()
+    V, f, _, lam2, _ = solvers_free.newton_cg(prob, torch.zeros(P, dtype=torch.float64), tol)
+    assert lam2 / 2 <= tol < f  # the real thing: certified by a confirmed decrement
+    real, calls = solvers_free.quad_cg, []
+    def unresolved(*a, **k):  # the confirmation (its cap 4 P) reports its cap reached, its last steps falling by tol / 5
+        out = real(*a, **k)
+        if k['max_iter'] != 4 * P: return out
+        calls.append(1)
+        return out[0], out[1], tol / 5, out[3], k['max_iter']
+    monkeypatch.setattr(solvers_free, 'quad_cg', unresolved)
+    V1, f1, _, lam1, it1 = solvers_free.newton_cg(prob, torch.zeros(P, dtype=torch.float64) if start == 'zero' else V, tol, max_iter=max_iter)
+    assert calls and lam1 == float('inf')
+    assert f1 == pytest.approx(f, rel=1e-9)  # the same minimum, reached: only the certificate is withheld
+
+
 def test_warm_started_prefixes_equal_cold_solves(tmp_path):
     "The solver warm-starts each prefix from the last; the optimum at a prefix must not depend on which prefixes came before."
     scopes = ['neuron:0:1', 'neuron:4:2', 'layer:4', 'layer:0']
