@@ -16,7 +16,7 @@ from .exploration import ExplorationRecording, exploration_measures, layer_summa
 from .growth import interpolating, log_prefixes, regret_exponents
 from .hindsight import hindsight
 from .regret import RegretRecording
-from .storage import write_json_atomic
+from .storage import LOCK, folder_lock, write_json_atomic
 
 # %% auto #0
 __all__ = ['LAYOUT', 'ANALYSIS_VERSION', 'Run', 'find_runs', 'runs_table']
@@ -40,6 +40,7 @@ LAYOUT = {
     'exploration_measures': 'analysis/exploration.npz',  # novelty (N,), switches (D,), log_volume (M,), unsorted
     'exploration_layers': 'analysis/exploration_layers.csv',  # the measures per recorded ReLU module
     'summary': 'analysis/summary.json',  # the flat summary; written last, so the cache is whole when it exists
+    'lock': LOCK,  # while a process trains or analyses the run: which (ntaylor_nb.storage.folder_lock); removed after
 }
 
 # %% ../nbs/13_run.ipynb #b5fda2b4
@@ -115,12 +116,16 @@ def analyze(self: Run, prefixes: int | None = None, # log-spaced prefixes for th
            ) -> dict:
     "The flat summary; computed (with every analysis table) if missing, refreshed or asked for other `prefixes`, else read."
     self._need_complete()
+    usable = lambda s: s and not refresh and prefixes in (None, s['prefixes'])
     saved = self.read_json('summary') if self.analyzed else {}
     # the training summary is read again each time (cheap): a summary saved by an older version gains its new fields
-    if saved and not refresh and prefixes in (None, saved['prefixes']):
-        if saved.get('analysis_version') != ANALYSIS_VERSION: saved = _upgrade(self, saved)  # an older analysis's numbers: made again from its tables
-        return dict(saved, **_plain(_training_summary(self)))
-    return _analyze(self, prefixes or saved.get('prefixes', 64), progress, device)
+    if usable(saved) and saved.get('analysis_version') == ANALYSIS_VERSION: return dict(saved, **_plain(_training_summary(self)))  # (read only: no lock)
+    with folder_lock(self.path, 'analysing', wait=True):  # one process computes; another waits, then reads what it saved
+        saved = self.read_json('summary') if self.analyzed else {}
+        if usable(saved):
+            if saved.get('analysis_version') != ANALYSIS_VERSION: saved = _upgrade(self, saved)  # an older analysis's numbers: made again from its tables
+            return dict(saved, **_plain(_training_summary(self)))
+        return _analyze(self, prefixes or saved.get('prefixes', 64), progress, device)
 @patch
 def regret_table(self: Run) -> pd.DataFrame | None: "Hindsight's table (analysis/regret.csv)."; return self._table('regret_table')
 @patch

@@ -17,8 +17,8 @@ from fastcore.basics import patch
 import ntaylor_nb
 
 # %% auto #0
-__all__ = ['MANIFEST', 'atomic_file', 'write_json_atomic', 'write_chunk', 'read_manifest', 'read_chunk', 'keep_chunks',
-           'ArrayRecord', 'Recorder', 'Recording', 'stored_array']
+__all__ = ['MANIFEST', 'LOCK', 'atomic_file', 'write_json_atomic', 'write_chunk', 'folder_lock', 'read_manifest', 'read_chunk',
+           'keep_chunks', 'ArrayRecord', 'Recorder', 'Recording', 'stored_array']
 
 # %% ../nbs/91_storage.ipynb #64a21596
 MANIFEST = 'manifest.json'
@@ -52,6 +52,47 @@ def write_chunk(folder: Path, # the recording's folder
         for p in pieces:
             mv = memoryview(p).cast('B'); f.write(mv); h.update(mv); n += len(mv)
     return n, h.hexdigest()
+
+# %% ../nbs/91_storage.ipynb #e7b8526d
+LOCK = '.lock'
+_HELD: dict = {}  # folders whose lock this process holds: how many blocks deep
+
+@contextmanager
+def folder_lock(folder: str | Path, # an existing folder
+                what: str = 'in use', # what the holder does there, for another taker's error ("training", ...)
+                wait: bool = False, # wait for the lock instead of refusing (RuntimeError) while another process holds it
+               ):
+    """Hold `folder`'s lock (an `fcntl` lock on its file `.lock`, released when the block ends or the process does) for the block;
+    while another process holds it, RuntimeError naming that process, or with `wait` wait for it. Re-entrant in one process."""
+    try: import fcntl
+    except ImportError: yield; return  # (Windows: no lock)
+    path = (Path(folder) / LOCK).absolute()
+    if path in _HELD:
+        _HELD[path] += 1
+        try: yield
+        finally: _HELD[path] -= 1
+        return
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try: fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = os.read(fd, 4096).decode(errors='replace').strip() or 'another process'
+            os.close(fd)
+            raise RuntimeError(f'{Path(folder)} is {holder}: one process at a time in a run folder; wait for it to end, or give '
+                               f'another folder (a {LOCK} file whose holder has ended holds nothing)') from None
+        try: same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError: same = False
+        if same: break
+        os.close(fd)  # the holder before us removed the file as we took it: take the new one
+    import socket, time
+    os.ftruncate(fd, 0); os.write(fd, f'{what} by process {os.getpid()} on {socket.gethostname()} since {time.strftime("%Y-%m-%d %H:%M:%S")}'.encode())
+    _HELD[path] = 1
+    try: yield
+    finally:
+        del _HELD[path]
+        path.unlink(missing_ok=True)  # (while still held: a taker that opened it before sees the new file's inode differ)
+        os.close(fd)
+
 
 # %% ../nbs/91_storage.ipynb #b7ec9437
 def read_manifest(folder: Path, # the recording's folder

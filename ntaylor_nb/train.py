@@ -22,7 +22,7 @@ from .models import autoencoder, convnet
 from .optimizers import AdamTF, RMSpropTF
 from .regret import PRESETS, RegretRecorder
 from .run import Run
-from .storage import atomic_file
+from .storage import atomic_file, folder_lock
 from .devices import _exact_cuda, resolve_device
 from .taylor import weight_layers
 from .schedules import every
@@ -319,11 +319,24 @@ def train_run(cfg: RunConfig, # what to run
               out_dir: str | Path, # the run's folder (created; an unfinished run there is resumed)
               progress: bool = True, # show a progress bar
              ) -> Path:
-    "Train, record and checkpoint one run into `out_dir`; resume it if it was interrupted. Returns the folder."
+    """Train, record and checkpoint one run into `out_dir`; resume it if it was interrupted. Returns the folder. One process
+    at a time: while another trains or analyses the folder, RuntimeError naming it (`ntaylor_nb.storage.folder_lock`)."""
     cfg.validate()
     top, p = None, Path(out_dir).absolute()
     while not p.exists(): top, p = p, p.parent  # the first folder this call makes (None: out_dir is there)
     run = Run(out_dir, create=True)
+    try:
+        with folder_lock(run.path, 'training'): return _train_held(cfg, run, progress)
+    except BaseException:
+        d = run.path.absolute()
+        while top is not None and d.is_dir() and not any(d.iterdir()):  # the folders this call made, where it left them empty
+            d.rmdir()
+            if d == top: break
+            d = d.parent
+        raise
+
+def _train_held(cfg, run, progress):
+    "train_run in its folder, whose lock it holds."
     check_run_folder(cfg, run.path)
     if run.complete: return run.path
     params = run.file('params')
@@ -331,11 +344,6 @@ def train_run(cfg: RunConfig, # what to run
     try: t = _prepare(cfg, run)
     except BaseException:  # bad input found while preparing (a layer the model lacks, data not found, ...): nothing half-written stays
         if params.exists() and params.stat().st_mtime_ns != before: _discard_start(run)  # a fresh start of this call: what it wrote
-        d = run.path.absolute()
-        while top is not None and d.is_dir() and not any(d.iterdir()):  # and the folders it made, where empty
-            d.rmdir()
-            if d == top: break
-            d = d.parent
         raise
     _train_rounds(t, progress)
     _finish(t)

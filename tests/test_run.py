@@ -137,3 +137,37 @@ def test_a_measured_accuracy_of_zero_is_kept(run):
         assert Run(run.path).analyze(prefixes=3)['last_epoch_accuracy'] == want, acc
     s = Run(run.path).analyze()
     assert (s['probe_size'], s['exploration_units']) == (20, None)  # what check_runs compares across the runs that recorded exploration
+
+
+
+def _holding(folder, what, secs, then=''):
+    "Another process holding `folder`'s lock for `secs` seconds (then running `then` in it, still held), once it says so."
+    import subprocess, sys
+    p = subprocess.Popen([sys.executable, '-c', 'import sys, time; from ntaylor_nb.storage import folder_lock; from ntaylor_nb.run import Run\n'
+                          f'with folder_lock(sys.argv[1], {what!r}): print("held", flush=True); time.sleep({secs}); {then}', str(folder)],
+                         stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == 'held'
+    return p
+
+
+def test_one_process_at_a_time_trains_a_folder(tmp_path):
+    "While another process trains into a folder, train_run refuses, naming it, and changes nothing there; once it has ended (here killed: its .lock stays behind, holding nothing) the run trains."
+    folder = tmp_path / 'r'; folder.mkdir()
+    p = _holding(folder, 'training', 60)
+    with pytest.raises(RuntimeError, match=f'is training by process {p.pid} on .*one process at a time in a run folder'):
+        train_run(RunConfig(**CFG), folder, progress=False)
+    assert [f.name for f in folder.iterdir()] == [LAYOUT['lock']]
+    p.kill(); p.wait()
+    assert Run(train_run(RunConfig(**CFG), folder, progress=False)).complete and not (folder / LAYOUT['lock']).exists()
+
+
+def test_analysis_waits_for_another_process_analysing_the_run(run, monkeypatch):
+    "An analysis asked for while another process analyses the run waits for it, then reads what it saved: one computation, not two interleaved in one folder."
+    import time
+    p = _holding(run.path, 'analysing', 1, then='Run(sys.argv[1]).analyze(prefixes=4)')
+    calls = []
+    monkeypatch.setattr(run_module, 'hindsight', lambda *a, **k: calls.append(1))  # this process computes nothing
+    t0 = time.time()
+    s = run.analyze(prefixes=4)
+    assert time.time() - t0 > 0.5 and calls == [] and p.wait() == 0
+    assert s['prefixes'] == 4 and s == run.analyze() and not run.file('lock').exists()
