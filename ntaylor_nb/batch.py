@@ -9,7 +9,6 @@ import itertools
 import json
 import os
 import re
-import sys
 from pathlib import Path
 
 import pandas as pd

@@ -4,7 +4,6 @@
 
 # %% ../nbs/11_models.ipynb #1d0b0ac5
 from __future__ import annotations
-import torch
 import torch.nn as nn
 
 # %% auto #0
