@@ -85,20 +85,21 @@ def add(self: _GNAcc, d, sl, s):
 # %% ../nbs/07_hindsight.ipynb #6e316d68
 @patch
 def solve(self: _GNAcc, tol: float):
-    "{scope: (minimum of the summed Taylor losses, certificate, distance to the infimum: 0 where solved exactly)}; `tol`: the stop rule's distance (matrix-free solves)."
+    """{scope: (minimum of the summed Taylor losses, certificate, distance to the infimum)}; `tol`: the stop rule's distance (matrix-free solves).
+    The distance of a direct solve is its gap (`quad_min`): 0 where every pivot is resolved, else the gain of the directions near rounding it left out."""
     st, out = {k: v.numpy() for k, v in self.st.items()}, {}
-    vals = quad_min(st['Qn'], st['qn'], st['cn'])
-    for u, v in zip(self.units, vals): out[Scope('neuron', self.layer, int(u))] = (float(v), np.nan, 0.0)
+    vals, gaps = quad_min(st['Qn'], st['qn'], st['cn'], gap=True)
+    for u, v, g in zip(self.units, vals, gaps): out[Scope('neuron', self.layer, int(u))] = (float(v), np.nan, float(g))
     if self.layer_scope:
         C, K1 = st['q'].shape
         if self.free:
             out[Scope('layer', self.layer)] = self._solve_free(tol)
             return out
-        if self.identity: v = quad_min_shared(st['Q'], st['q'], float(st['c']))
+        if self.identity: v, g = quad_min_shared(st['Q'], st['q'], float(st['c']), gap=True)
         else:
             Q4 = _unpack(st['Q'], self.idxS, self.idxX)
-            v = float(quad_min(Q4.transpose(0, 2, 1, 3).reshape(C * K1, C * K1), st['q'].reshape(-1), float(st['c'])))
-        out[Scope('layer', self.layer)] = (v, np.nan, 0.0)
+            v, g = quad_min(Q4.transpose(0, 2, 1, 3).reshape(C * K1, C * K1), st['q'].reshape(-1), float(st['c']), gap=True)
+        out[Scope('layer', self.layer)] = (v, np.nan, g)
     return out
 
 # %% ../nbs/07_hindsight.ipynb #a81d3c0c

@@ -51,8 +51,8 @@ def _generic_add(z, M, off, y, mse):
     else: z['parts'].append((M, off, y.long(), torch.full((B,), 1.0 / B, dtype=torch.float64)))
 
 def _generic_solve(z, mse):
-    "(minimum, gradient norm, gap estimate) of a scope's summed Taylor losses so far: the direct solve (MSE, gap 0) or L-BFGS (gap NaN: no certificate)."
-    if mse: return float(quad_min(z['Q'], z['q'], z['c'])), np.nan, 0.0
+    "(minimum, gradient norm, gap estimate) of a scope's summed Taylor losses so far: the direct solve (MSE: its gap, `quad_min`'s) or L-BFGS (gap NaN: no certificate)."
+    if mse: v, g = quad_min(z['Q'], z['q'], z['c'], gap=True); return v, np.nan, g
     M, off, yy, s = (torch.cat(t) for t in zip(*z['parts'])); z['parts'] = [(M, off, yy, s)]
     fun = lambda v: (F.cross_entropy(off + M @ v, yy, reduction='none') * s).sum()
     V, v, g = lbfgs(fun, z['V'] if z['V'] is not None else torch.zeros(M.shape[2], dtype=torch.float64), 1e-9 * float(s.sum()))

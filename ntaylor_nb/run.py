@@ -181,7 +181,7 @@ def _analyze_regret(run: Run, prefixes: int, progress: bool, device: str) -> dic
 
 def _regret_summary(run: Run, df: pd.DataFrame, rounds: int) -> dict:
     "The summary numbers of a run's hindsight table `df` (of a recording of `rounds` rounds), its exponents saved."
-    s = dict(max_optimum_gap=float(df.optimum_gap.max()),  # 0 for exact (quadratic) solves; see ntaylor_nb.hindsight
+    s = dict(max_optimum_gap=float(df.optimum_gap.max()),  # 0 for direct (quadratic) solves that resolved every pivot; see ntaylor_nb.hindsight
              uncertified_solves=int((~df.certified.astype(bool)).sum()))  # ended at the cap or without decrease (their gap an estimate), or L-BFGS
     ex = regret_exponents(df, lo=max(2, rounds // 50), n_boot=300)
     ex.to_csv(run.file('exponents'), index=False)
