@@ -86,7 +86,7 @@ def add(self: _GNAcc, d, sl, s):
 @patch
 def solve(self: _GNAcc, tol: float):
     """{scope: (minimum of the summed Taylor losses, certificate, distance to the infimum)}; `tol`: the stop rule's distance (matrix-free solves).
-    The distance of a direct solve is its gap (`quad_min`): 0 where every pivot is resolved, else the gain of the directions near rounding it left out."""
+    The distance of a direct solve is its gap (`quad_min`): what the directions near rounding leave uncertain (rounding alone where every pivot is resolved)."""
     st, out = {k: v.numpy() for k, v in self.st.items()}, {}
     vals, gaps = quad_min(st['Qn'], st['qn'], st['cn'], gap=True)
     for u, v, g in zip(self.units, vals, gaps): out[Scope('neuron', self.layer, int(u))] = (float(v), np.nan, float(g))
@@ -307,7 +307,7 @@ def _solve_lbfgs(self: _DenseAcc, D):
 
 # %% ../nbs/07_hindsight.ipynb #b55317f7
 def _row(sc, nums, N, steps, cum, v, cert, gap):
-    "One row of the hindsight table: scope `sc` at prefix N, from its summed minimum v, certificate and gap estimate; certified: the gap within the stop rule (`GAP_TOL` a round; 0 for exact solves, NaN for L-BFGS: never)."
+    "One row of the hindsight table: scope `sc` at prefix N, from its summed minimum v, certificate and gap estimate; certified: the gap within the stop rule (`GAP_TOL` a round; for direct quadratic solves, `quad_min`'s gap; NaN for L-BFGS: never)."
     return dict(scope=str(sc), kind=sc.kind, layer=sc.layer, layer_number=nums.get(sc.layer, -1),
                 neuron=sc.neuron if sc.neuron is not None else -1, N=N, step=int(steps[N - 1]), cumulative_loss=cum,
                 taylor_optimum=v / N, regret=cum - v, grad_norm=cert, optimum_gap=gap / N, certified=bool(gap <= GAP_TOL * N))

@@ -114,13 +114,15 @@ def analyze(self: Run, prefixes: int | None = None, # log-spaced prefixes for th
             device: str = 'cpu', # where the convex solves of cross-entropy and convolution scopes and the matrix-free layer scopes run ("auto": CUDA when present)
             refresh: bool = False, # recompute even if saved
            ) -> dict:
-    "The flat summary; computed (with every analysis table) if missing, refreshed or asked for other `prefixes`, else read."
+    """The flat summary; computed (with every analysis table) if missing, refreshed or asked for other `prefixes`, else read.
+    Computing holds the run's lock (`ntaylor_nb.storage.folder_lock`): an analysis asked for meanwhile in another process waits
+    (no timeout), then reads what was saved where it suits (same prefixes, no refresh), else computes again."""
     self._need_complete()
     usable = lambda s: s and not refresh and prefixes in (None, s['prefixes'])
     saved = self.read_json('summary') if self.analyzed else {}
     # the training summary is read again each time (cheap): a summary saved by an older version gains its new fields
     if usable(saved) and saved.get('analysis_version') == ANALYSIS_VERSION: return dict(saved, **_plain(_training_summary(self)))  # (read only: no lock)
-    with folder_lock(self.path, 'analysing', wait=True):  # one process computes; another waits, then reads what it saved
+    with folder_lock(self.path, 'analysing', wait=True):  # one process computes; another waits, then reads what it saved (or computes again: refresh, other prefixes)
         saved = self.read_json('summary') if self.analyzed else {}
         if usable(saved):
             if saved.get('analysis_version') != ANALYSIS_VERSION: saved = _upgrade(self, saved)  # an older analysis's numbers: made again from its tables
@@ -181,7 +183,7 @@ def _analyze_regret(run: Run, prefixes: int, progress: bool, device: str) -> dic
 
 def _regret_summary(run: Run, df: pd.DataFrame, rounds: int) -> dict:
     "The summary numbers of a run's hindsight table `df` (of a recording of `rounds` rounds), its exponents saved."
-    s = dict(max_optimum_gap=float(df.optimum_gap.max()),  # 0 for direct (quadratic) solves that resolved every pivot; see ntaylor_nb.hindsight
+    s = dict(max_optimum_gap=float(df.optimum_gap.max()),  # direct (quadratic) solves: rounding where every pivot is resolved; see ntaylor_nb.hindsight
              uncertified_solves=int((~df.certified.astype(bool)).sum()))  # ended at the cap or without decrease (their gap an estimate), or L-BFGS
     ex = regret_exponents(df, lo=max(2, rounds // 50), n_boot=300)
     ex.to_csv(run.file('exponents'), index=False)

@@ -166,7 +166,7 @@ def newton_cg(prob: Problems, # the problems; only its layer scope (cols None) i
         for r, at, cap in ((rtol, tol / 10, 5000), (confirm_rtol, 0.0, min(5000, 4 * V.numel()))):  # the confirmation: relative accuracy only
             d, val, gap, _, its = quad_cg(lambda W: prob.hvp(V, W), -g, 0.0, torch.zeros_like(V), M, tol=at, rtol=r,
                                           ridge=1e-13 * dmax, max_iter=cap)
-            lam2 = -val + gap  # the decrement g'H^-1 g, from above (CG's value approaches -g'H^-1 g from above)
+            lam2 = -val + gap  # the decrement g'H^-1 g: CG's value approaches -g'H^-1 g from above, so -val lies below it; its gap estimate added
             confirmed = r <= confirm_rtol and (its < cap or gap <= tol / 10)  # at the cap: resolved if its last steps fell by at most tol / 10
             if lam2 / 2 > tol or r <= confirm_rtol: break  # go on with this direction, or the stop is confirmed
         if (lam2 / 2 <= tol and confirmed) or it == max_iter: break

@@ -55,41 +55,46 @@ def write_chunk(folder: Path, # the recording's folder
 
 # %% ../nbs/91_storage.ipynb #e7b8526d
 LOCK = '.lock'
-_HELD: dict = {}  # folders whose lock this process holds: how many blocks deep
+_HELD: dict = {}  # (lock file, thread) -> how many blocks deep that thread holds it
 
 @contextmanager
 def folder_lock(folder: str | Path, # an existing folder
                 what: str = 'in use', # what the holder does there, for another taker's error ("training", ...)
-                wait: bool = False, # wait for the lock instead of refusing (RuntimeError) while another process holds it
+                wait: bool = False, # wait for the lock instead of refusing (RuntimeError) while another holds it
                ):
     """Hold `folder`'s lock (an `fcntl` lock on its file `.lock`, released when the block ends or the process does) for the block;
-    while another process holds it, RuntimeError naming that process, or with `wait` wait for it. Re-entrant in one process."""
+    while another process (or another thread) holds it, RuntimeError naming the holder, or with `wait` wait for it (no timeout).
+    Re-entrant in one thread, whatever the folder's spelling."""
     try: import fcntl
     except ImportError: yield; return  # (Windows: no lock)
-    path = (Path(folder) / LOCK).absolute()
-    if path in _HELD:
-        _HELD[path] += 1
+    import threading
+    path = Path(os.path.realpath(folder)) / LOCK
+    key = (path, threading.get_ident())
+    if key in _HELD:
+        _HELD[key] += 1
         try: yield
-        finally: _HELD[path] -= 1
+        finally: _HELD[key] -= 1
         return
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try: fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            holder = os.read(fd, 4096).decode(errors='replace').strip() or 'another process'
+        except BaseException as e:
+            holder = os.read(fd, 4096).decode(errors='replace').strip() if isinstance(e, BlockingIOError) else ''
             os.close(fd)
-            raise RuntimeError(f'{Path(folder)} is {holder}: one process at a time in a run folder; wait for it to end, or give '
-                               f'another folder (a {LOCK} file whose holder has ended holds nothing)') from None
+            if not isinstance(e, BlockingIOError): raise
+            raise RuntimeError(f'{folder} is {holder or "in use by another process"}: one process at a time in a run folder; wait for it '
+                               f'to end, or give another folder (a {LOCK} file whose holder has ended holds nothing)') from None
         try: same = os.fstat(fd).st_ino == os.stat(path).st_ino
         except FileNotFoundError: same = False
         if same: break
         os.close(fd)  # the holder before us removed the file as we took it: take the new one
-    import socket, time
-    os.ftruncate(fd, 0); os.write(fd, f'{what} by process {os.getpid()} on {socket.gethostname()} since {time.strftime("%Y-%m-%d %H:%M:%S")}'.encode())
-    _HELD[path] = 1
-    try: yield
-    finally:
-        del _HELD[path]
+    try:
+        import socket, time
+        os.ftruncate(fd, 0); os.write(fd, f'{what} by process {os.getpid()} on {socket.gethostname()} since {time.strftime("%Y-%m-%d %H:%M:%S")}'.encode())
+        _HELD[key] = 1
+        yield
+    finally:  # (also where writing the holder's line failed: a lock is never left held)
+        _HELD.pop(key, None)
         path.unlink(missing_ok=True)  # (while still held: a taker that opened it before sees the new file's inode differ)
         os.close(fd)
 

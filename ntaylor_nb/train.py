@@ -319,12 +319,15 @@ def train_run(cfg: RunConfig, # what to run
               out_dir: str | Path, # the run's folder (created; an unfinished run there is resumed)
               progress: bool = True, # show a progress bar
              ) -> Path:
-    """Train, record and checkpoint one run into `out_dir`; resume it if it was interrupted. Returns the folder. One process
-    at a time: while another trains or analyses the folder, RuntimeError naming it (`ntaylor_nb.storage.folder_lock`)."""
+    """Train, record and checkpoint one run into `out_dir`; resume it if it was interrupted. Returns the folder (a finished run's
+    at once). One process at a time trains: while another trains or analyses the folder, RuntimeError naming it
+    (`ntaylor_nb.storage.folder_lock`)."""
     cfg.validate()
     top, p = None, Path(out_dir).absolute()
     while not p.exists(): top, p = p, p.parent  # the first folder this call makes (None: out_dir is there)
     run = Run(out_dir, create=True)
+    check_run_folder(cfg, run.path)
+    if run.complete: return run.path  # (no lock: nothing to write; another process may be analysing it)
     try:
         with folder_lock(run.path, 'training'): return _train_held(cfg, run, progress)
     except BaseException:
@@ -337,7 +340,7 @@ def train_run(cfg: RunConfig, # what to run
 
 def _train_held(cfg, run, progress):
     "train_run in its folder, whose lock it holds."
-    check_run_folder(cfg, run.path)
+    check_run_folder(cfg, run.path)  # (again: another process may have finished it before this one took the lock)
     if run.complete: return run.path
     params = run.file('params')
     before = params.stat().st_mtime_ns if params.exists() else None

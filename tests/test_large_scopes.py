@@ -66,7 +66,7 @@ def test_mse_matrix_free_equals_dense(mse_rec, monkeypatch):
     d, scale = (free.taylor_optimum - dense.taylor_optimum).values, 1e-13 * np.abs(dense.taylor_optimum.values)
     assert (d >= -scale).all()  # CG's value is one attained: never below the minimum
     assert (d[hidden] <= free[hidden].optimum_gap.values + scale[hidden]).all()  # its gap (a window of half its steps) overstates the distance
-    assert (free[~hidden].optimum_gap == 0).all()
+    assert (free[~hidden].optimum_gap < 1e-14).all()  # direct solves: their gap is rounding only here
 
 
 def test_ce_matrix_free_equals_dense(ce_rec):
@@ -399,7 +399,7 @@ def test_newton_cg_sees_nearly_collinear_inputs(tmp_path):
 def test_mse_rows_check_solves_from_the_rows():
     """benchmarks/mse_rows.py's reference: the least-squares minimum of a layer scope's rows L_b[:, j] (x) x_b, reduced block by
     block (TSQR) and added to incrementally, against numpy's lstsq on the explicitly stacked rows, on inputs collinear to 1e-8
-    (a direction Q = A'A cannot resolve, rows can): the direct solve of Q = A'A is 0.8% too high there, with no gap (the pivot is at rounding)."""
+    (a direction Q = A'A cannot resolve, rows can): the direct solve of Q = A'A is 0.8% too high there, its gap rounding only (the pivot is at rounding)."""
     from benchmarks.mse_rows import RowsMin  # (`python -m pytest` from the repository root, as `make test` runs it)
     from ntaylor_nb.quadratic import quad_min
     g = np.random.default_rng(0)
@@ -416,4 +416,5 @@ def test_mse_rows_check_solves_from_the_rows():
     truth = float(np.sum((A @ np.linalg.lstsq(A, y, rcond=1e-13)[0] - y) ** 2))
     assert m.minimum() == pytest.approx(truth, rel=1e-7) and m.rr == pytest.approx(y @ y, rel=1e-14)
     v, gap = quad_min(A.T @ A, -A.T @ y, y @ y, gap=True)
-    assert v - truth > 5e-3 * truth and gap == 0  # the quadratic statistics lost the direction
+    # the limit documented in ntaylor_nb.quadratic, pinned: the statistics lost the direction, and the gap is rounding only (lifting the limit fails this: update both)
+    assert v - truth > 5e-3 * truth and gap < 1e-9 * truth

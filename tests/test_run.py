@@ -159,6 +159,9 @@ def test_one_process_at_a_time_trains_a_folder(tmp_path):
     assert [f.name for f in folder.iterdir()] == [LAYOUT['lock']]
     p.kill(); p.wait()
     assert Run(train_run(RunConfig(**CFG), folder, progress=False)).complete and not (folder / LAYOUT['lock']).exists()
+    p = _holding(folder, 'analysing', 60)  # a finished run is returned at once, while another process analyses it
+    assert train_run(RunConfig(**CFG), folder, progress=False) == folder
+    p.kill(); p.wait()
 
 
 def test_analysis_waits_for_another_process_analysing_the_run(run, monkeypatch):
