@@ -119,7 +119,8 @@ def analyze(self: Run, prefixes: int | None = None, # log-spaced prefixes for th
     (no timeout), then reads what was saved where it suits (same prefixes, no refresh), else computes again."""
     self._need_complete()
     usable = lambda s: s and not refresh and prefixes in (None, s['prefixes'])
-    saved = self.read_json('summary') if self.analyzed else {}
+    try: saved = self.read_json('summary') if self.analyzed else {}
+    except FileNotFoundError: saved = {}  # (replaced by another process just now: read under the lock below)
     # the training summary is read again each time (cheap): a summary saved by an older version gains its new fields
     if usable(saved) and saved.get('analysis_version') == ANALYSIS_VERSION: return dict(saved, **_plain(_training_summary(self)))  # (read only: no lock)
     with folder_lock(self.path, 'analysing', wait=True):  # one process computes; another waits, then reads what it saved (or computes again: refresh, other prefixes)
@@ -208,12 +209,28 @@ def _analyze_exploration(run: Run) -> dict:
 # %% ../nbs/13_run.ipynb #858793eb
 def _plain(s: dict) -> dict: "Non-finite numbers as None (plain JSON: no NaN)."; return {k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in s.items()}
 
+class _Staged(Run):
+    "A run whose analysis members are written into `stage`, a folder beside analysis/; its other members are where they are."
+    def __init__(self, run: Run, stage: Path): self.path, self.stage = run.path, stage
+    def file(self, name):
+        p = Path(LAYOUT[name]) if name in LAYOUT else None
+        return self.stage.joinpath(*p.parts[1:]) if p is not None and p.parts[0] == LAYOUT['analysis'] else super().file(name)
+
 def _analyze(run: Run, prefixes: int, progress: bool, device: str) -> dict:
-    "Compute a complete run's analysis into a fresh analysis/ folder; the summary is written last."
-    shutil.rmtree(run.file('analysis'), ignore_errors=True); run.file('analysis').mkdir()
-    s = dict(_training_summary(run), **_analyze_regret(run, prefixes, progress, device), **_analyze_exploration(run))
-    s = dict(_plain(s), prefixes=prefixes, analysis_version=ANALYSIS_VERSION)
-    run.write_json('summary', s)
+    """Compute a complete run's analysis into a fresh folder beside analysis/ (the summary written last), then swap it in: a
+    reader sees the old analysis or the new one, and an analysis that fails leaves the old one as it was."""
+    import os
+    stage, old = (run.path / f'{LAYOUT["analysis"]}.{os.getpid()}.{k}' for k in ('new', 'old'))
+    shutil.rmtree(stage, ignore_errors=True); stage.mkdir()
+    try:
+        staged = _Staged(run, stage)
+        s = dict(_training_summary(run), **_analyze_regret(staged, prefixes, progress, device), **_analyze_exploration(staged))
+        s = dict(_plain(s), prefixes=prefixes, analysis_version=ANALYSIS_VERSION)
+        staged.write_json('summary', s)
+        if run.file('analysis').exists(): os.replace(run.file('analysis'), old)
+        os.replace(stage, run.file('analysis'))
+    finally:
+        shutil.rmtree(stage, ignore_errors=True); shutil.rmtree(old, ignore_errors=True)
     return s
 
 ANALYSIS_VERSION = 3  # 3: no interval for a single scope's exponent (it had a zero-width one); 2: exponents leave out a prefix where any scope fits it; summary keys by the paper's layer numbers (1: module indices)

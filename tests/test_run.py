@@ -174,3 +174,14 @@ def test_analysis_waits_for_another_process_analysing_the_run(run, monkeypatch):
     s = run.analyze(prefixes=4)
     assert time.time() - t0 > 0.5 and calls == [] and p.wait() == 0
     assert s['prefixes'] == 4 and s == run.analyze() and not run.file('lock').exists()
+
+
+def test_a_failed_analysis_leaves_the_saved_one(run, monkeypatch):
+    "An analysis is built beside analysis/ and swapped in: one that fails (here its hindsight) leaves the saved one as it was, and no folder of its own."
+    s = run.analyze(prefixes=4)
+    before = {p.name: p.read_bytes() for p in run.file('analysis').iterdir()}
+    def fail(*a, **k): raise MemoryError('no memory left')
+    monkeypatch.setattr(run_module, 'hindsight', fail)
+    with pytest.raises(MemoryError): run.analyze(prefixes=5)
+    assert {p.name: p.read_bytes() for p in run.file('analysis').iterdir()} == before and run.analyze() == s
+    assert sorted(p.name for p in run.path.iterdir()) == sorted(LAYOUT[k] for k in ('params', 'metrics', 'epochs', 'regret', 'exploration', 'model', 'done', 'analysis'))
