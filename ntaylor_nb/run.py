@@ -124,6 +124,7 @@ def analyze(self: Run, prefixes: int | None = None, # log-spaced prefixes for th
     # the training summary is read again each time (cheap): a summary saved by an older version gains its new fields
     if usable(saved) and saved.get('analysis_version') == ANALYSIS_VERSION: return dict(saved, **_plain(_training_summary(self)))  # (read only: no lock)
     with folder_lock(self.path, 'analysing', wait=True):  # one process computes; another waits, then reads what it saved (or computes again: refresh, other prefixes)
+        _tidy(self)
         saved = self.read_json('summary') if self.analyzed else {}
         if usable(saved):
             if saved.get('analysis_version') != ANALYSIS_VERSION: saved = _upgrade(self, saved)  # an older analysis's numbers: made again from its tables
@@ -142,15 +143,22 @@ def lr_trials(self: Run) -> pd.DataFrame | None:
 @patch
 def exploration_measures(self: Run) -> dict | None:
     "Novelty, switches and log-volume of the whole network (unsorted), as figure 5 draws them."
-    if not self.analyzed: self.analyze()  # computed once; a saved analysis is not read again here
-    f = self.file('exploration_measures')
-    if not f.is_file(): return None
-    with np.load(f) as z: return {k: z[k] for k in z.files}
+    def read(f):
+        with np.load(f) as z: return {k: z[k] for k in z.files}
+    return self._member('exploration_measures', read)
 @patch
-def _table(self: Run, name):
-    if not self.analyzed: self.analyze()  # computed once; a saved analysis is not read again here
-    f = self.file(name)
-    return pd.read_csv(f) if f.is_file() else None
+def _table(self: Run, name): return self._member(name, pd.read_csv)
+@patch
+def _member(self: Run, name, read):
+    "An analysis member read by `read`, or None where the analysis has none; the analysis computed first if missing."
+    for _ in range(3):  # (another process's swap can move the analysis away between two looks: then wait for it, and look again)
+        if not self.analyzed: self.analyze()  # computed once; a saved analysis is not read again here
+        f = self.file(name)
+        try:
+            if f.is_file(): return read(f)
+        except FileNotFoundError: continue
+        if self.analyzed: return None  # (this analysis has no such member)
+    raise FileNotFoundError(f'{self.path}: its analysis kept changing while {LAYOUT[name]} was read')
 
 # %% ../nbs/13_run.ipynb #e348a47d
 def _lr_origin(run: Run, lr: float, optimizer: str | None = None) -> dict:
@@ -216,21 +224,39 @@ class _Staged(Run):
         p = Path(LAYOUT[name]) if name in LAYOUT else None
         return self.stage.joinpath(*p.parts[1:]) if p is not None and p.parts[0] == LAYOUT['analysis'] else super().file(name)
 
+def _tidy(run: Run):
+    "Under the run's lock: what an analysis stopped midway left, tidied (the saved analysis put back where a swap had moved it away)."
+    a = run.file('analysis'); new, old = a.with_name(a.name + '.new'), a.with_name(a.name + '.old')
+    if old.exists() and not a.exists(): old.replace(a)
+    shutil.rmtree(new, ignore_errors=True); shutil.rmtree(old, ignore_errors=True)
+
+def _stage(run: Run, copy: bool = False) -> _Staged:
+    "A fresh folder beside analysis/ to build an analysis in (a copy of the saved one with `copy`), under the run's lock."
+    _tidy(run)
+    a = run.file('analysis'); new = a.with_name(a.name + '.new')
+    shutil.copytree(a, new) if copy and a.exists() else new.mkdir()
+    return _Staged(run, new)
+
+def _swap_in(run: Run, staged: _Staged):
+    "Put a built analysis in place of the saved one: two renames (a reader between them finds none and waits for the lock); the old one back if the second fails."
+    a = run.file('analysis'); old = a.with_name(a.name + '.old')
+    if a.exists(): a.replace(old)
+    try: staged.stage.replace(a)
+    except BaseException:
+        if old.exists() and not a.exists(): old.replace(a)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
 def _analyze(run: Run, prefixes: int, progress: bool, device: str) -> dict:
-    """Compute a complete run's analysis into a fresh folder beside analysis/ (the summary written last), then swap it in: a
-    reader sees the old analysis or the new one, and an analysis that fails leaves the old one as it was."""
-    import os
-    stage, old = (run.path / f'{LAYOUT["analysis"]}.{os.getpid()}.{k}' for k in ('new', 'old'))
-    shutil.rmtree(stage, ignore_errors=True); stage.mkdir()
+    """Compute a complete run's analysis into a fresh folder beside analysis/ (the summary written last), then swap it in: an
+    analysis that fails, or is stopped, leaves the saved one as it was (put back by the next analysis, if stopped mid-swap)."""
+    staged = _stage(run)
     try:
-        staged = _Staged(run, stage)
         s = dict(_training_summary(run), **_analyze_regret(staged, prefixes, progress, device), **_analyze_exploration(staged))
         s = dict(_plain(s), prefixes=prefixes, analysis_version=ANALYSIS_VERSION)
         staged.write_json('summary', s)
-        if run.file('analysis').exists(): os.replace(run.file('analysis'), old)
-        os.replace(stage, run.file('analysis'))
-    finally:
-        shutil.rmtree(stage, ignore_errors=True); shutil.rmtree(old, ignore_errors=True)
+        _swap_in(run, staged)
+    finally: shutil.rmtree(staged.stage, ignore_errors=True)
     return s
 
 ANALYSIS_VERSION = 3  # 3: no interval for a single scope's exponent (it had a zero-width one); 2: exponents leave out a prefix where any scope fits it; summary keys by the paper's layer numbers (1: module indices)
@@ -239,12 +265,16 @@ def _upgrade(run: Run, saved: dict) -> dict:
     """A summary saved by an older analysis, its regret numbers made again from the saved hindsight table (no solve is
     repeated: the table's rules did not change), saved with the current version."""
     s = {k: v for k, v in saved.items() if not k.startswith(('exponent_', 'gap_layer_', 'max_optimum_gap', 'uncertified_solves'))}
-    if run.file('regret_table').is_file() and run.regret_recording is not None:
-        df = pd.read_csv(run.file('regret_table'), dtype={'layer': str}, keep_default_na=False, na_values=[''])
-        df['layer'] = df.layer.fillna('')  # (a network scope's layer is empty)
-        s.update(_plain(_regret_summary(run, df, len(run.regret_recording))))
-    s['analysis_version'] = ANALYSIS_VERSION
-    run.write_json('summary', s)
+    staged = _stage(run, copy=True)  # (built beside, swapped in, as `_analyze`)
+    try:
+        if staged.file('regret_table').is_file() and run.regret_recording is not None:
+            df = pd.read_csv(staged.file('regret_table'), dtype={'layer': str}, keep_default_na=False, na_values=[''])
+            df['layer'] = df.layer.fillna('')  # (a network scope's layer is empty)
+            s.update(_plain(_regret_summary(staged, df, len(run.regret_recording))))
+        s['analysis_version'] = ANALYSIS_VERSION
+        staged.write_json('summary', s)
+        _swap_in(run, staged)
+    finally: shutil.rmtree(staged.stage, ignore_errors=True)
     return s
 
 # %% ../nbs/13_run.ipynb #5ec9cad3

@@ -82,8 +82,8 @@ def folder_lock(folder: str | Path, # an existing folder
             holder = os.read(fd, 4096).decode(errors='replace').strip() if isinstance(e, BlockingIOError) else ''
             os.close(fd)
             if not isinstance(e, BlockingIOError): raise
-            raise RuntimeError(f'{folder} is {holder or "in use by another process"}: one process at a time in a run folder; wait for it '
-                               f'to end, or give another folder (a {LOCK} file whose holder has ended holds nothing)') from None
+            raise RuntimeError(f'{folder} is {holder or "in use by another process"}: one process (and one thread) at a time in a run folder; '
+                               f'wait for it to end, or give another folder (a {LOCK} file whose holder has ended holds nothing)') from None
         try: same = os.fstat(fd).st_ino == os.stat(path).st_ino
         except FileNotFoundError: same = False
         if same: break

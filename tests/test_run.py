@@ -154,7 +154,7 @@ def test_one_process_at_a_time_trains_a_folder(tmp_path):
     "While another process trains into a folder, train_run refuses, naming it, and changes nothing there; once it has ended (here killed: its .lock stays behind, holding nothing) the run trains."
     folder = tmp_path / 'r'; folder.mkdir()
     p = _holding(folder, 'training', 60)
-    with pytest.raises(RuntimeError, match=f'is training by process {p.pid} on .*one process at a time in a run folder'):
+    with pytest.raises(RuntimeError, match=f'is training by process {p.pid} on .*one process \\(and one thread\\) at a time in a run folder'):
         train_run(RunConfig(**CFG), folder, progress=False)
     assert [f.name for f in folder.iterdir()] == [LAYOUT['lock']]
     p.kill(); p.wait()
@@ -185,3 +185,22 @@ def test_a_failed_analysis_leaves_the_saved_one(run, monkeypatch):
     with pytest.raises(MemoryError): run.analyze(prefixes=5)
     assert {p.name: p.read_bytes() for p in run.file('analysis').iterdir()} == before and run.analyze() == s
     assert sorted(p.name for p in run.path.iterdir()) == sorted(LAYOUT[k] for k in ('params', 'metrics', 'epochs', 'regret', 'exploration', 'model', 'done', 'analysis'))
+
+
+def test_an_analysis_stopped_mid_swap_is_put_back(run, monkeypatch):
+    "A swap whose second rename fails puts the saved analysis back; one stopped between its renames (analysis.old and a built analysis.new left) is put back by the next look, nothing computed."
+    import pathlib
+    s = run.analyze(prefixes=4)
+    before = {p.name: p.read_bytes() for p in run.file('analysis').iterdir()}
+    real = pathlib.Path.replace
+    def fail_new(self, target):
+        if self.name.endswith('.new'): raise OSError('disk gone')
+        return real(self, target)
+    monkeypatch.setattr(pathlib.Path, 'replace', fail_new)
+    with pytest.raises(OSError, match='disk gone'): run.analyze(prefixes=5)
+    monkeypatch.setattr(pathlib.Path, 'replace', real)
+    assert {p.name: p.read_bytes() for p in run.file('analysis').iterdir()} == before
+    a = run.file('analysis'); a.rename(a.with_name('analysis.old')); (run.path / 'analysis.new').mkdir()  # as a kill between the renames leaves it
+    monkeypatch.setattr(run_module, 'hindsight', lambda *a, **k: 1 / 0)  # nothing is computed again
+    assert run.analyze() == s and run.regret_table() is not None
+    assert not (run.path / 'analysis.old').exists() and not (run.path / 'analysis.new').exists()
