@@ -26,13 +26,14 @@ import pandas as pd
 
 import ntaylor_nb.hindsight as hs
 from ntaylor_nb.growth import log_prefixes
+from ntaylor_nb.hindsight_lsq import _blocks
 from ntaylor_nb.regret import RegretRecording
 
 
 class RowsMin:
     "The least-squares minimum min_V sum_b |L_b' V x_b - r_b|^2 over kept blocks (x (n, K1), L (n, C, k), r (n, k)), added to incrementally."
     def __init__(self, block: int = 256):
-        self.R = self.d = None; self.e, self.done, self.rr, self.block = 0.0, 0, 0.0, block
+        self.R = self.d = None; self.e, self.rr, self.block = 0.0, 0.0, block
 
     def add(self, X, L, r):
         "Reduce the rows of samples X, L, r (numpy, float64) into the triangular factor R and its right-hand side d (TSQR)."
@@ -45,7 +46,6 @@ class RowsMin:
             rhs = np.concatenate([self.d, y]); self.d = Qm.T @ rhs
             res = rhs - Qm @ self.d; self.e += float(res @ res)  # the part of the right-hand sides no row combination reaches
             self.rr += float(y @ y)
-        self.done += len(X)
 
     def minimum(self, cut: float = 1e-13) -> float:
         "min_V |A V - r|^2 so far: the residual the reduction left, plus the SVD of R's (singular values above `cut` of the largest)."
@@ -56,22 +56,15 @@ class RowsMin:
         return self.e + float(res @ res)
 
 
-def _stacked(kept):
-    "The kept pieces (x, L, r) of a layer scope as numpy arrays in float64, ranks zero-padded to the largest."
-    k = max(p[1].shape[2] for p in kept)
-    return (np.concatenate([p[0].double().numpy() for p in kept]),
-            np.concatenate([np.pad(p[1].numpy(), ((0, 0), (0, 0), (0, k - p[1].shape[2]))) for p in kept]),
-            np.concatenate([np.pad(p[2].numpy(), ((0, 0), (0, k - p[2].shape[1]))) for p in kept]))
-
-
 def compare(rec: RegretRecording, prefixes: list) -> pd.DataFrame:
     "Per Gauss-Newton layer scope and prefix: the direct solve's Taylor optimum, the rows' one (a round), and the direct solve's gap."
     direct = hs.hindsight(rec, prefixes, progress=False)
-    rows, layers = {}, set()
+    rows, added, layers = {}, {}, set()
     def solve_rows(self, tol):  # replaces _solve_free: the minimum from the kept rows, c - |r|^2 + min |A V - r|^2
         m = rows.setdefault(id(self), RowsMin()); layers.add(str(self.layer))
-        X, L, r = _stacked(self.kept)
-        m.add(X[m.done:], L[m.done:], r[m.done:])
+        if new := self.kept[added.get(id(self), 0):]:  # the pieces kept since the last prefix, as one block (ranks zero-padded)
+            m.add(*(t.double().numpy() for t in _blocks(new, size=2 ** 62)[0]))
+            added[id(self)] = len(self.kept)
         return float(self.st['c']) - m.rr + m.minimum(), np.nan, 0.0
     with mock.patch.object(hs._GNAcc, '_solve_free', solve_rows):
         from_rows = hs.hindsight(rec, prefixes, progress=False, solver='newton-cg')

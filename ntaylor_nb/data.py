@@ -5,6 +5,7 @@
 # %% ../nbs/10_data.ipynb #c1b84b12
 from __future__ import annotations
 import os
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -93,6 +94,10 @@ def _files_digest(folder: Path, # a folder of files (an ImageFolder copy's split
     for rel, size, mt in sorted(items): h.update(f'{rel}\0{size}\0{mt}\n'.encode())
     return h.hexdigest()
 
+def _cifar_folder(root, split):
+    "The ImageFolder copy of a CIFAR-10 split under `root` (ROOT/cifar10/SPLIT, else ROOT/SPLIT), or None."
+    return next((p for p in (root / 'cifar10' / split, root / split) if p.is_dir()), None)
+
 def _cifar10(root, train, download):
     import torchvision
     official = root / 'cifar-10-batches-py'
@@ -100,7 +105,7 @@ def _cifar10(root, train, download):
         ds = torchvision.datasets.CIFAR10(str(root), train=train, download=download)
         return torch.from_numpy(ds.data).permute(0, 3, 1, 2).float() / 255.0, torch.tensor(ds.targets)
     split = 'train' if train else 'test'
-    folder = next((p for p in (root / 'cifar10' / split, root / split) if p.is_dir()), None)
+    folder = _cifar_folder(root, split)
     if folder is None:
         raise FileNotFoundError(f'CIFAR-10 not found under {root}: expected the official python pickles in {official}, or '
                                 f'an ImageFolder copy in {root / "cifar10" / split}/<class>/*.png|jpg; pass download=True on a '
@@ -109,9 +114,10 @@ def _cifar10(root, train, download):
     source = _files_digest(folder)  # the cache holds the digest of the files it was decoded from: files changed since, decoded again
     with _data_lock(folder.parent):  # one decodes, the others wait and read its cache
         hit = None
-        if cache.exists():
+        try:
             with np.load(cache) as z:
                 if 'source' in z.files and str(z['source']) == source: hit = z['x'], z['y']
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile): pass  # none, or damaged: decoded again (and written whole)
         if hit is not None: x, y = hit
         else:
             ds = torchvision.datasets.ImageFolder(str(folder))
@@ -146,7 +152,7 @@ def data_identity(name: str, # one of DATASETS
     if name != 'cifar10': return name
     root = data_root(root)
     if (root / 'cifar-10-batches-py').exists(): return 'cifar10 (official)'
-    folder = next((p for p in (root / 'cifar10' / 'train', root / 'train') if p.is_dir()), None)
+    folder = _cifar_folder(root, 'train')
     return f'cifar10 (ImageFolder {_files_digest(folder, mtimes=False)[:16]})' if folder else 'cifar10'
 
 def probe_indices(n: int, # dataset size

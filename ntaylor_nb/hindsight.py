@@ -328,8 +328,9 @@ def _table(rows, mf=None, B=None):
 def _check_prefixes(prefixes, R):
     if R < 1: raise ValueError('the recording holds no rounds')
     if prefixes is None: return log_prefixes(R, 64)
-    a = np.asarray(prefixes) if not isinstance(prefixes, (str, bytes)) else np.array([])
-    whole = (a.ndim == 1 and a.size and a.dtype != bool and np.issubdtype(a.dtype, np.number) and not np.iscomplexobj(a)
+    try: a = np.asarray(prefixes) if not isinstance(prefixes, (str, bytes)) else np.array([])
+    except ValueError: a = np.array([])  # (a ragged list)
+    whole = (a.ndim == 1 and a.size and np.issubdtype(a.dtype, np.number) and not np.iscomplexobj(a)
              and np.isfinite(a).all() and (a == np.round(a)).all())
     if not whole: raise ValueError(f'prefixes={prefixes!r}: a non-empty list of whole numbers of recorded rounds, 1..{R}')
     p = np.unique(a.astype(np.int64))

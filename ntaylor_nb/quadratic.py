@@ -19,7 +19,10 @@ _EPS = np.finfo(np.float64).eps
 
 def _scaled(Q, q):
     "Q and q (one linear term (P,) or several (O, P)) scaled to Q's unit diagonal, rows with a zero diagonal (flat directions) dropped first."
+    if Q.ndim != 2 or Q.shape[0] != Q.shape[1] or q.ndim not in (1, 2) or q.shape[-1] != len(Q):
+        raise ValueError(f'Q of shape {Q.shape} and q of shape {q.shape}: Q must be square (P, P) and q (P,) or (O, P)')
     d = Q.diagonal()
+    if Q.size and np.abs(Q - Q.T).max() > 1e-8 * np.abs(d).max(): raise ValueError('Q is not symmetric: a sum of squares is')  # (beyond the rounding of its sums)
     if not (np.isfinite(Q).all() and np.isfinite(q).all()): raise ValueError('the quadratic has non-finite entries (NaN or inf): nothing to minimise')
     if (d < 0).any(): raise ValueError(f'Q has a negative diagonal entry ({d.min():.3g}): it is not positive semi-definite')
     keep = d > 0
@@ -49,7 +52,7 @@ def _pivoted(Qs, qs):
 
 # %% ../nbs/04_solvers_quad.ipynb #ff8939db
 def _quad_min_one(Q, q, c):
-    "(minimum, gap) of one problem."
+    "(minimum, gap) of one problem (or of several sharing Q: q (O, P), c their summed constant)."
     if not np.isfinite(c): raise ValueError(f'c={c!r}: the constant must be finite')
     gain, gap = _pivoted(*_scaled(Q, q))
     return float(c - gain), gap
@@ -65,8 +68,11 @@ def quad_min(Q: np.ndarray, # (P, P) or a batch (U, P, P): positive semi-definit
     directions (pivots at or below CUT) dropped; with `gap`, (minimum, gap)."""
     Q, q = np.asarray(Q, dtype=np.float64), np.asarray(q, dtype=np.float64)
     if Q.ndim == 2:
+        if q.ndim != 1: raise ValueError(f'q of shape {q.shape} for one problem: it must be (P,); quad_min_shared takes several sharing Q')
         v, g = _quad_min_one(Q, q, c)
         return (v, g) if gap else v
+    if Q.ndim != 3 or q.shape != Q.shape[:2] or np.ndim(c) > 1 or np.size(c) not in (1, len(Q)):
+        raise ValueError(f'a batch: Q (U, P, P), q (U, P) and c one or (U,); got {Q.shape}, {q.shape} and {np.shape(c)}')
     c = np.broadcast_to(np.asarray(c, dtype=np.float64), (len(Q),))
     out = np.array([_quad_min_one(Q[i], q[i], c[i]) for i in range(len(Q))]).reshape(len(Q), 2)  # (pstrf one by one: about as fast as a batched Cholesky from 50 variables up; 8x slower at 200 of 31)
     return (out[:, 0], out[:, 1]) if gap else out[:, 0]
@@ -80,7 +86,7 @@ def quad_min_shared(Q: np.ndarray, # (P, P) the matrix all problems share
                    ):
     "min over V of sum_o (v_o'Qv_o + 2q_o'v_o) + c: independent problems sharing one matrix Q (one factorisation); with `gap`, (minimum, gap)."
     Q, qs = np.asarray(Q, dtype=np.float64), np.asarray(qs, dtype=np.float64)
-    if not np.isfinite(c): raise ValueError(f'c={c!r}: the constant must be finite')
-    gain, g = _pivoted(*_scaled(Q, qs))
-    return (float(c - gain), g) if gap else float(c - gain)
+    if qs.ndim != 2: raise ValueError(f'qs of shape {qs.shape}: one linear term a row, (O, P)')
+    v, g = _quad_min_one(Q, qs, c)
+    return (v, g) if gap else v
 

@@ -122,14 +122,13 @@ def analyze(self: Run, prefixes: int | None = None, # log-spaced prefixes for th
     try: saved = self.read_json('summary') if self.analyzed else {}
     except FileNotFoundError: saved = {}  # (replaced by another process just now: read under the lock below)
     # the training summary is read again each time (cheap): a summary saved by an older version gains its new fields
-    if usable(saved) and saved.get('analysis_version') == ANALYSIS_VERSION: return dict(saved, **_plain(_training_summary(self)))  # (read only: no lock)
-    with folder_lock(self.path, 'analysing', wait=True):  # one process computes; another waits, then reads what it saved (or computes again: refresh, other prefixes)
-        _tidy(self)
-        saved = self.read_json('summary') if self.analyzed else {}
-        if usable(saved):
+    if not (usable(saved) and saved.get('analysis_version') == ANALYSIS_VERSION):  # (else read only: no lock)
+        with folder_lock(self.path, 'analysing', wait=True):  # one process computes; another waits, then reads what it saved (or computes again: refresh, other prefixes)
+            _tidy(self)
+            saved = self.read_json('summary') if self.analyzed else {}
+            if not usable(saved): return _analyze(self, prefixes or saved.get('prefixes', 64), progress, device)
             if saved.get('analysis_version') != ANALYSIS_VERSION: saved = _upgrade(self, saved)  # an older analysis's numbers: made again from its tables
-            return dict(saved, **_plain(_training_summary(self)))
-        return _analyze(self, prefixes or saved.get('prefixes', 64), progress, device)
+    return dict(saved, **_plain(_training_summary(self)))
 @patch
 def regret_table(self: Run) -> pd.DataFrame | None: "Hindsight's table (analysis/regret.csv)."; return self._table('regret_table')
 @patch
@@ -231,8 +230,7 @@ def _tidy(run: Run):
     shutil.rmtree(new, ignore_errors=True); shutil.rmtree(old, ignore_errors=True)
 
 def _stage(run: Run, copy: bool = False) -> _Staged:
-    "A fresh folder beside analysis/ to build an analysis in (a copy of the saved one with `copy`), under the run's lock."
-    _tidy(run)
+    "A fresh folder beside analysis/ to build an analysis in (a copy of the saved one with `copy`), under the run's lock, after `_tidy`."
     a = run.file('analysis'); new = a.with_name(a.name + '.new')
     shutil.copytree(a, new) if copy and a.exists() else new.mkdir()
     return _Staged(run, new)

@@ -224,9 +224,13 @@ def _prepare(cfg: RunConfig, run: Run) -> _Training:
     opt = OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.lr)
     state = _start_or_resume(run, cfg, model, opt, dev, rounds=total, rounds_per_epoch=per_epoch, batch_size=B)
     start = state['round'] if state else 0
-    reg, exp = _recorders(cfg, run, model, opt, X, B, total, state)
-    metrics, epochs = _rows(run.file('metrics'), start), _rows(run.file('epochs'), start // per_epoch)
-    _write_rows(run.file('metrics'), metrics, 'round,epoch,loss,accuracy'); _write_rows(run.file('epochs'), epochs, 'epoch,loss,accuracy')
+    try:
+        reg, exp = _recorders(cfg, run, model, opt, X, B, total, state)
+        metrics, epochs = _rows(run.file('metrics'), start), _rows(run.file('epochs'), start // per_epoch)
+        _write_rows(run.file('metrics'), metrics, 'round,epoch,loss,accuracy'); _write_rows(run.file('epochs'), epochs, 'epoch,loss,accuracy')
+    except BaseException:  # bad input found here (a layer the model lacks, a recording over its disk budget, ...): a fresh start leaves nothing
+        if state is None: _discard_start(run)
+        raise
     return _Training(cfg, run, X, Y, B, per_epoch, total, model, opt, start, reg, exp, metrics, epochs,
                      written=dict(metrics=len(metrics), epochs=len(epochs)),
                      snap=frozenset(snap) if exp else frozenset())
@@ -342,12 +346,7 @@ def _train_held(cfg, run, progress):
     "train_run in its folder, whose lock it holds."
     check_run_folder(cfg, run.path)  # (again: another process may have finished it before this one took the lock)
     if run.complete: return run.path
-    params = run.file('params')
-    before = params.stat().st_mtime_ns if params.exists() else None
-    try: t = _prepare(cfg, run)
-    except BaseException:  # bad input found while preparing (a layer the model lacks, data not found, ...): nothing half-written stays
-        if params.exists() and params.stat().st_mtime_ns != before: _discard_start(run)  # a fresh start of this call: what it wrote
-        raise
+    t = _prepare(cfg, run)  # (bad input found there leaves nothing half-written: `_prepare`)
     _train_rounds(t, progress)
     _finish(t)
     return run.path

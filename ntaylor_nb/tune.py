@@ -33,7 +33,8 @@ def half_decade(lr: float, # a learning rate
     import operator
     try: direction = operator.index(direction) if not isinstance(direction, bool) else None
     except TypeError: direction = None
-    if not (lr > 0 and math.isfinite(lr)) or direction is None: raise ValueError(f'half_decade({lr!r}, ...): a positive rate and a whole number of steps')
+    real = isinstance(lr, (int, float, np.floating, np.integer)) and not isinstance(lr, bool)
+    if not (real and lr > 0 and math.isfinite(lr)) or direction is None: raise ValueError(f'half_decade({lr!r}, ...): a positive rate and a whole number of steps')
     g = lambda e: float(f'{10 ** (e / 2):.1g}')  # the grid, increasing in e
     if direction == 0: return g(round(2 * math.log10(lr)))
     for _ in range(abs(direction)):
@@ -145,9 +146,10 @@ def tune_lr(cfg: RunConfig, # the run to tune (its lr and seed are ignored)
     base = replace(cfg, epochs=epochs or cfg.epochs, scopes=None, probe_size=0, snapshots=None).validate()  # trials need only their losses
     rounds = _total_rounds(base)
     if fraction < 1: base = replace(base, rounds=(rounds := max(1, math.ceil(fraction * rounds))))
-    key = dict(base={f: getattr(base, f) for f in _TRAINING}, data=data_identity(base.dataset, base.data_root), grid=sorted(lrs or LR_GRID[cfg.optimizer]), seeds=list(seeds),
-               max_extend=max_extend, version=ntaylor_nb.__version__, score=TRIAL_SCORE)  # what the trials' scores depend on (not what a run records)
-    if cache is not None and (saved := _cached_search(cache, key)) is not None: return saved
+    if cache is not None:  # (the data's identity scans its files: only where a cache is asked for)
+        key = dict(base={f: getattr(base, f) for f in _TRAINING}, data=data_identity(base.dataset, base.data_root), grid=sorted(lrs or LR_GRID[cfg.optimizer]), seeds=list(seeds),
+                   max_extend=max_extend, version=ntaylor_nb.__version__, score=TRIAL_SCORE)  # what the trials' scores depend on (not what a run records)
+        if (saved := _cached_search(cache, key)) is not None: return saved
     bar = tqdm(desc=f'tuning {cfg.optimizer}', unit='trial', disable=not progress)
     per_epoch = rounds_per_epoch(base)
     def trial(lr, seed):

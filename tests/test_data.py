@@ -59,6 +59,10 @@ def test_cifar_cache_is_never_half_written(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets, 'ImageFolder', no_decoding)  # from now on only the cache can answer
     x3, y3 = load_dataset('cifar10', root=tmp_path)
     assert (x3 == x).all() and (y3 == y).all()
+    monkeypatch.undo()
+    cache.write_bytes(b'PK\x03\x04 a damaged cache')  # damaged by something else: decoded again and written whole, not a traceback
+    x4, y4 = load_dataset('cifar10', root=tmp_path)
+    assert (x4 == x).all() and (y4 == y).all() and load_dataset('cifar10', root=tmp_path)[0].equal(x)
 
 
 LOAD = """import sys, torch

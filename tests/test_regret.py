@@ -557,7 +557,7 @@ def test_recorder_refuses_what_would_number_or_record_wrongly(tmp_path):
 def test_hindsight_refuses_prefixes_and_scopes_it_would_misread(tmp_path):
     "Fractional, empty, nested or non-numeric prefixes and an empty or string scope list: clear errors (2.9 had become round 2, [] a numpy error)."
     train(autoencoder, 'mse', ['layer:2', 'neuron:2:0'], tmp_path / 'r', rounds=6)
-    for bad in ([], [2.9], np.geomspace(1, 6, 4), [[1, 2], [3, 4]], 5, '3', [True], [float('nan')]):
+    for bad in ([], [2.9], np.geomspace(1, 6, 4), [[1, 2], [3, 4]], [[1], [2, 3]], 5, '3', [True], [float('nan')]):
         with pytest.raises(ValueError, match='a non-empty list of whole numbers of recorded rounds, 1..6'): hindsight(tmp_path / 'r', bad, progress=False)
     for bad in ([], 'layer:2'):
         with pytest.raises(ValueError, match='a non-empty list of recorded scopes, or None'): hindsight(tmp_path / 'r', [3], scopes=bad, progress=False)
