@@ -5,7 +5,9 @@
 
 RECORDING: the regret recording of an autoencoder run (a run folder's `regret/`). `hindsight` solves each layer scope of a
 Gauss-Newton chain from its quadratic statistics Q = sum J'J (`ntaylor_nb.quadratic.quad_min`), which square the rows'
-conditioning. Here the same scopes are solved again from their rows: `hindsight` with solver="newton-cg" keeps every
+conditioning (since the twenty-second session, from its own QR factor of the rows where Q does not resolve every direction,
+within a budget: `ntaylor_nb.quadratic.LsqRows`; this script, written before, checks both with its own TSQR and SVD, sharing the
+rank factors of S_b with them, below). Here the same scopes are solved again from their rows: `hindsight` with solver="newton-cg" keeps every
 sample's rank factors (x_b, L_b, r_b: the rows L_b' V x_b with right-hand sides r_b, `_keep`), and instead of its
 matrix-free solve each prefix's rows are reduced by a QR factorisation block by block (TSQR) and the least-squares
 minimum taken from an SVD of the reduced factor, cut at 1e-13 of its largest singular value: the rows' conditioning, not its

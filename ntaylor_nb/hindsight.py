@@ -14,13 +14,13 @@ from fastcore.basics import patch
 
 from .devices import _fits, _or_none, _rows_fit, resolve_device
 from .gauss_newton import replay
-from .hindsight_lsq import _blocks, _dense_min, _dual_min, _free_hvp, _packed_add, _rank_factor, _unpack
+from .hindsight_lsq import _Rows, _blocks, _dense_min, _dual_min, _free_hvp, _layer_rows, _neuron_rows, _packed_add, _rank_factor, _unpack
 from .growth import log_prefixes
 from .regret import ConvCompactRecord, ConvRecord, LinearJacobianRecord, OutputRecord, RegretRecording
 from .conv_solvers import CompactConv
 from .conv_newton import DenseProblems, conv_newton
 from .solvers import MAX_DIRECT, ConvFactoredSamples, ConvSamples, LinearSamples, _conv_k1, _conv_rows, _patches, Problems, _tri, lbfgs, loss_terms
-from .quadratic import quad_min, quad_min_shared
+from .quadratic import _quad_min_one
 from .solvers_free import kfac_precond, newton_cg, quad_cg
 from .taylor import Scope, scope_variables, taylor_rows
 
@@ -36,6 +36,7 @@ class _GNAcc:
     def __init__(self, layer, units, cols, layer_scope, identity, free=False, device='cpu'):
         self.layer, self.units, self.cols, self.layer_scope, self.identity, self.st = layer, np.asarray(units), torch.as_tensor(np.asarray(cols, dtype=np.int64)), layer_scope, identity, None
         self.force, self.free, self.device = free, False, torch.device(device)  # free: the layer scope matrix-free, whatever its size
+        self.rows = _Rows()  # the direct solves' rows, within their budget (`_keep_rows`)
 
 # %% ../nbs/07_hindsight.ipynb #161d41a9
 @patch
@@ -64,6 +65,7 @@ def add(self: _GNAcc, d, sl, s):
                 if self.free: self.st.update(A=z(C, C), B=z(K1, K1), ssum=z(())); self.kept, self.V, self.dense = [], None, Q
                 else: self.st['Q'] = Q
     st, u = self.st, self.cols
+    self._keep_rows(X, S, Sd, s, dl, a)
     w = Sd[:, u] * s[:, None]
     st['Qn'] += ((w.T[:, None, :] * X.T[None]).reshape(-1, n) @ X).reshape(len(u), K1, K1)  # X^T diag(w_u) X, one GEMM
     st['qn'] += ((dl[:, u] - Sd[:, u] * a[:, u]) * s[:, None]).T @ X
@@ -86,19 +88,21 @@ def add(self: _GNAcc, d, sl, s):
 @patch
 def solve(self: _GNAcc, tol: float):
     """{scope: (minimum of the summed Taylor losses, certificate, distance to the infimum)}; `tol`: the stop rule's distance (matrix-free solves).
-    The distance of a direct solve is its gap (`quad_min`): what the directions near rounding leave uncertain (rounding alone where every pivot is resolved)."""
+    The distance of a direct solve is its gap (`quad_min`'s on Q; `LsqRows`' where Q does not resolve every direction and the rows are kept): what the directions near rounding leave uncertain."""
     st, out = {k: v.numpy() for k, v in self.st.items()}, {}
-    vals, gaps = quad_min(st['Qn'], st['qn'], st['cn'], gap=True)
-    for u, v, g in zip(self.units, vals, gaps): out[Scope('neuron', self.layer, int(u))] = (float(v), np.nan, float(g))
+    qs = [_quad_min_one(st['Qn'][i], st['qn'][i], st['cn'][i]) for i in range(len(self.units))]
+    rows = self.rows.solve('neurons', [(i, st['qn'][i], st['cn'][i]) for i, (_, _, resolved) in enumerate(qs) if not resolved])
+    for i, u in enumerate(self.units):
+        v, g = rows.get(i, qs[i][:2])
+        out[Scope('neuron', self.layer, int(u))] = (v, np.nan, g)
     if self.layer_scope:
         C, K1 = st['q'].shape
-        if self.free:
-            out[Scope('layer', self.layer)] = self._solve_free(tol)
-            return out
-        if self.identity: v, g = quad_min_shared(st['Q'], st['q'], float(st['c']), gap=True)
+        if self.free: out[Scope('layer', self.layer)] = self._solve_free(tol); return out
+        if self.identity: v, g, resolved = _quad_min_one(st['Q'], st['q'], float(st['c']))
         else:
             Q4 = _unpack(st['Q'], self.idxS, self.idxX)
-            v, g = quad_min(Q4.transpose(0, 2, 1, 3).reshape(C * K1, C * K1), st['q'].reshape(-1), float(st['c']), gap=True)
+            v, g, resolved = _quad_min_one(Q4.transpose(0, 2, 1, 3).reshape(C * K1, C * K1), st['q'].reshape(-1), float(st['c']))
+        if not resolved: v, g = self.rows.solve('layer', [(0, st['q'], float(st['c']))]).get(0, (v, g))
         out[Scope('layer', self.layer)] = (v, np.nan, g)
     return out
 
@@ -111,6 +115,17 @@ def _keep(self: _GNAcc, X, S, s, dl, a):
     if torch.equal(X32.double(), X): X = X32  # recorded inputs are float32: keep them so, exactly (half the memory)
     self.kept.append(tuple(z.to(self.device) for z in (X, L, r)))
     self.st['A'] += torch.einsum('nck,ndk->cd', L, L); self.st['B'] += (X.double() * s[:, None]).T @ X.double(); self.st['ssum'] += s.sum()
+
+# %% ../nbs/07_hindsight.ipynb #r0ws0cd1
+@patch
+def _keep_rows(self: _GNAcc, X, S, Sd, s, dl, a):
+    "Add a block's rows to the direct solves' (`ntaylor_nb.hindsight_lsq._Rows`): the neurons', and the layer scope's unless it is matrix-free (the output layer's rows sqrt(s_b) x_b are its units' shared rows)."
+    u, (n, K1), C = self.cols, X.shape, a.shape[1]
+    if len(u): self.rows.add('neurons', lambda: _neuron_rows(X, Sd[:, u], s, dl[:, u], a[:, u]), len(u), n, K1)
+    if self.layer_scope and not self.free:
+        if self.identity: self.rows.add('layer', lambda: iter([(s.sqrt()[:, None] * X, -s.sqrt()[:, None] * (dl - a))]), 1, n, K1, C)
+        else: self.rows.add('layer', lambda: _layer_rows(X, S, s, dl, a), 1, int((S.diagonal(0, 1, 2) > 0).sum()), C * K1)  # (at most as many rows as units with S_b's diagonal above 0)
+
 
 # %% ../nbs/07_hindsight.ipynb #d7ba1b06
 _DEVICE_DENSE = ('cuda',)  # devices on which a matrix-free layer scope also accumulates its Hessian, for exact solves

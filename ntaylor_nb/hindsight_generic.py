@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from .hindsight import _check_prefixes, _row, _table
+from .hindsight_lsq import _Rows
 from .regret import RegretRecording, WeightsRecord
-from .quadratic import quad_min
+from .quadratic import _quad_min_one
 from .solvers import lbfgs
 from .taylor import Scope
 
@@ -48,11 +49,15 @@ def _generic_add(z, M, off, y, mse):
         z['Q'] = z['Q'] + s * torch.einsum('bop,boq->pq', M, M).numpy()
         z['q'] = z['q'] + s * torch.einsum('bop,bo->p', M, r_).numpy()
         z['c'] += s * float((r_ ** 2).sum())
+        z['rows'].add('scope', lambda: iter([(M.reshape(-1, M.shape[2]) * s ** 0.5, -(s ** 0.5) * r_.reshape(-1))]), 1, M.shape[0] * M.shape[1], M.shape[2])
     else: z['parts'].append((M, off, y.long(), torch.full((B,), 1.0 / B, dtype=torch.float64)))
 
 def _generic_solve(z, mse):
-    "(minimum, gradient norm, gap estimate) of a scope's summed Taylor losses so far: the direct solve (MSE: its gap, `quad_min`'s) or L-BFGS (gap NaN: no certificate)."
-    if mse: v, g = quad_min(z['Q'], z['q'], z['c'], gap=True); return v, np.nan, g
+    "(minimum, gradient norm, gap estimate) of a scope's summed Taylor losses so far: the direct solve (MSE: its gap; from the rows where Q does not resolve every direction and they are kept) or L-BFGS (gap NaN: no certificate)."
+    if mse:
+        v, g, resolved = _quad_min_one(z['Q'], z['q'], z['c'])
+        if not resolved: v, g = z['rows'].solve('scope', [(0, z['q'], z['c'])]).get(0, (v, g))  # (the rows sqrt(s) M_b, within their budget)
+        return v, np.nan, g
     M, off, yy, s = (torch.cat(t) for t in zip(*z['parts'])); z['parts'] = [(M, off, yy, s)]
     fun = lambda v: (F.cross_entropy(off + M @ v, yy, reduction='none') * s).sum()
     V, v, g = lbfgs(fun, z['V'] if z['V'] is not None else torch.zeros(M.shape[2], dtype=torch.float64), 1e-9 * float(s.sum()))
@@ -79,7 +84,7 @@ def hindsight_generic(model: nn.Module, # the network that was recorded (its arc
     names = [k for k, _ in m64.named_parameters()]
     mse = mf['loss'] == 'mse'
     losses, steps = rec.column('loss'), rec.column('step')
-    st = {s: dict(Q=0, q=0, c=0.0, parts=[], V=None) for s in scopes}
+    st = {s: dict(Q=0, q=0, c=0.0, parts=[], V=None, rows=_Rows()) for s in scopes}
     rows, done, pi, B_all = [], 0, 0, []
     bar = tqdm(total=R, desc='generic hindsight', disable=not progress)
     for d in rec.chunks():
