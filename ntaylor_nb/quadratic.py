@@ -94,8 +94,8 @@ def quad_min_shared(Q: np.ndarray, # (P, P) the matrix all problems share
 
 
 # %% ../nbs/04_solvers_quad.ipynb #b7e1a0r2
-def _lsq_tri(T, P, m, c):
-    "(minimum, gap) of v'A'Av - 2y'Av + c summed over the right-hand sides y, from the triangle T (torch) of the QR factorisation of [A | Y] (P columns of A; m rows in all)."
+def _lsq_tri(T, P, m, c, updates=1):
+    "(minimum, gap) of v'A'Av - 2y'Av + c summed over the right-hand sides y, from the triangle T (torch) of the QR factorisation of [A | Y] (P columns of A; m rows in all; factored again `updates` times)."
     r = min(len(T), P)
     A, Y = T[:r, :P], T[:r, P:]
     out, yy = (T[P:, P:] ** 2).sum(0), float((T[:, P:] ** 2).sum())  # each right-hand side's part outside A's range; |Y|^2 (the factorisation keeps norms)
@@ -111,7 +111,9 @@ def _lsq_tri(T, P, m, c):
     t = eta / s[ok, None]
     rounding = float((2 * t * z[ok].abs() * r2.sqrt()).sum()) / max(m - int(ok.sum()), 1) ** 0.5 + float((t.square().clamp(max=1) * z[ok] ** 2).sum())
     v = float(c) - yy + float(r2.sum())
-    return v, float((z[band] ** 2).sum()) + rounding + 4 * _EPS * (abs(float(c)) + yy)  # (and the value's own sum: rounding of c - |Y|^2 + r2)
+    # and the value's own sum, c - |Y|^2 + r2, with |Y|^2 read from a triangle factored again at every update (its rounding grows
+    # with them: about 30 eps of |Y|^2 after 6,000, measured)
+    return v, float((z[band] ** 2).sum()) + rounding + 4 * _EPS * (abs(float(c)) + yy) * updates ** 0.5
 
 class LsqRows:
     """Least-squares rows added block by block, kept as the triangle of the QR factorisation of [A | Y] ((P + O)^2 numbers
@@ -119,7 +121,7 @@ class LsqRows:
     In torch (float64, on the CPU), as the callers' other linear algebra: numpy's threads beside torch's oversubscribe small machines."""
     def __init__(self, P: int, O: int = 1):
         z = lambda *sh: torch.zeros(*sh, dtype=torch.float64)
-        self.T, self.m, self.P, self.aty, self.aty_abs = z(0, P + O), 0, P, z(P, O), z(P, O)
+        self.T, self.m, self.P, self.aty, self.aty_abs, self.updates = z(0, P + O), 0, P, z(P, O), z(P, O), 0
 
     def add(self,
             A: np.ndarray | torch.Tensor, # rows (n, P)
@@ -132,7 +134,7 @@ class LsqRows:
             raise ValueError(f'rows A {tuple(A.shape)} and y {tuple(Y.shape)}: A must be (n, {self.P}) and y (n,) or (n, {self.T.shape[1] - self.P})')
         if not (A.isfinite().all() and Y.isfinite().all()): raise ValueError('the rows or right-hand sides have non-finite entries (NaN or inf): nothing to minimise')
         if len(A):
-            self.T = torch.linalg.qr(torch.cat([self.T, torch.cat([A, Y], 1)]), mode='r')[1]; self.m += int((A != 0).any(1).sum())  # (rows of zeros count for nothing)
+            self.T = torch.linalg.qr(torch.cat([self.T, torch.cat([A, Y], 1)]), mode='r')[1]; self.m += int((A != 0).any(1).sum()); self.updates += 1  # (rows of zeros count for nothing)
             self.aty += A.T @ Y; self.aty_abs += A.abs().T @ Y.abs()
         return self
 
@@ -149,7 +151,7 @@ class LsqRows:
                ):
         "min_v v'A'Av - 2y'Av + c (summed over the right-hand sides) for the rows added; with `gap`, (minimum, gap)."
         if not np.isfinite(c): raise ValueError(f'c={c!r}: the constant must be finite')
-        v, g = _lsq_tri(self.T, self.P, self.m, c)
+        v, g = _lsq_tri(self.T, self.P, self.m, c, max(self.updates, 1))
         return (v, g) if gap else v
 
 

@@ -418,3 +418,14 @@ def test_mse_rows_check_solves_from_the_rows():
     v, gap = quad_min(A.T @ A, -A.T @ y, y @ y, gap=True)
     # the limit documented in ntaylor_nb.quadratic, pinned: the statistics lost the direction, and the gap is rounding only (lifting the limit fails this: update both)
     assert v - truth > 5e-3 * truth and gap < 1e-9 * truth
+
+
+def test_lsq_gap_reference_and_problems():
+    "benchmarks/lsq_gap.py's 50-digit reference against a closed form (rows along coordinate axes), and its problems' collinearity."
+    from benchmarks.lsq_gap import exact_min, problems  # (`python -m pytest` from the repository root, as `make test` runs it)
+    A, Y = np.array([[2.0, 0], [0, 3], [0, 0]]), np.array([[1.0, 4], [2, 5], [3, 6]])
+    assert float(exact_min(A, Y, 100.0)) == 100.0 - (1 + 16 + 4 + 25)  # all of Y but its third row lies in the rows' range
+    ps = list(problems(1))
+    assert [(m, P) for m, P, *_ in ps[::4]] == [(40, 6), (64, 17), (150, 51)] and len(ps) == 12
+    for m, P, delta, A, Y in ps:  # columns 0 and 1 collinear to about delta (float32 rounding aside), and an independent rest
+        d = A[:, 1] - A[:, 0]; assert np.linalg.norm(d) <= 10 * delta * np.sqrt(m) + 1e-6 * np.linalg.norm(A[:, 0]) and Y.shape == (m, 2)

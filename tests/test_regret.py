@@ -586,7 +586,7 @@ def test_mse_first_prefixes_from_the_rows_against_50_digits(tmp_path):
             loss = F.mse_loss(net(x), x); opt.zero_grad(); loss.backward(); rec.record(step, x, x); opt.step()
     fast = hindsight(tmp_path / 'r', [2], progress=False).set_index('scope')
     import ntaylor_nb.hindsight_lsq as hl
-    with mock.patch.object(hl, 'ROWS_WORK', 1e11):  # (its layer scope's 2,048 rows a round on 1,088 variables: past the budget in the second round)
+    with mock.patch.object(hl, 'ROWS_WORK', 1e11):  # (its layer scope's 2,048 rows a round on 1,088 variables: past the default budget at its first SVD)
         gen = hindsight_generic(net, tmp_path / 'r', [2], progress=False).set_index('scope')
     with mock.patch.object(hl, 'ROWS_WORK', 0): from_q = hindsight(tmp_path / 'r', [2], progress=False).set_index('scope')
     r = RegretRecording(tmp_path / 'r'); rounds = rounds_of(r, [k for k, _ in net.named_parameters()])
@@ -645,10 +645,10 @@ def test_mse_hidden_layer_rows_against_50_digits():
     with mock.patch.object(hl, 'ROWS_WORK', 0): from_q = solve()
     for sc, v in expect.items():
         if sc.neuron == 3: assert rows[sc] == from_q[sc] and abs(rows[sc][0] - v) < 1e-15 * v; continue  # dead: Q is empty, resolved
-        # from the rows: within the gap (which overstates it 20 to 130 times here) and 1e-7 of the value: made from S_b and the
+        # from the rows: within the gap (which overstates it 34 to 640 times here) and 1e-7 of the value (4e-9 here): made from S_b and the
         # deltas, as recorded, not from J_b, the rows carry their rounding into the direction at 1e-9
         assert abs(rows[sc][0] - v) <= rows[sc][2] and abs(rows[sc][0] - v) < 1e-7 * v, (sc, rows[sc], v)
-        assert from_q[sc][0] - v > 1e-3 * v and from_q[sc][2] < 1e-15  # Q alone: 0.3% to 10% too high, with a gap of rounding only
+        assert from_q[sc][0] - v > 1e-3 * v and from_q[sc][2] < 1e-13  # Q alone: 0.3% to 7% too high, with a gap of rounding only (about 1e-15)
     # one SVD's worth of budget left, two needed (neurons 0 and 2; the dead neuron 3 is resolved: nothing to solve): both from Q
     svd = lambda acc: 4 * (K + 1) ** 2 * min(K + 1, len(acc.rows.parts['neurons'][0].T))
     some = solve(lambda acc: acc.rows.work['neurons'] + 1.5 * svd(acc))
