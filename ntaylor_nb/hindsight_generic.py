@@ -21,7 +21,7 @@ from .solvers import lbfgs
 from .taylor import Scope
 
 # %% auto #0
-__all__ = ['hindsight_generic']
+__all__ = ['ROWS_WORK_GENERIC', 'hindsight_generic']
 
 # %% ../nbs/07_hindsight_generic.ipynb #1fd8a296
 def _taylor_affine(m64, sc, W, x, n_outputs):
@@ -40,6 +40,8 @@ def _taylor_affine(m64, sc, W, x, n_outputs):
     return M, f(Ws) - M @ w
 
 # %% ../nbs/07_hindsight_generic.ipynb #f322b954
+ROWS_WORK_GENERIC = 4e10  # the generic path's budget for its rows: ten times the fast path's (its rows are the full Jacobian's, without the Kronecker structure, and it is the slow cross-check)
+
 def _generic_add(z, M, off, y, mse):
     "Add one round of a scope (Taylor outputs off_b + M_b v, targets y) to its state z: quadratic statistics (MSE) or the samples."
     B = len(M)
@@ -84,7 +86,7 @@ def hindsight_generic(model: nn.Module, # the network that was recorded (its arc
     names = [k for k, _ in m64.named_parameters()]
     mse = mf['loss'] == 'mse'
     losses, steps = rec.column('loss'), rec.column('step')
-    st = {s: dict(Q=0, q=0, c=0.0, parts=[], V=None, rows=_Rows()) for s in scopes}
+    st = {s: dict(Q=0, q=0, c=0.0, parts=[], V=None, rows=_Rows(ROWS_WORK_GENERIC)) for s in scopes}
     rows, done, pi, B_all = [], 0, 0, []
     bar = tqdm(total=R, desc='generic hindsight', disable=not progress)
     for d in rec.chunks():

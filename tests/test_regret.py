@@ -586,8 +586,7 @@ def test_mse_first_prefixes_from_the_rows_against_50_digits(tmp_path):
             loss = F.mse_loss(net(x), x); opt.zero_grad(); loss.backward(); rec.record(step, x, x); opt.step()
     fast = hindsight(tmp_path / 'r', [2], progress=False).set_index('scope')
     import ntaylor_nb.hindsight_lsq as hl
-    with mock.patch.object(hl, 'ROWS_WORK', 1e11):  # (its layer scope's 2,048 rows a round on 1,088 variables: past the default budget at its first SVD)
-        gen = hindsight_generic(net, tmp_path / 'r', [2], progress=False).set_index('scope')
+    gen = hindsight_generic(net, tmp_path / 'r', [2], progress=False).set_index('scope')  # (its layer scope: 2,048 rows a round on 1,088 variables, within its own budget)
     with mock.patch.object(hl, 'ROWS_WORK', 0): from_q = hindsight(tmp_path / 'r', [2], progress=False).set_index('scope')
     r = RegretRecording(tmp_path / 'r'); rounds = rounds_of(r, [k for k, _ in net.named_parameters()])
     def rows(scope):  # the explicit affine maps' rows (sample, output) and right-hand sides over both rounds, each round's mean weighted in
