@@ -17,12 +17,13 @@ import numpy as np
 from ntaylor_nb.quadratic import lsq_min
 
 
-def exact_min(A, Y, c, dps=50):
-    "c - |Q'Y|^2 for the rows' QR factor Q, in `dps` digits (rows of full column rank)."
+def exact_min(A, Y, c=None, dps=50):
+    "c - |Q'Y|^2 for the rows' QR factor Q, in `dps` digits (rows of full column rank; c: |Y|^2 in the same digits where None, the residual)."
     with mpmath.workdps(dps):
         Qm, _ = mpmath.qr(mpmath.matrix(A.tolist()))
-        z = Qm[:, :A.shape[1]].T * mpmath.matrix(Y.tolist())
-        return mpmath.mpf(c) - mpmath.fsum(t ** 2 for t in z)
+        z = Qm[:, :A.shape[1]].T * mpmath.matrix(np.reshape(Y, (len(A), -1)).tolist())
+        c = mpmath.fsum(mpmath.mpf(float(t)) ** 2 for t in np.ravel(Y)) if c is None else mpmath.mpf(c)
+        return c - mpmath.fsum(t ** 2 for t in z)
 
 
 def problems(draws, seed=0):

@@ -34,6 +34,7 @@ def _qr_cost(r, n, P): return (r + n) * P * min(r + n, P)
 class _Rows:
     "The direct solves' rows (`LsqRows`), part by part, within `budget` (default ROWS_WORK) and ROWS_NUMBERS: past either, a part is dropped for good."
     def __init__(self, budget=None): self.parts, self.work, self.budget = {}, {}, budget
+    def _over(self, part): return self.work[part] > (self.budget or ROWS_WORK)  # (ROWS_WORK looked up when used)
 
     def add(self, part, make, k, n, P, O=1):
         "Add a block of n rows to each of the part's k problems (`make()` yields their (A, Y) one problem at a time), unless that takes it past its budget."
@@ -41,7 +42,7 @@ class _Rows:
         if accs is None: return
         r = min(len(accs[0].T), P + O) if accs else 0
         self.work[part] = self.work.get(part, 0.0) + k * _qr_cost(r, n, P + O)  # the QR updates (a minimum's SVD is counted when it is taken)
-        if self.work[part] > (self.budget or ROWS_WORK) or k * (P + O) ** 2 + (r + n) * (P + O) > ROWS_NUMBERS: self.parts[part] = None; return  # (the triangles, and one block beside its triangle)
+        if self._over(part) or k * (P + O) ** 2 + (r + n) * (P + O) > ROWS_NUMBERS: self.parts[part] = None; return  # (the triangles, and one block beside its triangle)
         if not accs: accs = self.parts[part] = [LsqRows(P, O) for _ in range(k)]
         for acc, (A, Y) in zip(accs, make()): acc.add(A, Y)
 
@@ -52,7 +53,7 @@ class _Rows:
         if not accs or not problems: return {}
         problems = [(i, q, c) for i, q, c in problems if accs[i].gives(q)]
         self.work[part] += sum(4 * accs[i].P ** 2 * min(accs[i].P, len(accs[i].T)) for i, _, _ in problems)  # the SVDs
-        if self.work[part] > (self.budget or ROWS_WORK): self.parts[part] = None; return {}
+        if self._over(part): self.parts[part] = None; return {}
         return {i: accs[i].minimum(c, gap=True) for i, _, c in problems}
 
 def _neuron_rows(X, Sd, s, dl, a):

@@ -142,7 +142,9 @@ class LsqRows:
               q: np.ndarray, # a linear term (P,) or (O, P)
              ) -> bool:
         "Whether the rows give the linear term q ((P,), or (O, P)): q = -A'Y to 1e-8 of its terms' sizes entry by entry, and to 1e-12 of the largest (where q is rounding)."
-        q, t = torch.as_tensor(np.asarray(q, dtype=np.float64)).reshape(self.aty.shape[::-1]).T, self.aty_abs
+        q, t = np.asarray(q, dtype=np.float64), self.aty_abs
+        if q.size != t.numel(): raise ValueError(f'q of shape {q.shape}: the rows give a linear term of {tuple(t.shape[::-1])}')
+        q = torch.from_numpy(q).reshape(t.shape[::-1]).T
         return bool(((self.aty + q).abs() <= 1e-8 * t + 1e-12 * (float(t.max()) if t.numel() else 0.0) + 1e-300).all())
 
     def minimum(self,

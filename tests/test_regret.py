@@ -575,6 +575,7 @@ def test_mse_first_prefixes_from_the_rows_against_50_digits(tmp_path):
     import mpmath
     from unittest import mock
     from sklearn.datasets import load_digits
+    from benchmarks.lsq_gap import exact_min  # (a 50-digit least-squares minimum; `python -m pytest` from the repository root)
     digits = torch.tensor(load_digits().data / 16.0)
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 64)).double()
@@ -596,10 +597,8 @@ def test_mse_first_prefixes_from_the_rows_against_50_digits(tmp_path):
     def minimum(M, b, outputs):  # min_v |M v - b|^2 (halved: a round's average) in 50 digits; each output moves its own weights, all on the same rows
         cols = [np.flatnonzero(np.abs(M[:, o, :]).sum(0)) for o in outputs]
         A = M[:, outputs[0], cols[0]]; assert all(np.allclose(M[:, o, c], A, rtol=1e-12, atol=0) for o, c in zip(outputs, cols))  # (to the maps' rounding)
-        with mpmath.workdps(50):
-            Qm, _ = mpmath.qr(mpmath.matrix(A.tolist()))
-            z = Qm[:, :A.shape[1]].T * mpmath.matrix(b[:, outputs].tolist())
-            return float((mpmath.fsum(mpmath.mpf(float(t)) ** 2 for t in b.ravel()) - mpmath.fsum(t ** 2 for t in z)) / 2)
+        rest = np.delete(b, outputs, axis=1)  # the outputs these weights do not move: their squares as they are
+        return float((exact_min(A, b[:, outputs]) + mpmath.fsum(mpmath.mpf(float(t)) ** 2 for t in rest.ravel())) / 2)
     ref = {'layer:6': minimum(*rows('layer:6'), list(range(64)))} | {f'neuron:6:{o}': minimum(*rows(f'neuron:6:{o}'), [o]) for o in (25, 41, 49)}
     for s, v in ref.items():
         for t in (fast, gen):
@@ -613,10 +612,10 @@ def test_mse_hidden_layer_rows_against_50_digits():
     """A hidden layer's direct solves from the rows, on inputs collinear to 1e-9: S_b = J_b'J_b (not the identity) with one unit
     dead throughout (S_b's row and column 0 there) and one inactive on some samples, against 50 digits on rows made from J_b itself (not from a factor of S_b).
     With a budget for one of the prefix's SVDs but not both, no neuron comes from the rows (a prefix's neurons, one source)."""
-    import mpmath
     from unittest import mock
     import ntaylor_nb.hindsight as hs
     import ntaylor_nb.hindsight_lsq as hl
+    from benchmarks.lsq_gap import exact_min
     g = np.random.default_rng(0)
     n, K, C, p = 24, 5, 4, 3
     x = g.normal(size=(n, K)); x[:, 1] = x[:, 0] + 1e-9 * g.normal(size=n)
@@ -629,11 +628,7 @@ def test_mse_hidden_layer_rows_against_50_digits():
         with mock.patch.object(hl, 'ROWS_WORK', work(acc) if work else hl.ROWS_WORK): return acc.solve(1e-9)
     rows = solve()
     xt = np.concatenate([x, np.ones((n, 1))], 1)
-    def ref(A, t):  # min |A v - t|^2 in 50 digits (the columns that are 0 left out)
-        A = A[:, np.abs(A).sum(0) > 0]
-        with mpmath.workdps(50):
-            Qm, _ = mpmath.qr(mpmath.matrix(A.tolist())); z = Qm[:, :A.shape[1]].T * mpmath.matrix(t.tolist())
-            return float(mpmath.fsum(mpmath.mpf(float(v)) ** 2 for v in t) - mpmath.fsum(v ** 2 for v in z))
+    def ref(A, t): return float(exact_min(A[:, np.abs(A).sum(0) > 0], t))  # min |A v - t|^2 in 50 digits (the columns that are 0 left out)
     w = np.sqrt(s)[:, None]
     # the layer: loss_b = s_b |J_b (V x_b - a_b) + e_b|^2, rows (b, j): sqrt(s_b) J_b[j, :] (x) x_b, right-hand sides sqrt(s_b) (J_b a_b - e_b)
     A = (w[:, :, None, None] * np.einsum('bjc,bi->bjci', J, xt)).reshape(n * p, C * (K + 1))
