@@ -19,7 +19,7 @@ from .regret import RegretRecording
 from .storage import LOCK, folder_lock, write_json_atomic
 
 # %% auto #0
-__all__ = ['LAYOUT', 'ANALYSIS_VERSION', 'Run', 'find_runs', 'runs_table']
+__all__ = ['LAYOUT', 'ANALYSIS_VERSION', 'SOLVE_VERSION', 'Run', 'find_runs', 'runs_table']
 
 # %% ../nbs/13_run.ipynb #a111d589
 LAYOUT = {
@@ -114,11 +114,12 @@ def analyze(self: Run, prefixes: int | None = None, # log-spaced prefixes for th
             device: str = 'cpu', # where the convex solves of cross-entropy and convolution scopes and the matrix-free layer scopes run ("auto": CUDA when present)
             refresh: bool = False, # recompute even if saved
            ) -> dict:
-    """The flat summary; computed (with every analysis table) if missing, refreshed or asked for other `prefixes`, else read.
+    """The flat summary; computed (with every analysis table) if missing, refreshed, asked for other `prefixes` or solved by another
+    `SOLVE_VERSION` (its tables' numbers are then not the current solvers': computed again, at its prefixes), else read.
     Computing holds the run's lock (`ntaylor_nb.storage.folder_lock`): an analysis asked for meanwhile in another process waits
     (no timeout), then reads what was saved where it suits (same prefixes, no refresh), else computes again."""
     self._need_complete()
-    usable = lambda s: s and not refresh and prefixes in (None, s['prefixes'])
+    usable = lambda s: s and not refresh and prefixes in (None, s['prefixes']) and s.get('solve_version', 1) == SOLVE_VERSION
     try: saved = self.read_json('summary') if self.analyzed else {}
     except FileNotFoundError: saved = {}  # (replaced by another process just now: read under the lock below)
     # the training summary is read again each time (cheap): a summary saved by an older version gains its new fields
@@ -251,13 +252,17 @@ def _analyze(run: Run, prefixes: int, progress: bool, device: str) -> dict:
     staged = _stage(run)
     try:
         s = dict(_training_summary(run), **_analyze_regret(staged, prefixes, progress, device), **_analyze_exploration(staged))
-        s = dict(_plain(s), prefixes=prefixes, analysis_version=ANALYSIS_VERSION)
+        s = dict(_plain(s), prefixes=prefixes, analysis_version=ANALYSIS_VERSION, solve_version=SOLVE_VERSION)
         staged.write_json('summary', s)
         _swap_in(run, staged)
     finally: shutil.rmtree(staged.stage, ignore_errors=True)
     return s
 
 ANALYSIS_VERSION = 3  # 3: no interval for a single scope's exponent (it had a zero-width one); 2: exponents leave out a prefix where any scope fits it; summary keys by the paper's layer numbers (1: module indices)
+# The solves behind the tables: an analysis saved by another version is computed again, not upgraded (its numbers came from
+# other solvers). 2: MSE direct solves that Q = A'A does not resolve come from the rows (`hindsight_lsq._Rows`); 1: before
+# (and every analysis saved without the key)
+SOLVE_VERSION = 2
 
 def _upgrade(run: Run, saved: dict) -> dict:
     """A summary saved by an older analysis, its regret numbers made again from the saved hindsight table (no solve is
