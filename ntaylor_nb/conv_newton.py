@@ -5,6 +5,7 @@
 # %% ../nbs/04_solvers_conv_newton.ipynb #6571cfb0
 from __future__ import annotations
 import torch
+from fastcore.basics import patch
 from torch import Tensor
 from .conv_solvers import CompactConv
 from .solvers import Problems, _factor, _per_sample, _recheck, _step
@@ -322,3 +323,23 @@ class DenseProblems:
                 out += (_per_sample(base, p.D[1][sl], p.loss) * p.D[2][sl] * still).sum(-1)
             self._floor[key] = out
         return self._floor[key]
+
+# %% ../nbs/04_solvers_conv_newton.ipynb #f3446857
+@patch(as_prop=True)
+def device(self: DenseProblems) -> torch.device: "Where the samples are."; return self.prob.D[0].device
+
+@patch
+def formed_shape(self: DenseProblems, k: int, # the problem (position among the problems' columns)
+                ) -> tuple:
+    "(samples, outputs, variables): the shape of `formed`'s M."
+    return self.prob.n, self.prob.D[0].shape[1], self.prob.size()
+
+@patch
+def formed(self: DenseProblems, k: int, # the problem (position among the problems' columns)
+          ) -> tuple:
+    "Problem k's samples in float64: M (n, p, P), base (n, p), y (n,), s (n,), and 0.0 (no sample left out). Neuron scopes only."
+    p = self.prob
+    base, des = p._design(slice(None), torch.tensor([k], device=p.D[0].device))
+    if p.cols is None or des[0] not in ('full', 'rank1'): raise ValueError(f'formed takes a neuron scope (Linear or convolution, samples formed), not a {"layer scope" if p.cols is None else des[0]}')
+    M = des[1][0] if des[0] == 'full' else des[1][0][:, :, None] * des[2][:, None, :]
+    return M.double(), base[0].double(), p.D[1], p.D[2].double(), 0.0

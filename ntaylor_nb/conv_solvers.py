@@ -349,3 +349,22 @@ def hessian(self: CompactConv, V: Tensor, # (U', K+1) points
             G = _gram(_drop(Z, _NEGLIGIBLE)); H[k] += G  # each segment within its own trace: the neuron's within its own
             if stride == 1: dg[k] += G.diagonal()
     return H * scale, dg
+
+# %% ../nbs/04_solvers_conv.ipynb #5d10e739
+@patch
+def formed_shape(self: CompactConv, u: int, # the neuron (position among the stored ones)
+                ) -> tuple:
+    "(samples on which neuron u moves the outputs, outputs, K+1): the shape of `formed`'s M."
+    return sum(len(sg['base']) for sg in self._segments(u)), self.p, self.K1
+
+@patch
+def formed(self: CompactConv, u: int, # the neuron (position among the stored ones)
+          ) -> tuple:
+    """Neuron u's samples formed in float64, M_b = sum of its rows' j_r x_r': M (m, p, K+1), base (m, p), y (m,), s (m,) for
+    the m samples on which it moves the outputs (in the segments' order), and the other samples' loss (a constant)."""
+    parts, const = [], 0.0
+    for sg in self._segments(u):
+        X = self._rows(sg)
+        M = X.new_zeros(len(sg['base']), self.p, X.shape[1]).index_add_(0, sg['rs'], sg['j'][:, :, None] * X[:, None, :])
+        parts.append((M, sg['base'], sg['y'], sg['s'])); const += float(sg['const'])
+    return tuple(torch.cat(z) for z in zip(*parts)) + (const,)

@@ -19,6 +19,7 @@ from .growth import log_prefixes
 from .regret import ConvCompactRecord, ConvRecord, LinearJacobianRecord, OutputRecord, RegretRecording
 from .conv_solvers import CompactConv
 from .conv_newton import DenseProblems, conv_newton
+from .separable import sharpen
 from .solvers import MAX_DIRECT, ConvFactoredSamples, ConvSamples, LinearSamples, _conv_k1, _conv_rows, _patches, Problems, _tri, lbfgs, loss_terms
 from .quadratic import _quad_min_one
 from .solvers_free import kfac_precond, newton_cg, quad_cg
@@ -239,8 +240,10 @@ def _solve_compact(self: _DenseAcc, tol: float):
     V0, f0 = self._start(cc, self.units, idx, cc.K1, cc.device)
     V, f, gn, lam, _ = conv_newton(cc, idx, V0, tol, f0=f0)
     out, fl = {}, cc.floor(idx)
+    f, gaps = f.tolist(), [_gap(lam[k], f[k], fl[k]) for k in range(U)]
+    if self.loss == 'cross_entropy': f, gaps = sharpen(cc, idx, f, gaps, tol)  # the uncertified: bracketed (ntaylor_nb.separable)
     for k, u in enumerate(self.units):
-        self.V[u] = V[k]; out[Scope('neuron', self.layer, int(u))] = (float(f[k]), float(gn[k]), _gap(lam[k], f[k], fl[k]))
+        self.V[u] = V[k]; out[Scope('neuron', self.layer, int(u))] = (f[k], float(gn[k]), gaps[k])
     return out
 
 # %% ../nbs/07_hindsight.ipynb #b9badff3
@@ -277,9 +280,10 @@ def _solve_kept(self: _DenseAcc, tol: float):
             idx = torch.arange(i, i + len(us), device=self.device)
             V0, f0 = self._start(DenseProblems(prob), us, idx, P, self.device)
             V, f, gn, lam, fl = _dense_newton(prob, idx, V0, tol, f0)
+            f, gaps = f.tolist(), [_gap(lam[k], f[k], fl[k]) for k in range(len(us))]
+            if self.loss == 'cross_entropy': f, gaps = sharpen(DenseProblems(prob), idx, f, gaps, tol)  # (as in `_solve_compact`)
             for k, u in enumerate(us):
-                self.V[u] = V[k]
-                out[Scope('neuron', self.layer, int(u))] = (float(f[k]), float(gn[k]), _gap(lam[k], f[k], fl[k]))
+                self.V[u] = V[k]; out[Scope('neuron', self.layer, int(u))] = (f[k], float(gn[k]), gaps[k])
     if self.layer_scope:
         prob = Problems(D, self.loss, geom=self.geom if self.factored else None)
         P, one = prob.size(), torch.zeros(1, dtype=torch.long, device=self.device)
