@@ -143,16 +143,17 @@ def bracket(M: Tensor, # (n, p, P) each sample's output moves per variable (floa
             y: Tensor, # (n,) classes
             s: Tensor, # (n,) sample weights
             const: float = 0.0, # the loss of samples left out (whose outputs do not move)
-            tol: float = 1e-9, # how close the reduced minimisation goes (half its Newton decrement)
+            tol: float = 1e-9, # the stop rule the bracket serves (summed): g is minimised to tol / 1000, and the ends may cross by tol
             max_iter: int = 50, # its Newton iterations
            ) -> Bracket | None:
     """Bracket inf_v f(v), f(v) = const + sum_b s_b CE(base_b + M_b v, y_b), where it may lie at infinity. Written with the pair
     terms u_bk = z_k - z_y: f = const + sum_b s_b log(1 + sum_{k != y_b} exp(u_bk)). Dropping any pair terms gives a lower bound
     g <= f everywhere; `separable_pairs` finds the largest set S that one direction d drives to -inf while leaving the others
     unchanged, so that g (f without S) attains its minimum (else no bracket: None). The upper end is f at v_g + tau d, v_g g's
-    minimiser, tau the best of 2^(j/8) up to 2^150; the outputs there are made as A v_g + tau (A d) (the same numbers up to
-    rounding, without the cancellation of forming v_g + tau d first). None also where d does not separate S after its
-    projection, or the ends cross by more than rounding."""
+    minimiser, tau the best of 2^(j/8) up to 2^150 while the kept pairs move by at most 1e-6 along it (their moves are the
+    rounding left in d's projection; far enough out the data's last bits would separate them too, an infimum no one should
+    report); the outputs there are made as A v_g + tau (A d) in twice the working precision. None also where d does not
+    separate S after its projection, or the ends cross by more than 100 tol (see the text above)."""
     if M.ndim != 3 or M.dtype != torch.float64 or base.shape != M.shape[:2] or y.shape != M.shape[:1] or s.shape != M.shape[:1]:
         raise ValueError(f'M (n, p, P) float64 with base (n, p), y (n,), s (n,); got {tuple(M.shape)} {M.dtype}, {tuple(base.shape)}, {tuple(y.shape)}, {tuple(s.shape)}')
     still = M.flatten(1).abs().amax(1) == 0 if M.numel() else torch.ones(len(M), dtype=torch.bool, device=M.device)
@@ -173,12 +174,12 @@ def bracket(M: Tensor, # (n, p, P) each sample's output moves per variable (floa
     K = A[~S]
     if len(K) and bool((K != 0).any()):
         _, sv, Vh = torch.linalg.svd(K, full_matrices=False)
-        Q = Vh[:int((sv > sv[0] * max(K.shape) * torch.finfo(K.dtype).eps).sum())].T  # a basis of the kept rows' span
+        Q = Vh[:int((sv > sv[0] * max(K.shape) * torch.finfo(K.dtype).eps).sum())].T  # a basis of the kept rows' span, as resolved
     else: Q = M.new_zeros(P, 0)
-    c, gval, half, its = _reduced_min(K @ Q, m0[~S], seg[~S], s, n, tol, max_iter)
-    if half > tol: return None  # g does not settle: the set S is not the largest one
+    c, gval, half, its = _reduced_min(K @ Q, m0[~S], seg[~S], s, n, tol / 1000, max_iter)
+    if half > tol / 1000: return None  # g does not settle: the set S is not the largest one
     vg = Q @ c
-    d = d - Q @ (Q.T @ d)  # (the kept rows' moves along d: rounding, and second order in g at its minimiser)
+    d = d - Q @ (Q.T @ d)  # (the kept rows' moves along d: what the SVD does not resolve, and rounding)
     Ah, Al = _two_sum(M[ar, y][:, None].expand(n, p, P)[off], -M[off])  # A = M_y - M_k exactly: Ah + Al
     m0h, m0l = _two_sum(base[ar, y][:, None].expand(n, p)[off], -base[off])
     def exact(x):  # A x accurately (Dot2): hi, lo
@@ -194,10 +195,17 @@ def bracket(M: Tensor, # (n, p, P) each sample's output moves per variable (floa
         return const + ((mx + torch.log(tot)) * s).sum(1)
     g_acc = float(f_at(M.new_zeros(1), S)[0])  # g at its minimiser, made as the upper end is (its own sum is in the base's digits)
     rnd = 4 * torch.finfo(M.dtype).eps * (max(n, 1) * max(1.0, abs(g_acc)))  # the rounding of the sums over samples
+    uk = (-((m0h + Avh) + (m0l + Avl))).masked_fill(S, -float('inf'))  # the kept pairs at v_g: their weights q in g
+    mx = torch.zeros(n, dtype=uk.dtype, device=uk.device).scatter_reduce_(0, seg, uk, 'amax')
+    e = torch.exp(uk - mx[seg]); q = e / torch.exp(-mx).index_add_(0, seg, e)[seg]
+    Ak = (Adh + Adl).masked_fill(S, 0.0)  # the kept pairs' moves along d (what the SVD does not resolve, and rounding)
+    slope, curv = abs(float((s[seg] * q * Ak).sum())), float((s[seg] * q * Ak ** 2).sum())  # g's along d: first order, and a bound of the second
+    top = min(tol / 10 / slope if slope else float('inf'), (tol / 5 / curv) ** 0.5 if curv else float('inf'))  # each at most tol / 10
     taus = 2.0 ** (torch.arange(0, 1201, dtype=M.dtype, device=M.device) / 8)
+    if top < float(taus[-1]): taus = torch.cat([taus[taus <= top], taus.new_tensor([top])])
     fs = torch.cat([f_at(taus[i:i + 64]) for i in range(0, len(taus), 64)])
     upper = float(fs.nan_to_num(nan=float('inf')).min())
-    if upper < g_acc - half - 100 * tol - rnd: return None  # crossed by far more than g's stop: the lower end is not one
+    if upper < g_acc - half - tol - rnd: return None  # crossed by more than the stop rule: the lower end is not one
     return Bracket(upper - abs(upper - (g_acc - half)) - rnd, upper, int(S.sum()), lp_its, ok, its)
 
 # %% ../nbs/04_solvers_separable.ipynb #522ba3b6
@@ -217,7 +225,7 @@ def sharpen(prob, # the problems: `CompactConv` or `DenseProblems` (`formed`, `f
         if not gap[k] > tol: continue
         n, p, P = prob.formed_shape(int(idx[k]))
         if n * p * P > SEPARATE_NUMBERS[dev] or 40 * n * p * P * P > SEPARATE_WORK[dev]: continue
-        b = bracket(*prob.formed(int(idx[k])), tol=tol / 1000)
+        b = bracket(*prob.formed(int(idx[k])), tol=tol)
         if b is None: continue
         v = min(f[k], b.upper)
         if v - b.lower < gap[k]: f[k], gap[k] = v, v - b.lower

@@ -367,3 +367,24 @@ def test_p5_neuron_investigation_forms_the_reference_loss():
         torch.testing.assert_close(g, grad(ref(u))(V), rtol=1e-11, atol=1e-13)
         Href = hessian(ref(u))(V)
         torch.testing.assert_close(H, Href, rtol=1e-10, atol=1e-13 * float(Href.abs().max()))
+
+
+def test_uncertified_cross_entropy_neurons_are_bracketed(recs, monkeypatch):
+    """Newton capped at one iteration leaves the neuron solves uncertified (the format-2 neuron of conv layer 0 through
+    `DenseProblems`, the compact ones of conv layer 2 through `CompactConv`); `ntaylor_nb.separable.sharpen` brackets them,
+    and they come out certified, within the stop rule of the uncapped solves. With its budget at zero they stay uncertified."""
+    import ntaylor_nb.separable as sep
+    rec, prefixes = recs[1]['auto'], [3, 8]
+    neurons = lambda df: df[df.kind == 'neuron'].set_index(['scope', 'N'])
+    full = neurons(hindsight(rec, prefixes, progress=False))
+    assert full.certified.all() and len(full) == 6
+    orig = hs.conv_newton
+    monkeypatch.setattr(hs, 'conv_newton', lambda *a, **k: orig(*a, **dict(k, max_iter=1)))
+    with monkeypatch.context() as m:
+        m.setitem(sep.SEPARATE_NUMBERS, 'cpu', 0)
+        capped = neurons(hindsight(rec, prefixes, progress=False))
+    assert (~capped.certified).sum() >= 3, capped[['taylor_optimum', 'optimum_gap', 'certified']]
+    sharp = neurons(hindsight(rec, prefixes, progress=False))
+    assert sharp.certified.all(), sharp[['taylor_optimum', 'optimum_gap']]
+    assert ((sharp.taylor_optimum - full.taylor_optimum).abs() <= 2 * hs.GAP_TOL).all(), (sharp.taylor_optimum - full.taylor_optimum)
+    assert (sharp.taylor_optimum <= capped.taylor_optimum + 1e-15).all()
