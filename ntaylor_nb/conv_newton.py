@@ -8,7 +8,7 @@ import torch
 from fastcore.basics import patch
 from torch import Tensor
 from .conv_solvers import CompactConv
-from .solvers import Problems, _factor, _per_sample, _recheck, _step
+from .solvers import Problems, _factor, _per_sample, _recheck, _step, loss_terms
 
 # %% auto #0
 __all__ = ['RIDGES', 'batched_pcg', 'grid_search', 'conv_newton', 'DenseProblems']
@@ -329,17 +329,28 @@ class DenseProblems:
 def device(self: DenseProblems) -> torch.device: "Where the samples are."; return self.prob.D[0].device
 
 @patch
+def _moving(self: DenseProblems, k):
+    "Problem k's design (as `Problems._design`: neuron scopes only) and which samples it moves (the others' outputs stay at base)."
+    p = self.prob
+    base, des = p._design(slice(None), torch.tensor([k], device=p.D[0].device))
+    if p.cols is None or des[0] not in ('full', 'rank1'): raise ValueError(f'formed takes a neuron scope (Linear or convolution, samples formed), not a {"layer scope" if p.cols is None else des[0]}')
+    move = des[1][0].flatten(1).abs().amax(1) > 0
+    if des[0] == 'rank1': move &= des[2].abs().amax(1) > 0
+    return base[0], des, move
+
+@patch
 def formed_shape(self: DenseProblems, k: int, # the problem (position among the problems' columns)
                 ) -> tuple:
-    "(samples, outputs, variables): the shape of `formed`'s M."
-    return self.prob.n, self.prob.D[0].shape[1], self.prob.size()
+    "(samples it moves, outputs, variables): the shape of `formed`'s M."
+    return int(self._moving(k)[2].sum()), self.prob.D[0].shape[1], self.prob.size()
 
 @patch
 def formed(self: DenseProblems, k: int, # the problem (position among the problems' columns)
           ) -> tuple:
-    "Problem k's samples in float64: M (n, p, P), base (n, p), y (n,), s (n,), and 0.0 (no sample left out). Neuron scopes only."
-    p = self.prob
-    base, des = p._design(slice(None), torch.tensor([k], device=p.D[0].device))
-    if p.cols is None or des[0] not in ('full', 'rank1'): raise ValueError(f'formed takes a neuron scope (Linear or convolution, samples formed), not a {"layer scope" if p.cols is None else des[0]}')
-    M = des[1][0] if des[0] == 'full' else des[1][0][:, :, None] * des[2][:, None, :]
-    return M.double(), base[0].double(), p.D[1], p.D[2].double(), 0.0
+    """Problem k's samples formed in float64 for the m samples on which it moves the outputs: M (m, p, P), base (m, p), y (m,),
+    s (m,), and the other samples' loss (a constant). Neuron scopes only."""
+    p, (base, des, move) = self.prob, self._moving(k)
+    M = des[1][0][move] if des[0] == 'full' else des[1][0][move][:, :, None] * des[2][move][:, None, :]
+    y, s = p.D[1], p.D[2].double()
+    const = float(loss_terms(base[~move][None].double(), y[~move], s[~move], p.loss)[0][0]) if bool((~move).any()) else 0.0
+    return M.double(), base[move].double(), y[move], s[move], const

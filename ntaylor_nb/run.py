@@ -260,9 +260,9 @@ def _analyze(run: Run, prefixes: int, progress: bool, device: str) -> dict:
 
 ANALYSIS_VERSION = 3  # 3: no interval for a single scope's exponent (it had a zero-width one); 2: exponents leave out a prefix where any scope fits it; summary keys by the paper's layer numbers (1: module indices)
 # The solves behind the tables: an analysis saved by another version is computed again, not upgraded (its numbers came from
-# other solvers). 2: MSE direct solves that Q = A'A does not resolve come from the rows (`hindsight_lsq._Rows`); 1: before
-# (and every analysis saved without the key)
-SOLVE_VERSION = 2
+# other solvers). 3: cross-entropy neuron solves left uncertified are bracketed (`ntaylor_nb.separable.sharpen`); 2: MSE direct
+# solves that Q = A'A does not resolve come from the rows (`hindsight_lsq._Rows`); 1: before (and every analysis saved without the key)
+SOLVE_VERSION = 3
 
 def _upgrade(run: Run, saved: dict) -> dict:
     """A summary saved by an older analysis, its regret numbers made again from the saved hindsight table (no solve is
