@@ -4,12 +4,14 @@ nineteenth sessions), made repeatable.
     python -m benchmarks.p5_neuron [RECORDING] [--prefix 19] [--caps 100,400] [--neuron 0] [--iterations 525] [--seconds 1800]
 
 RECORDING: P5's compact recording (`conv_compact`, conv-2 neurons 0 and 32); without it one is made here as P5 makes it
-(one epoch of CIFAR-10, a few minutes on 2 cores), in a temporary folder. Two experiments on one neuron at one prefix:
+(one epoch of CIFAR-10, a few minutes on 2 cores), in a temporary folder. Three experiments on one neuron at one prefix:
 
 1. `hindsight` alone at that prefix (from 0) with its Newton capped at each of `--caps` iterations: the Taylor optimum a
    round, `optimum_gap` (half the decrement: an estimate), whether it is certified, and |v|. Where the value still falls
    between two caps by more than the first cap's gap, that gap understated the distance to the infimum.
-2. A continuation on a ridge, independent of the package's solver: minimise f(v) + mu |v|^2 / 2 for mu = 10, 1, ..., each
+2. The bracket of `ntaylor_nb.separable` (twenty-third session) on the neuron's samples formed here: the infimum's lower and
+   upper ends, summed.
+3. A continuation on a ridge, independent of the package's solver: minimise f(v) + mu |v|^2 / 2 for mu = 10, 1, ..., each
    stage from the last one's point, by damped Newton with Cholesky factors (at most 30 iterations a stage), on the neuron's
    samples formed in float64 (M_b = J_b X_b) from the recording. f is the summed Taylor loss; it prints each stage's f, f a
    round and |v|, until `--iterations` Newton iterations in all, `--seconds`, or a failed factor. A converged stage bounds nothing, but its value is a point that
@@ -26,20 +28,22 @@ from unittest import mock
 import torch
 
 import ntaylor_nb.hindsight as hs
+from ntaylor_nb.hindsight import GAP_TOL
 from ntaylor_nb.data import load_dataset
 from ntaylor_nb.regret import RegretRecording
+from ntaylor_nb.separable import bracket
 
 from .p5_conv_records import ARCHIVE, record
 
 
 def capped_solve(rec, N, scope, cap):
-    "hindsight at prefix N alone, its Newton capped at `cap`; the row, |v| and the neuron's samples as the solver saw them."
+    "hindsight at prefix N alone, its Newton capped at `cap` and not bracketed; the row, |v| and the neuron's samples as the solver saw them."
     orig, seen = hs.conv_newton, {}
     def capped(prob, idx, V0, tol, **k):
         out = orig(prob, idx, V0, tol, **dict(k, max_iter=cap))
         seen.update(V=out[0][0].clone(), its=int(out[-1][0]), segs=[dict({key: nb[key] for key in ('rs', 'j', 'base', 'y', 's', 'const')}, X=prob._rows(nb)) for nb in prob._segments(0)])
         return out
-    with mock.patch.object(hs, 'conv_newton', capped):
+    with mock.patch.object(hs, 'conv_newton', capped), mock.patch.object(hs, 'sharpen', lambda prob, idx, f, gap, tol: (f, gap)):  # (the Newton's own values: no bracket)
         row = hs.hindsight(rec, [N], scopes=[scope], progress=False).iloc[0]
     return row, seen
 
@@ -123,6 +127,11 @@ def main(argv=None):
             print(f'  cap {cap}: {seen["its"]} iterations, value {row.taylor_optimum:.7f} a round, optimum_gap {row.optimum_gap:.2g} a round,'
                   f' certified {bool(row.certified)}, |v| {float(seen["V"].norm()):.2e}, {time.perf_counter() - t:.0f} s', flush=True)
         prob = Formed(seen['segs'])
+        t = time.perf_counter()
+        b = bracket(*(torch.cat([pt[i] for pt in prob.parts]) for i in range(4)), prob.const, tol=GAP_TOL * a.prefix)
+        print('  bracket (ntaylor_nb.separable): none' if b is None else
+              f'  bracket (ntaylor_nb.separable): [{b.lower:.10f}, {b.upper:.10f}] summed, width {b.upper - b.lower:.2g} (stop rule {GAP_TOL * a.prefix:.2g}),'
+              f' {b.separated} pairs separated, LP {b.lp_iterations} iterations (converged {b.lp_converged}), {time.perf_counter() - t:.1f} s', flush=True)
         print(f'continuation on a ridge ({sum(len(p[1]) for p in prob.parts)} samples, {prob.P} weights; formed f at the last capped point'
               f' {prob.value(seen["V"]) / a.prefix:.7f} a round)')
         continuation(prob, a.prefix, a.iterations, a.seconds)

@@ -101,7 +101,7 @@ def separable_pairs(A: Tensor, # (m, P) rows a_i (no zero row; scaled as the cal
 
 # %% ../nbs/04_solvers_separable.ipynb #11819f62
 class Bracket(NamedTuple):
-    "Where a cross-entropy problem's infimum lies: lower <= inf f <= upper (summed losses)."
+    "Where a cross-entropy problem's infimum lies (summed losses): upper is a value f takes; lower bounds what double precision resolves of the rows where the ends do not cross (see the text)."
     lower: float  # the minimum of f without the pair terms the direction separates (less half its Newton decrement), or the upper end less their distance where they cross; less the sums' rounding
     upper: float  # f at a point: the reduced minimiser moved far along the separating direction
     separated: int  # pair terms (sample, wrong class) the direction separates
@@ -150,10 +150,10 @@ def bracket(M: Tensor, # (n, p, P) each sample's output moves per variable (floa
     terms u_bk = z_k - z_y: f = const + sum_b s_b log(1 + sum_{k != y_b} exp(u_bk)). Dropping any pair terms gives a lower bound
     g <= f everywhere; `separable_pairs` finds the largest set S that one direction d drives to -inf while leaving the others
     unchanged, so that g (f without S) attains its minimum (else no bracket: None). The upper end is f at v_g + tau d, v_g g's
-    minimiser, tau the best of 2^(j/8) up to 2^150 while the kept pairs move by at most 1e-6 along it (their moves are the
-    rounding left in d's projection; far enough out the data's last bits would separate them too, an infimum no one should
-    report); the outputs there are made as A v_g + tau (A d) in twice the working precision. None also where d does not
-    separate S after its projection, or the ends cross by more than 100 tol (see the text above)."""
+    minimiser, tau the best of 2^(j/8) up to 2^150 while the kept pairs' moves along it change g by at most tol / 10 at first
+    order and by a bound of the second (their moves are what the SVD leaves of their rows, and rounding; far enough out the
+    data's last bits would separate them too, an infimum no one should report); the outputs there are made as A v_g + tau (A d) in twice the working precision. None also where d does not
+    separate S after its projection, or the ends cross by more than tol (see the text above)."""
     if M.ndim != 3 or M.dtype != torch.float64 or base.shape != M.shape[:2] or y.shape != M.shape[:1] or s.shape != M.shape[:1]:
         raise ValueError(f'M (n, p, P) float64 with base (n, p), y (n,), s (n,); got {tuple(M.shape)} {M.dtype}, {tuple(base.shape)}, {tuple(y.shape)}, {tuple(s.shape)}')
     still = M.flatten(1).abs().amax(1) == 0 if M.numel() else torch.ones(len(M), dtype=torch.bool, device=M.device)
@@ -225,8 +225,9 @@ def sharpen(prob, # the problems: `CompactConv` or `DenseProblems` (`formed`, `f
         if not gap[k] > tol: continue
         n, p, P = prob.formed_shape(int(idx[k]))
         if n * p * P > SEPARATE_NUMBERS[dev] or 40 * n * p * P * P > SEPARATE_WORK[dev]: continue
-        b = bracket(*prob.formed(int(idx[k])), tol=tol)
-        if b is None: continue
+        try: b = bracket(*prob.formed(int(idx[k])), tol=tol)
+        except torch.cuda.OutOfMemoryError: b = None; torch.cuda.empty_cache()  # (the device is shared: the solve stays the Newton's)
+        if b is None or b.lower > f[k]: continue  # (a lower end above a value reached is wrong: rounding-level separation)
         v = min(f[k], b.upper)
         if v - b.lower < gap[k]: f[k], gap[k] = v, v - b.lower
     return f, gap
