@@ -109,16 +109,21 @@ class Bracket(NamedTuple):
     lp_converged: bool  # did it (else S was read off its best iterate, and checked all the same)
     newton_iterations: int  # of the reduced minimisation
 
+def _lse1(u, seg, n):
+    """Per sample log(1 + sum of exp(u) over its pairs), and each pair's weight exp(u) / (1 + that sum): u (..., pairs), seg
+    (pairs,) each pair's sample among n; any leading dimensions (step sizes) batched."""
+    mx = u.new_zeros(*u.shape[:-1], n).scatter_reduce_(-1, seg.expand_as(u), u, 'amax')  # (at least 0: the 1 in the sum)
+    e = torch.exp(u - mx[..., seg])
+    tot = torch.exp(-mx).index_add_(u.ndim - 1, seg, e)
+    return mx + torch.log(tot), e / tot[..., seg]
+
 def _reduced_min(B, m0, seg, s, n, tol, max_iter):
     """min_c sum_b s_b log(1 + sum_{pairs i of b} exp(-(m0_i + B_i c))) by damped Newton (B (k, r): the kept pairs' rows in a basis
     of their span; seg (k,): each pair's sample); c, the value, half the last Newton decrement, iterations."""
     c, lam2 = B.new_zeros(B.shape[1]), float('inf')
     def value(c):
-        u = -(m0 + B @ c)
-        mx = torch.zeros(n, dtype=u.dtype, device=u.device).scatter_reduce_(0, seg, u, 'amax')  # (at least 0: the 1 in the sum)
-        e = torch.exp(u - mx[seg])
-        tot = torch.exp(-mx).index_add_(0, seg, e)
-        return float((s * (mx + torch.log(tot))).sum()), e / tot[seg]
+        L, q = _lse1(-(m0 + B @ c), seg, n)
+        return float((s * L).sum()), q
     f, q = value(c)
     for it in range(max_iter + 1):
         sq = s[seg] * q
@@ -156,6 +161,7 @@ def bracket(M: Tensor, # (n, p, P) each sample's output moves per variable (floa
     separate S after its projection, or the ends cross by more than tol (see the text above)."""
     if M.ndim != 3 or M.dtype != torch.float64 or base.shape != M.shape[:2] or y.shape != M.shape[:1] or s.shape != M.shape[:1]:
         raise ValueError(f'M (n, p, P) float64 with base (n, p), y (n,), s (n,); got {tuple(M.shape)} {M.dtype}, {tuple(base.shape)}, {tuple(y.shape)}, {tuple(s.shape)}')
+    if bool((s < 0).any()): raise ValueError('s: sample weights must be at least 0 (dropping terms bounds f below only then)')
     still = M.flatten(1).abs().amax(1) == 0 if M.numel() else torch.ones(len(M), dtype=torch.bool, device=M.device)
     if bool(still.any()):  # samples whose outputs do not move: their loss at both ends
         b = still.nonzero()[:, 0]
@@ -190,14 +196,10 @@ def bracket(M: Tensor, # (n, p, P) each sample's output moves per variable (floa
     def f_at(tau, drop=None):  # (j,) step sizes -> f at v_g + tau d, the pairs `drop` left out (accurate: the moves from Dot2)
         u = -((m0h + Avh + tau[:, None] * Adh) + (m0l + Avl + tau[:, None] * Adl))  # (j, pairs)
         if drop is not None: u = u.masked_fill(drop, -float('inf'))
-        mx = torch.zeros(len(tau), n, dtype=u.dtype, device=u.device).scatter_reduce_(1, seg[None].expand_as(u), u, 'amax')
-        tot = torch.exp(-mx).index_add_(1, seg, torch.exp(u - mx[:, seg]))
-        return const + ((mx + torch.log(tot)) * s).sum(1)
+        return const + (_lse1(u, seg, n)[0] * s).sum(1)
     g_acc = float(f_at(M.new_zeros(1), S)[0])  # g at its minimiser, made as the upper end is (its own sum is in the base's digits)
     rnd = 4 * torch.finfo(M.dtype).eps * (max(n, 1) * max(1.0, abs(g_acc)))  # the rounding of the sums over samples
-    uk = (-((m0h + Avh) + (m0l + Avl))).masked_fill(S, -float('inf'))  # the kept pairs at v_g: their weights q in g
-    mx = torch.zeros(n, dtype=uk.dtype, device=uk.device).scatter_reduce_(0, seg, uk, 'amax')
-    e = torch.exp(uk - mx[seg]); q = e / torch.exp(-mx).index_add_(0, seg, e)[seg]
+    q = _lse1((-((m0h + Avh) + (m0l + Avl))).masked_fill(S, -float('inf')), seg, n)[1]  # the kept pairs' weights in g at v_g
     Ak = (Adh + Adl).masked_fill(S, 0.0)  # the kept pairs' moves along d (what the SVD does not resolve, and rounding)
     slope, curv = abs(float((s[seg] * q * Ak).sum())), float((s[seg] * q * Ak ** 2).sum())  # g's along d: first order, and a bound of the second
     top = min(tol / 10 / slope if slope else float('inf'), (tol / 5 / curv) ** 0.5 if curv else float('inf'))  # each at most tol / 10
