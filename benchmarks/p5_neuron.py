@@ -131,7 +131,7 @@ def main(argv=None):
         b = bracket(*(torch.cat([pt[i] for pt in prob.parts]) for i in range(4)), prob.const, tol=GAP_TOL * a.prefix)
         print('  bracket (ntaylor_nb.separable): none' if b is None else
               f'  bracket (ntaylor_nb.separable): [{b.lower:.10f}, {b.upper:.10f}] summed, width {b.upper - b.lower:.2g} (stop rule {GAP_TOL * a.prefix:.2g}),'
-              f' {b.separated} pairs separated, LP {b.lp_iterations} iterations (converged {b.lp_converged}), {time.perf_counter() - t:.1f} s', flush=True)
+              f' {b.separated} pairs separated, LP ({b.lp}) {b.lp_iterations} iterations (converged {b.lp_converged}), {time.perf_counter() - t:.1f} s', flush=True)
         print(f'continuation on a ridge ({sum(len(p[1]) for p in prob.parts)} samples, {prob.P} weights; formed f at the last capped point'
               f' {prob.value(seen["V"]) / a.prefix:.7f} a round)')
         continuation(prob, a.prefix, a.iterations, a.seconds)

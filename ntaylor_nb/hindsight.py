@@ -163,9 +163,10 @@ def _solve_free(self: _GNAcc, tol: float):
 # %% ../nbs/07_hindsight.ipynb #e7eab570
 class _DenseAcc:
     "One layer's scopes for a convex solve from stored samples (cross-entropy, or any loss on a convolution)."
-    def __init__(self, layer, units, cols, layer_scope, fmt, loss, device='cpu', solver='newton'):
+    def __init__(self, layer, units, cols, layer_scope, fmt, loss, device='cpu', solver='newton', brackets=True):
         self.layer, self.units, self.cols, self.layer_scope, self.fmt, self.loss = layer, list(units), list(cols), layer_scope, fmt, loss
         self.parts, self.V, self.device, self.solver, self.cc, self.factored = [], {}, torch.device(device), solver, None, None
+        self.brackets = brackets  # bracket the cross-entropy neuron solves left uncertified (`ntaylor_nb.separable.sharpen`)
 
 def _gap(lam, f, floor=0.0) -> float:
     """A solve's certificate: half its Newton decrement lam (an estimate of the distance to the infimum), or its value f's height
@@ -241,7 +242,7 @@ def _solve_compact(self: _DenseAcc, tol: float):
     V, f, gn, lam, _ = conv_newton(cc, idx, V0, tol, f0=f0)
     out, fl = {}, cc.floor(idx)
     f, gaps = f.tolist(), [_gap(lam[k], f[k], fl[k]) for k in range(U)]
-    if self.loss == 'cross_entropy': f, gaps = sharpen(cc, idx, f, gaps, tol)  # the uncertified: bracketed (ntaylor_nb.separable)
+    if self.loss == 'cross_entropy' and self.brackets: f, gaps = sharpen(cc, idx, f, gaps, tol)  # the uncertified: bracketed (ntaylor_nb.separable)
     for k, u in enumerate(self.units):
         self.V[u] = V[k]; out[Scope('neuron', self.layer, int(u))] = (f[k], float(gn[k]), gaps[k])
     return out
@@ -281,7 +282,7 @@ def _solve_kept(self: _DenseAcc, tol: float):
             V0, f0 = self._start(DenseProblems(prob), us, idx, P, self.device)
             V, f, gn, lam, fl = _dense_newton(prob, idx, V0, tol, f0)
             f, gaps = f.tolist(), [_gap(lam[k], f[k], fl[k]) for k in range(len(us))]
-            if self.loss == 'cross_entropy': f, gaps = sharpen(DenseProblems(prob), idx, f, gaps, tol)  # (as in `_solve_compact`)
+            if self.loss == 'cross_entropy' and self.brackets: f, gaps = sharpen(DenseProblems(prob), idx, f, gaps, tol)  # (as in `_solve_compact`)
             for k, u in enumerate(us):
                 self.V[u] = V[k]; out[Scope('neuron', self.layer, int(u))] = (f[k], float(gn[k]), gaps[k])
     if self.layer_scope:
@@ -370,7 +371,7 @@ def _select(rec, scopes):
 SOLVERS = ('newton', 'newton-cg', 'lbfgs')
 GAP_TOL = 1e-9  # the stop rule: a solve ends once its estimated distance to the minimum is at most this a round
 
-def _accumulators(mf, scopes, device, solver):
+def _accumulators(mf, scopes, device, solver, brackets=True):
     "One accumulator per recorded layer with scopes to solve: quadratic statistics (MSE, Linear) or stored samples."
     accs = []
     for l, e in mf['layers'].items():
@@ -382,7 +383,7 @@ def _accumulators(mf, scopes, device, solver):
             ident = mf['fast'] and l == mf['gauss_newton']['chain'][-1]
             accs.append(_GNAcc(l, units, [e['units'].index(u) for u in units] if ident else units, lay, ident, solver == 'newton-cg', device))
         else:
-            accs.append(_DenseAcc(l, units, [e['units'].index(u) for u in units], lay, 'linear' if e['kind'] == 'linear' else 'conv', mf['loss'], device, solver))
+            accs.append(_DenseAcc(l, units, [e['units'].index(u) for u in units], lay, 'linear' if e['kind'] == 'linear' else 'conv', mf['loss'], device, solver, brackets))
             accs[-1].geom = e.get('conv') if e['record'] == 'conv_compact' else None
     return accs
 
@@ -415,16 +416,18 @@ def hindsight(rec: RegretRecording | str | Path, # a recording (or its folder)
               progress: bool = True, # show a progress bar
               device: str = 'cpu', # where the convex (cross-entropy, convolution) and matrix-free solves run: "cpu", "cuda" or "auto"
               solver: str = 'newton', # "newton" (Hessians up to MAX_DIRECT variables, matrix-free above), "newton-cg" (every layer scope matrix-free) or "lbfgs" (L-BFGS per problem, the baseline)
+              brackets: bool = True, # bracket the cross-entropy neuron solves Newton leaves uncertified (`ntaylor_nb.separable.sharpen`; False: faster, they stay uncertified)
              ) -> pd.DataFrame:
     "Taylor optimum and regret of every scope at every prefix, from the stored factors (the fast path)."
     device = resolve_device(device)
     if solver not in SOLVERS: raise ValueError(f'solver={solver!r}; allowed: {", ".join(SOLVERS)}')
+    if not isinstance(brackets, bool): raise ValueError(f'brackets={brackets!r}: True or False')
     from tqdm.auto import tqdm
     rec = rec if isinstance(rec, RegretRecording) else RegretRecording(rec)
     mf, R = rec.manifest, len(rec)
     prefixes, scopes = _check_prefixes(prefixes, R), _select(rec, scopes)
     nums = mf['layer_numbers']
-    accs = _accumulators(mf, scopes, device, solver)
+    accs = _accumulators(mf, scopes, device, solver, brackets)
     losses, steps = rec.column('loss'), rec.column('step')
     rows, done, pi, B_all = [], 0, 0, []
     bar = tqdm(total=len(prefixes), desc='hindsight', disable=not progress)

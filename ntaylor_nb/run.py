@@ -113,13 +113,16 @@ def analyze(self: Run, prefixes: int | None = None, # log-spaced prefixes for th
             progress: bool = False, # show progress bars while computing
             device: str = 'cpu', # where the convex solves of cross-entropy and convolution scopes and the matrix-free layer scopes run ("auto": CUDA when present)
             refresh: bool = False, # recompute even if saved
+            brackets: bool | None = None, # bracket the cross-entropy neuron solves Newton leaves uncertified (`hindsight`; None: as saved, or True)
            ) -> dict:
     """The flat summary; computed (with every analysis table) if missing, refreshed, asked for other `prefixes` or solved by another
     `SOLVE_VERSION` (its tables' numbers are then not the current solvers': computed again, at its prefixes), else read.
     Computing holds the run's lock (`ntaylor_nb.storage.folder_lock`): an analysis asked for meanwhile in another process waits
     (no timeout), then reads what was saved where it suits (same prefixes, no refresh), else computes again."""
     self._need_complete()
-    usable = lambda s: s and not refresh and prefixes in (None, s['prefixes']) and s.get('solve_version', 1) == SOLVE_VERSION
+    if brackets not in (None, True, False): raise ValueError(f'brackets={brackets!r}: None (as saved, or True), True or False')
+    usable = lambda s: (s and not refresh and prefixes in (None, s['prefixes']) and s.get('solve_version', 1) == SOLVE_VERSION
+                        and brackets in (None, s.get('brackets', True)))
     try: saved = self.read_json('summary') if self.analyzed else {}
     except FileNotFoundError: saved = {}  # (replaced by another process just now: read under the lock below)
     # the training summary is read again each time (cheap): a summary saved by an older version gains its new fields
@@ -127,7 +130,8 @@ def analyze(self: Run, prefixes: int | None = None, # log-spaced prefixes for th
         with folder_lock(self.path, 'analysing', wait=True):  # one process computes; another waits, then reads what it saved (or computes again: refresh, other prefixes)
             _tidy(self)
             saved = self.read_json('summary') if self.analyzed else {}
-            if not usable(saved): return _analyze(self, prefixes or saved.get('prefixes', 64), progress, device)
+            if not usable(saved): return _analyze(self, prefixes or saved.get('prefixes', 64), progress, device,
+                                                  saved.get('brackets', True) if brackets is None else brackets)
             if saved.get('analysis_version') != ANALYSIS_VERSION: saved = _upgrade(self, saved)  # an older analysis's numbers: made again from its tables
     return dict(saved, **_plain(_training_summary(self)))
 @patch
@@ -182,11 +186,11 @@ def _training_summary(run: Run) -> dict:
                 last_epoch_loss=done['last_epoch_loss'], device=p['device'], last_epoch_accuracy=acc if acc is not None and np.isfinite(acc) else None)
 
 # %% ../nbs/13_run.ipynb #ddb1a7aa
-def _analyze_regret(run: Run, prefixes: int, progress: bool, device: str) -> dict:
+def _analyze_regret(run: Run, prefixes: int, progress: bool, device: str, brackets: bool = True) -> dict:
     "Hindsight's table and the exponents of a run's regret recording, saved; their summary numbers."
     rec = run.regret_recording
     if rec is None: return {}
-    df = hindsight(rec, log_prefixes(len(rec), prefixes), progress=progress, device=device)
+    df = hindsight(rec, log_prefixes(len(rec), prefixes), progress=progress, device=device, brackets=brackets)
     df.to_csv(run.file('regret_table'), index=False)
     return _regret_summary(run, df, len(rec))
 
@@ -246,13 +250,13 @@ def _swap_in(run: Run, staged: _Staged):
         raise
     shutil.rmtree(old, ignore_errors=True)
 
-def _analyze(run: Run, prefixes: int, progress: bool, device: str) -> dict:
+def _analyze(run: Run, prefixes: int, progress: bool, device: str, brackets: bool = True) -> dict:
     """Compute a complete run's analysis into a fresh folder beside analysis/ (the summary written last), then swap it in: an
     analysis that fails, or is stopped, leaves the saved one as it was (put back by the next analysis, if stopped mid-swap)."""
     staged = _stage(run)
     try:
-        s = dict(_training_summary(run), **_analyze_regret(staged, prefixes, progress, device), **_analyze_exploration(staged))
-        s = dict(_plain(s), prefixes=prefixes, analysis_version=ANALYSIS_VERSION, solve_version=SOLVE_VERSION)
+        s = dict(_training_summary(run), **_analyze_regret(staged, prefixes, progress, device, brackets), **_analyze_exploration(staged))
+        s = dict(_plain(s), prefixes=prefixes, analysis_version=ANALYSIS_VERSION, solve_version=SOLVE_VERSION, brackets=brackets)
         staged.write_json('summary', s)
         _swap_in(run, staged)
     finally: shutil.rmtree(staged.stage, ignore_errors=True)
@@ -260,9 +264,10 @@ def _analyze(run: Run, prefixes: int, progress: bool, device: str) -> dict:
 
 ANALYSIS_VERSION = 3  # 3: no interval for a single scope's exponent (it had a zero-width one); 2: exponents leave out a prefix where any scope fits it; summary keys by the paper's layer numbers (1: module indices)
 # The solves behind the tables: an analysis saved by another version is computed again, not upgraded (its numbers came from
-# other solvers). 3: cross-entropy neuron solves left uncertified are bracketed (`ntaylor_nb.separable.sharpen`); 2: MSE direct
-# solves that Q = A'A does not resolve come from the rows (`hindsight_lsq._Rows`); 1: before (and every analysis saved without the key)
-SOLVE_VERSION = 3
+# other solvers). 4: brackets whose interior point program stalls take the simplex's separable set (`ntaylor_nb.separable.simplex_pairs`);
+# 3: cross-entropy neuron solves left uncertified are bracketed (`ntaylor_nb.separable.sharpen`); 2: MSE direct solves that
+# Q = A'A does not resolve come from the rows (`hindsight_lsq._Rows`); 1: before (and every analysis saved without the key)
+SOLVE_VERSION = 4
 
 def _upgrade(run: Run, saved: dict) -> dict:
     """A summary saved by an older analysis, its regret numbers made again from the saved hindsight table (no solve is

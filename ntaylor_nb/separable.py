@@ -5,11 +5,13 @@
 # %% ../nbs/04_solvers_separable.ipynb #16550364
 from __future__ import annotations
 from typing import NamedTuple
+import numpy as np
 import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['SEPARATE_NUMBERS', 'SEPARATE_WORK', 'separable_pairs', 'Bracket', 'bracket', 'sharpen']
+__all__ = ['SIMPLEX_NUMBERS', 'SIMPLEX_ITERATIONS', 'SEPARATE_NUMBERS', 'SEPARATE_WORK', 'separable_pairs', 'simplex_pairs',
+           'Bracket', 'bracket', 'sharpen']
 
 # %% ../nbs/04_solvers_separable.ipynb #1dc85caa
 def _two_sum(a, b):
@@ -99,14 +101,33 @@ def separable_pairs(A: Tensor, # (m, P) rows a_i (no zero row; scaled as the cal
     res, mu, t, d = best
     return t, d, it, bool(mu < tol and res < 1e-6)
 
+def simplex_pairs(A: Tensor, # (m, P) rows a_i, as for `separable_pairs`
+                  max_iter: int = 50_000, # simplex iterations
+                 ) -> tuple:
+    """The same program by SciPy's HiGHS dual simplex (float64, on the CPU): t, d, iterations, and whether it reached the optimum
+    (else t and d are zeros). Any optimal point has t = 1 on the largest set and 0 on the others, so a vertex serves as well as
+    the analytic centre. HiGHS's t can stop well short of 1 where the margins are small (its tolerances are absolute: 0.36 on the
+    tests' rows of margin 1e-9), so t is read off its direction: 1 where A d > 1e-3, else 0 (rows outside the largest set stay
+    at 0 up to those tolerances, about 1e-7; it treats entries below about 1e-9 as zero)."""
+    from scipy import sparse
+    from scipy.optimize import linprog
+    m, P = A.shape
+    a = A.detach().to('cpu', torch.float64).numpy()
+    r = linprog(np.r_[np.zeros(P), -np.ones(m)], A_ub=sparse.hstack([sparse.csr_matrix(-a), sparse.identity(m)]), b_ub=np.zeros(m),
+                bounds=[(None, None)] * P + [(0, 1)] * m, method='highs-ds', options=dict(maxiter=max_iter))
+    if r.status != 0 or r.x is None: return A.new_zeros(m), A.new_zeros(P), int(r.nit), False
+    d = torch.as_tensor(r.x[:P], dtype=A.dtype, device=A.device)
+    return (A @ d > 1e-3).to(A.dtype), d, int(r.nit), True
+
 # %% ../nbs/04_solvers_separable.ipynb #11819f62
 class Bracket(NamedTuple):
     "Where a cross-entropy problem's infimum lies (summed losses): upper is a value f takes; lower bounds what double precision resolves of the rows where the ends do not cross (see the text)."
     lower: float  # the minimum of f without the pair terms the direction separates (less half its Newton decrement), or the upper end less their distance where they cross; less the sums' rounding
     upper: float  # f at a point: the reduced minimiser moved far along the separating direction
     separated: int  # pair terms (sample, wrong class) the direction separates
-    lp_iterations: int  # of `separable_pairs`
-    lp_converged: bool  # did it (else S was read off its best iterate, and checked all the same)
+    lp: str  # what solved the program: "interior point" (`separable_pairs`), or "simplex" (`simplex_pairs`) where that did not converge
+    lp_iterations: int  # its iterations
+    lp_converged: bool  # did it (else S was read off the interior point method's best iterate, and checked all the same)
     newton_iterations: int  # of the reduced minimisation
 
 def _lse1(u, seg, n):
@@ -143,6 +164,9 @@ def _reduced_min(B, m0, seg, s, n, tol, max_iter):
         c, f, q = c - step * dc, fn, qn
     return c, f, lam2 / 2, it
 
+SIMPLEX_NUMBERS = 2 ** 21  # the largest program (pairs x variables) `bracket` gives the simplex where the interior point method stalls
+SIMPLEX_ITERATIONS = 50_000  # and its iterations
+
 def bracket(M: Tensor, # (n, p, P) each sample's output moves per variable (float64)
             base: Tensor, # (n, p) the outputs at v = 0
             y: Tensor, # (n,) classes
@@ -175,7 +199,12 @@ def bracket(M: Tensor, # (n, p, P) each sample's output moves per variable (floa
     seg = ar[:, None].expand(n, p)[off]
     scale = A.abs().amax(1)
     live = scale > 0
-    t, d, lp_its, ok = separable_pairs(A[live] / scale[live, None])  # (converged or not: S is checked below, by g and d)
+    A1 = A[live] / scale[live, None]
+    t, d, lp_its, ok = separable_pairs(A1)  # (converged or not: S is checked below, by g and d)
+    lp = 'interior point'
+    if not ok and A1.numel() <= SIMPLEX_NUMBERS:  # (it stalls where pairs are separable only far out: the simplex does not)
+        sx = simplex_pairs(A1, SIMPLEX_ITERATIONS)
+        if sx[3]: (t, d, lp_its, ok), lp = sx, 'simplex'
     S = torch.zeros(len(A), dtype=torch.bool, device=M.device); S[live.nonzero()[:, 0][t > 0.5]] = True
     K = A[~S]
     if len(K) and bool((K != 0).any()):
@@ -208,7 +237,7 @@ def bracket(M: Tensor, # (n, p, P) each sample's output moves per variable (floa
     fs = torch.cat([f_at(taus[i:i + 64]) for i in range(0, len(taus), 64)])
     upper = float(fs.nan_to_num(nan=float('inf')).min())
     if upper < g_acc - half - tol - rnd: return None  # crossed by more than the stop rule: the lower end is not one
-    return Bracket(upper - abs(upper - (g_acc - half)) - rnd, upper, int(S.sum()), lp_its, ok, its)
+    return Bracket(upper - abs(upper - (g_acc - half)) - rnd, upper, int(S.sum()), lp, lp_its, ok, its)
 
 # %% ../nbs/04_solvers_separable.ipynb #522ba3b6
 SEPARATE_NUMBERS = {'cpu': 2 ** 25, 'cuda': 2 ** 29}  # doubles of one problem's formed samples (a bracket holds about five times that)

@@ -372,7 +372,8 @@ def test_p5_neuron_investigation_forms_the_reference_loss():
 def test_uncertified_cross_entropy_neurons_are_bracketed(recs, monkeypatch):
     """Newton capped at one iteration leaves the neuron solves uncertified (the format-2 neuron of conv layer 0 through
     `DenseProblems`, the compact ones of conv layer 2 through `CompactConv`); `ntaylor_nb.separable.sharpen` brackets them,
-    and they come out certified, within the stop rule of the uncapped solves. With its budget at zero they stay uncertified."""
+    and they come out certified, within the stop rule of the uncapped solves. With its budget at zero, or `brackets=False`, they
+    stay uncertified, with the same values."""
     import ntaylor_nb.separable as sep
     rec, prefixes = recs[1]['auto'], [3, 8]
     neurons = lambda df: df[df.kind == 'neuron'].set_index(['scope', 'N'])
@@ -385,6 +386,9 @@ def test_uncertified_cross_entropy_neurons_are_bracketed(recs, monkeypatch):
         capped = neurons(hindsight(rec, prefixes, progress=False))
     assert (~capped.certified).sum() >= 3, capped[['taylor_optimum', 'optimum_gap', 'certified']]
     for sc in ('neuron:0:1', 'neuron:2:0'): assert (~capped.loc[sc].certified).any(), sc  # both paths met uncertified solves
+    off = neurons(hindsight(rec, prefixes, progress=False, brackets=False))
+    assert off[['taylor_optimum', 'optimum_gap', 'certified']].equals(capped[['taylor_optimum', 'optimum_gap', 'certified']]), off
+    with pytest.raises(ValueError, match='True or False'): hindsight(rec, prefixes, progress=False, brackets='yes')
     sharp = neurons(hindsight(rec, prefixes, progress=False))
     assert sharp.certified.all(), sharp[['taylor_optimum', 'optimum_gap']]
     assert ((sharp.taylor_optimum - full.taylor_optimum).abs() <= 2 * hs.GAP_TOL).all(), (sharp.taylor_optimum - full.taylor_optimum)
