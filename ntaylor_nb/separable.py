@@ -205,6 +205,7 @@ def bracket(M: Tensor, # (n, p, P) each sample's output moves per variable (floa
     if not ok and A1.numel() <= SIMPLEX_NUMBERS:  # (it stalls where pairs are separable only far out: the simplex does not)
         sx = simplex_pairs(A1, SIMPLEX_ITERATIONS)
         if sx[3]: (t, d, lp_its, ok), lp = sx, 'simplex'
+    if not ok and bool(((t > 1e-3) & (t < 1 - 1e-3)).any()): return None  # rows left undecided: S unknown (g did not settle wherever traced)
     S = torch.zeros(len(A), dtype=torch.bool, device=M.device); S[live.nonzero()[:, 0][t > 0.5]] = True
     K = A[~S]
     if len(K) and bool((K != 0).any()):
