@@ -12,7 +12,7 @@ import pandas as pd
 from .growth import interpolating_by_N
 
 # %% auto #0
-__all__ = ['UNDER_LABEL', 'plot_figure3', 'plot_figure4', 'figure4_layer']
+__all__ = ['UNDER_LABEL', 'UNCERTIFIED_LABEL', 'plot_figure3', 'plot_figure4', 'figure4_layer']
 
 # %% ../nbs/08_regret_figures.ipynb #fad937e2
 def _layer_name(df):
@@ -33,6 +33,21 @@ def _mark_under(ax, N, y, under, color):
     label = '_nolegend_' if any(l.get_label() == UNDER_LABEL for l in ax.lines) else UNDER_LABEL
     ax.plot(np.asarray(N)[under], np.asarray(y)[under], 'x', color=color, ms=7, mew=1.5, label=label)
 
+UNCERTIFIED_LABEL = 'o: a solve there uncertified (its regret a lower bound)'
+
+def _uncertified_by_N(g: pd.DataFrame) -> pd.Series:
+    "Per N, whether any of the table's solves there did not meet its stop rule (False where the table has no `certified`)."
+    if 'certified' not in g: return pd.Series(False, index=sorted(g.N.unique()))
+    return (~g.certified.astype(bool)).groupby(g.N).any()
+
+def _mark_uncertified(ax, N, y, uncertified, color):
+    """Ring the prefixes where a solve did not meet its stop rule (`uncertified`, by N): its Taylor optimum may lie above the
+    infimum, so the regret there, the cumulative loss less it, is a lower bound."""
+    u = np.asarray(uncertified, bool)
+    if not u.any(): return
+    label = '_nolegend_' if any(l.get_label() == UNCERTIFIED_LABEL for l in ax.lines) else UNCERTIFIED_LABEL
+    ax.plot(np.asarray(N)[u], np.asarray(y)[u], 'o', mfc='none', color=color, ms=9, mew=1.2, label=label)
+
 # %% ../nbs/08_regret_figures.ipynb #8f20b075
 def plot_figure3(df: pd.DataFrame, # hindsight's table for one run
                  detail_layers: list | None = None, # layers for panels (b), (c) (default: the first two with neurons)
@@ -52,6 +67,7 @@ def plot_figure3(df: pd.DataFrame, # hindsight's table for one run
         m = g.groupby('N').regret_sqrtN.agg(['mean', 'std'])
         axs[0].plot(m.index, m['mean'], color=c, label=name(l))
         _mark_under(axs[0], m.index, m['mean'], interpolating_by_N(g).loc[m.index], c)
+        _mark_uncertified(axs[0], m.index, m['mean'], _uncertified_by_N(g).loc[m.index], c)
         axs[0].fill_between(m.index, m['mean'] - m['std'], m['mean'] + m['std'], color=c, alpha=0.2)
     axs[0].set(xscale='log', xlabel='N (rounds)', ylabel=r'Regret$(N)/\sqrt{N}$', title='(a) neuron regret by layer'); axs[0].legend()
     for ax, l in zip(axs[1:], detail):
@@ -59,6 +75,7 @@ def plot_figure3(df: pd.DataFrame, # hindsight's table for one run
         m = g.agg(regret=('regret_sqrtN', 'mean'), sd=('regret_sqrtN', 'std'), avg=('average_loss', 'mean'), opt=('taylor_optimum', 'mean'))
         ax.plot(m.index, m.regret, color='C0', label=r'regret / $\sqrt{N}$')
         ax.fill_between(m.index, m.regret - m.sd, m.regret + m.sd, color='C0', alpha=0.2)
+        _mark_uncertified(ax, m.index, m.regret, _uncertified_by_N(nd[nd.layer == l]).loc[m.index], 'C0')
         ax2 = ax.twinx(); ax2.grid(False)
         ax2.plot(m.index, m.avg, color='C1', label='average loss'); ax2.plot(m.index, m.opt, color='C2', label='Taylor optimum')
         ax.set(xscale='log', xlabel='N (rounds)', ylabel=r'Regret$(N)/\sqrt{N}$', title=f'neurons of {name(l)}')
@@ -83,6 +100,7 @@ def plot_figure4(runs: dict, # label (optimizer) -> hindsight table
         for j, (l, g) in enumerate(ld.groupby('layer', sort=False)):
             axs[0].plot(g.N, g.regret_sqrtN, color=c, lw=1, ls=['-', '--', ':', '-.'][j % 4], label=f'{label}, {_layer_name(df)(l)}')
             _mark_under(axs[0], g.N, g.regret_sqrtN, interpolating_by_N(g).loc[g.N].to_numpy(), c)
+            _mark_uncertified(axs[0], g.N, g.regret_sqrtN, _uncertified_by_N(g).loc[g.N].to_numpy(), c)
         g = ld[ld.layer.astype(str) == str(layer)]
         axs[1].plot(g.N, g.cumulative_loss, color=c, label=f'{label}: loss incurred')
         axs[1].plot(g.N, g.N * g.taylor_optimum, color=c, ls='--', label=f'{label}: Taylor optimum')
