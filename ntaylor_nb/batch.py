@@ -5,6 +5,7 @@
 # %% ../nbs/14_batch.ipynb #95667c90
 from __future__ import annotations
 import argparse
+import ast
 import itertools
 import json
 import os
@@ -146,8 +147,11 @@ def run_grid(notebook: str | Path, # the experiment notebook (its first code cel
 
 # %% ../nbs/14_batch.ipynb #dfde0a16
 def _value(s):
+    "A command-line value: JSON (false, null, [1, 2]), else a Python literal (False, None, 'x'), else the string itself (adam)."
     try: return json.loads(s)
-    except json.JSONDecodeError: return s
+    except json.JSONDecodeError: pass
+    try: return ast.literal_eval(s)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError): return s
 
 def main(argv: list | None = None, # command-line arguments (default: sys.argv[1:])
         ) -> int:

@@ -33,7 +33,7 @@ def _mark_under(ax, N, y, under, color):
     label = '_nolegend_' if any(l.get_label() == UNDER_LABEL for l in ax.lines) else UNDER_LABEL
     ax.plot(np.asarray(N)[under], np.asarray(y)[under], 'x', color=color, ms=7, mew=1.5, label=label)
 
-UNCERTIFIED_LABEL = 'o: a solve there uncertified (its regret a lower bound)'
+UNCERTIFIED_LABEL = 'o: a solve there uncertified (regret there may be understated)'
 
 def _uncertified_by_N(g: pd.DataFrame) -> pd.Series:
     "Per N, whether any of the table's solves there did not meet its stop rule (False where the table has no `certified`)."
@@ -42,7 +42,8 @@ def _uncertified_by_N(g: pd.DataFrame) -> pd.Series:
 
 def _mark_uncertified(ax, N, y, uncertified, color):
     """Ring the prefixes where a solve did not meet its stop rule (`uncertified`, by N): its Taylor optimum may lie above the
-    infimum, so the regret there, the cumulative loss less it, is a lower bound."""
+    infimum, so the regret there (the cumulative loss less it) may be understated: a lower bound where the solve's value is the
+    loss at a point (Newton, CG, L-BFGS, brackets); the direct MSE solves miss by rounding, of either sign."""
     u = np.asarray(uncertified, bool)
     if not u.any(): return
     label = '_nolegend_' if any(l.get_label() == UNCERTIFIED_LABEL for l in ax.lines) else UNCERTIFIED_LABEL

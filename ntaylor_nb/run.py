@@ -115,12 +115,13 @@ def analyze(self: Run, prefixes: int | None = None, # log-spaced prefixes for th
             refresh: bool = False, # recompute even if saved
             brackets: bool | None = None, # bracket the cross-entropy neuron solves Newton leaves uncertified (`hindsight`; None: as saved, or True)
            ) -> dict:
-    """The flat summary; computed (with every analysis table) if missing, refreshed, asked for other `prefixes` or solved by another
-    `SOLVE_VERSION` (its tables' numbers are then not the current solvers': computed again, at its prefixes), else read.
+    """The flat summary; computed (with every analysis table) if missing, refreshed, asked for other `prefixes` or other `brackets`,
+    or solved by another `SOLVE_VERSION` (its tables' numbers are then not the current solvers': computed again, at its prefixes),
+    else read.
     Computing holds the run's lock (`ntaylor_nb.storage.folder_lock`): an analysis asked for meanwhile in another process waits
     (no timeout), then reads what was saved where it suits (same prefixes, no refresh), else computes again."""
     self._need_complete()
-    if brackets not in (None, True, False): raise ValueError(f'brackets={brackets!r}: None (as saved, or True), True or False')
+    if not (brackets is None or isinstance(brackets, bool)): raise ValueError(f'brackets={brackets!r}: None (as saved, or True), True or False')
     usable = lambda s: (s and not refresh and prefixes in (None, s['prefixes']) and s.get('solve_version', 1) == SOLVE_VERSION
                         and brackets in (None, s.get('brackets', True)))
     try: saved = self.read_json('summary') if self.analyzed else {}
@@ -264,7 +265,8 @@ def _analyze(run: Run, prefixes: int, progress: bool, device: str, brackets: boo
 
 ANALYSIS_VERSION = 3  # 3: no interval for a single scope's exponent (it had a zero-width one); 2: exponents leave out a prefix where any scope fits it; summary keys by the paper's layer numbers (1: module indices)
 # The solves behind the tables: an analysis saved by another version is computed again, not upgraded (its numbers came from
-# other solvers). 4: brackets whose interior point program stalls take the simplex's separable set (`ntaylor_nb.separable.simplex_pairs`);
+# other solvers). 4: brackets whose interior point program stalls take the simplex's separable set (`ntaylor_nb.separable.simplex_pairs`),
+# and give up where it leaves rows undecided;
 # 3: cross-entropy neuron solves left uncertified are bracketed (`ntaylor_nb.separable.sharpen`); 2: MSE direct solves that
 # Q = A'A does not resolve come from the rows (`hindsight_lsq._Rows`); 1: before (and every analysis saved without the key)
 SOLVE_VERSION = 4

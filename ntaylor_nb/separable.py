@@ -102,13 +102,14 @@ def separable_pairs(A: Tensor, # (m, P) rows a_i (no zero row; scaled as the cal
     return t, d, it, bool(mu < tol and res < 1e-6)
 
 def simplex_pairs(A: Tensor, # (m, P) rows a_i, as for `separable_pairs`
-                  max_iter: int = 50_000, # simplex iterations
+                  max_iter: int = 20_000, # simplex iterations
                  ) -> tuple:
     """The same program by SciPy's HiGHS dual simplex (float64, on the CPU): t, d, iterations, and whether it reached the optimum
     (else t and d are zeros). Any optimal point has t = 1 on the largest set and 0 on the others, so a vertex serves as well as
     the analytic centre. HiGHS's t can stop well short of 1 where the margins are small (its tolerances are absolute: 0.36 on the
-    tests' rows of margin 1e-9), so t is read off its direction: 1 where A d > 1e-3, else 0 (rows outside the largest set stay
-    at 0 up to those tolerances, about 1e-7; it treats entries below about 1e-9 as zero)."""
+    tests' rows of margin 1e-9), so t is read off its direction: 1 where A d > 1e-3, else 0. HiGHS drops entries below about
+    1e-9, and with |d| ~ 1e9 those move A d by order 1: a direction that moves any row the wrong way by more than 1e-4 (a tenth
+    of that threshold) is not taken (not converged, zeros)."""
     from scipy import sparse
     from scipy.optimize import linprog
     m, P = A.shape
@@ -117,7 +118,9 @@ def simplex_pairs(A: Tensor, # (m, P) rows a_i, as for `separable_pairs`
                 bounds=[(None, None)] * P + [(0, 1)] * m, method='highs-ds', options=dict(maxiter=max_iter))
     if r.status != 0 or r.x is None: return A.new_zeros(m), A.new_zeros(P), int(r.nit), False
     d = torch.as_tensor(r.x[:P], dtype=A.dtype, device=A.device)
-    return (A @ d > 1e-3).to(A.dtype), d, int(r.nit), True
+    Ad = A @ d
+    if float(Ad.min()) < -1e-4: return A.new_zeros(m), A.new_zeros(P), int(r.nit), False  # (entries HiGHS dropped moved rows the wrong way)
+    return (Ad > 1e-3).to(A.dtype), d, int(r.nit), True
 
 # %% ../nbs/04_solvers_separable.ipynb #11819f62
 class Bracket(NamedTuple):
@@ -125,10 +128,10 @@ class Bracket(NamedTuple):
     lower: float  # the minimum of f without the pair terms the direction separates (less half its Newton decrement), or the upper end less their distance where they cross; less the sums' rounding
     upper: float  # f at a point: the reduced minimiser moved far along the separating direction
     separated: int  # pair terms (sample, wrong class) the direction separates
-    lp: str  # what solved the program: "interior point" (`separable_pairs`), or "simplex" (`simplex_pairs`) where that did not converge
-    lp_iterations: int  # its iterations
-    lp_converged: bool  # did it (else S was read off the interior point method's best iterate, and checked all the same)
+    lp_iterations: int  # of the program's solver (`lp`)
+    lp_converged: bool  # did it (else S was read off the interior point method's best iterate, no row undecided, and checked all the same)
     newton_iterations: int  # of the reduced minimisation
+    lp: str  # what solved the program: "interior point" (`separable_pairs`), or "simplex" (`simplex_pairs`) where that did not converge
 
 def _lse1(u, seg, n):
     """Per sample log(1 + sum of exp(u) over its pairs), and each pair's weight exp(u) / (1 + that sum): u (..., pairs), seg
@@ -164,8 +167,8 @@ def _reduced_min(B, m0, seg, s, n, tol, max_iter):
         c, f, q = c - step * dc, fn, qn
     return c, f, lam2 / 2, it
 
-SIMPLEX_NUMBERS = 2 ** 21  # the largest program (pairs x variables) `bracket` gives the simplex where the interior point method stalls
-SIMPLEX_ITERATIONS = 50_000  # and its iterations
+SIMPLEX_NUMBERS = 2 ** 18  # the largest program (pairs x variables) `bracket` gives the simplex where the interior point method stalls (0.2-1.2 s on the tests' planted programs of that size, one thread)
+SIMPLEX_ITERATIONS = 20_000  # and its iterations (the largest planted one took 1,673)
 
 def bracket(M: Tensor, # (n, p, P) each sample's output moves per variable (float64)
             base: Tensor, # (n, p) the outputs at v = 0
@@ -177,8 +180,10 @@ def bracket(M: Tensor, # (n, p, P) each sample's output moves per variable (floa
            ) -> Bracket | None:
     """Bracket inf_v f(v), f(v) = const + sum_b s_b CE(base_b + M_b v, y_b), where it may lie at infinity. Written with the pair
     terms u_bk = z_k - z_y: f = const + sum_b s_b log(1 + sum_{k != y_b} exp(u_bk)). Dropping any pair terms gives a lower bound
-    g <= f everywhere; `separable_pairs` finds the largest set S that one direction d drives to -inf while leaving the others
-    unchanged, so that g (f without S) attains its minimum (else no bracket: None). The upper end is f at v_g + tau d, v_g g's
+    g <= f everywhere; `separable_pairs` (or `simplex_pairs`, where that does not converge and the program has at most
+    `SIMPLEX_NUMBERS` entries) finds the largest set S that one direction d drives to -inf while leaving the others
+    unchanged, so that g (f without S) attains its minimum (else no bracket: None; also None, without g's Newton, where the
+    program did not converge and leaves rows undecided: a heuristic, see the text). The upper end is f at v_g + tau d, v_g g's
     minimiser, tau the best of 2^(j/8) up to 2^150 while the kept pairs' moves along it change g by at most tol / 10 at first
     order and by a bound of the second (their moves are what the SVD leaves of their rows, and rounding; far enough out the
     data's last bits would separate them too, an infimum no one should report); the outputs there are made as A v_g + tau (A d) in twice the working precision. None also where d does not
@@ -238,7 +243,7 @@ def bracket(M: Tensor, # (n, p, P) each sample's output moves per variable (floa
     fs = torch.cat([f_at(taus[i:i + 64]) for i in range(0, len(taus), 64)])
     upper = float(fs.nan_to_num(nan=float('inf')).min())
     if upper < g_acc - half - tol - rnd: return None  # crossed by more than the stop rule: the lower end is not one
-    return Bracket(upper - abs(upper - (g_acc - half)) - rnd, upper, int(S.sum()), lp, lp_its, ok, its)
+    return Bracket(upper - abs(upper - (g_acc - half)) - rnd, upper, int(S.sum()), lp_its, ok, its, lp)
 
 # %% ../nbs/04_solvers_separable.ipynb #522ba3b6
 SEPARATE_NUMBERS = {'cpu': 2 ** 25, 'cuda': 2 ** 29}  # doubles of one problem's formed samples (a bracket holds about five times that)
