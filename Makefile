@@ -142,8 +142,12 @@ nbtest: $(STAMP)
 	# one thread per notebook: two processes of two threads each on 2 cores wait for each other (14_batch measures it)
 	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2
 
+# Two processes of one thread each on 2 cores (pytest-xdist; each test file on one process, for its module fixtures):
+# 197 s against about 330 s in one process with two threads (twenty-fourth session). PYTEST_WORKERS=0: one process.
+PYTEST_WORKERS ?= 2
 pytest: $(STAMP)
-	$(PY) -m pytest tests
+	if [ "$(PYTEST_WORKERS)" = 0 ]; then $(PY) -m pytest tests; \
+	else OMP_NUM_THREADS=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile tests; fi
 
 # nbdev's docs processing (always); the site itself wherever the Quarto CLI is installed.
 # (tests/test_docs.py runs the processing and checks every exported symbol is documented and the sidebar's order.)
