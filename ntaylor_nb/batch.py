@@ -147,11 +147,15 @@ def run_grid(notebook: str | Path, # the experiment notebook (its first code cel
 
 # %% ../nbs/14_batch.ipynb #dfde0a16
 def _value(s):
-    "A command-line value: JSON (false, null, [1, 2]), else a Python literal (False, None, 'x'), else the string itself (adam)."
+    "A command-line value: JSON (false, null, 3, [1, 2]), else Python's True, False, None or a quoted string ('x'), else the string itself (adam)."
     try: return json.loads(s)
     except json.JSONDecodeError: pass
-    try: return ast.literal_eval(s)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError): return s
+    if s in ('True', 'False', 'None'): return {'True': True, 'False': False, 'None': None}[s]
+    if len(s) >= 2 and s[0] == s[-1] and s[0] in '\'"':
+        try: v = ast.literal_eval(s)
+        except (ValueError, SyntaxError): return s
+        return v if isinstance(v, str) else s
+    return s
 
 def main(argv: list | None = None, # command-line arguments (default: sys.argv[1:])
         ) -> int:

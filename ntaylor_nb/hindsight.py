@@ -421,7 +421,8 @@ def hindsight(rec: RegretRecording | str | Path, # a recording (or its folder)
     "Taylor optimum and regret of every scope at every prefix, from the stored factors (the fast path)."
     device = resolve_device(device)
     if solver not in SOLVERS: raise ValueError(f'solver={solver!r}; allowed: {", ".join(SOLVERS)}')
-    if not isinstance(brackets, bool): raise ValueError(f'brackets={brackets!r}: True or False')
+    if not isinstance(brackets, (bool, np.bool_)): raise ValueError(f'brackets={brackets!r}: True or False')
+    brackets = bool(brackets)
     from tqdm.auto import tqdm
     rec = rec if isinstance(rec, RegretRecording) else RegretRecording(rec)
     mf, R = rec.manifest, len(rec)

@@ -36,9 +36,11 @@ def _mark_under(ax, N, y, under, color):
 UNCERTIFIED_LABEL = 'o: a solve there uncertified (regret there may be understated)'
 
 def _uncertified_by_N(g: pd.DataFrame) -> pd.Series:
-    "Per N, whether any of the table's solves there did not meet its stop rule (False where the table has no `certified`)."
+    """Per N, whether any of the table's solves there is not known to have met its stop rule: `certified` False, missing (NaN) or
+    the string 'False' of a table read as text (False everywhere where the table has no `certified`)."""
     if 'certified' not in g: return pd.Series(False, index=sorted(g.N.unique()))
-    return (~g.certified.astype(bool)).groupby(g.N).any()
+    ok = g.certified.map(lambda c: c is True or (not isinstance(c, str) and c == 1) or str(c).strip().lower() == 'true')
+    return (~ok.astype(bool)).groupby(g.N).any()
 
 def _mark_uncertified(ax, N, y, uncertified, color):
     """Ring the prefixes where a solve did not meet its stop rule (`uncertified`, by N): its Taylor optimum may lie above the
@@ -105,6 +107,7 @@ def plot_figure4(runs: dict, # label (optimizer) -> hindsight table
         g = ld[ld.layer.astype(str) == str(layer)]
         axs[1].plot(g.N, g.cumulative_loss, color=c, label=f'{label}: loss incurred')
         axs[1].plot(g.N, g.N * g.taylor_optimum, color=c, ls='--', label=f'{label}: Taylor optimum')
+        _mark_uncertified(axs[1], g.N, g.N * g.taylor_optimum, _uncertified_by_N(g).loc[g.N].to_numpy(), c)
     axs[0].set(xscale='log', xlabel='N (rounds)', ylabel=r'Regret$(N)/\sqrt{N}$', title='(a) layer-wise regret'); axs[0].legend(fontsize=7)
     positive = all((d[(d.kind == 'layer') & (d.layer.astype(str) == str(layer))].taylor_optimum > 0).all() for d in runs.values())
     axs[1].set(xscale='log', yscale='log' if positive else 'linear', xlabel='N (rounds)', ylabel='cumulative loss',

@@ -121,7 +121,8 @@ def analyze(self: Run, prefixes: int | None = None, # log-spaced prefixes for th
     Computing holds the run's lock (`ntaylor_nb.storage.folder_lock`): an analysis asked for meanwhile in another process waits
     (no timeout), then reads what was saved where it suits (same prefixes, no refresh), else computes again."""
     self._need_complete()
-    if not (brackets is None or isinstance(brackets, bool)): raise ValueError(f'brackets={brackets!r}: None (as saved, or True), True or False')
+    if not (brackets is None or isinstance(brackets, (bool, np.bool_))): raise ValueError(f'brackets={brackets!r}: None (as saved, or True), True or False')
+    brackets = None if brackets is None else bool(brackets)
     usable = lambda s: (s and not refresh and prefixes in (None, s['prefixes']) and s.get('solve_version', 1) == SOLVE_VERSION
                         and brackets in (None, s.get('brackets', True)))
     try: saved = self.read_json('summary') if self.analyzed else {}

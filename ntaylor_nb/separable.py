@@ -167,8 +167,8 @@ def _reduced_min(B, m0, seg, s, n, tol, max_iter):
         c, f, q = c - step * dc, fn, qn
     return c, f, lam2 / 2, it
 
-SIMPLEX_NUMBERS = 2 ** 18  # the largest program (pairs x variables) `bracket` gives the simplex where the interior point method stalls (0.2-1.2 s on the tests' planted programs of that size, one thread)
-SIMPLEX_ITERATIONS = 20_000  # and its iterations (the largest planted one took 1,673)
+SIMPLEX_NUMBERS = 2 ** 18  # the largest program (pairs x variables) `bracket` gives the simplex where the interior point method stalls (0.2-1.2 s on planted programs of that size, one thread: measured by hand, benchmarks/RESULTS.md)
+SIMPLEX_ITERATIONS = 20_000  # and its iterations (the slowest of those took 1,673)
 
 def bracket(M: Tensor, # (n, p, P) each sample's output moves per variable (float64)
             base: Tensor, # (n, p) the outputs at v = 0
