@@ -146,11 +146,13 @@ def run_grid(notebook: str | Path, # the experiment notebook (its first code cel
     return table
 
 # %% ../nbs/14_batch.ipynb #dfde0a16
+_PYTHON = {'True': True, 'False': False, 'None': None}  # (JSON's true, false, null as Python spells them)
+
 def _value(s):
     "A command-line value: JSON (false, null, 3, [1, 2]), else Python's True, False, None or a quoted string ('x'), else the string itself (adam)."
     try: return json.loads(s)
     except json.JSONDecodeError: pass
-    if s in ('True', 'False', 'None'): return {'True': True, 'False': False, 'None': None}[s]
+    if s in _PYTHON: return _PYTHON[s]
     if len(s) >= 2 and s[0] == s[-1] and s[0] in '\'"':
         try: v = ast.literal_eval(s)
         except (ValueError, SyntaxError): return s

@@ -39,7 +39,7 @@ def _uncertified_by_N(g: pd.DataFrame) -> pd.Series:
     """Per N, whether any of the table's solves there is not known to have met its stop rule: `certified` False, missing (NaN) or
     the string 'False' of a table read as text (False everywhere where the table has no `certified`)."""
     if 'certified' not in g: return pd.Series(False, index=sorted(g.N.unique()))
-    ok = g.certified.map(lambda c: c is True or (not isinstance(c, str) and c == 1) or str(c).strip().lower() == 'true')
+    ok = g.certified.map(lambda c: c.strip().lower() == 'true' if isinstance(c, str) else c == 1)  # (NaN == 1 is False)
     return (~ok.astype(bool)).groupby(g.N).any()
 
 def _mark_uncertified(ax, N, y, uncertified, color):

@@ -45,6 +45,12 @@ def _dot2(A: Tensor, # (m, P)
     return torch.cat([h for h, _ in out]), torch.cat([l for _, l in out])
 
 # %% ../nbs/04_solvers_separable.ipynb #5a87d2bb
+def _check_rows(A):
+    "The program's rows as both solvers take them: (m, P), or a ValueError saying what is wrong."
+    if A.ndim != 2 or not A.is_floating_point(): raise ValueError(f'A: a 2-D float tensor of rows (pairs x variables), got shape {tuple(A.shape)} and {A.dtype}')
+    if bool((A.abs().amax(1) == 0).any()) if A.numel() else False: raise ValueError('A has zero rows: leave them out (a zero row is never separable)')
+    return A.shape
+
 def separable_pairs(A: Tensor, # (m, P) rows a_i (no zero row; scaled as the caller likes: a row's scale is its margin's unit)
                     tol: float = 1e-9, # stop once the mean complementarity is below this and the residuals below 1e-6
                     max_iter: int = 100, # interior-point iterations
@@ -56,9 +62,7 @@ def separable_pairs(A: Tensor, # (m, P) rows a_i (no zero row; scaled as the cal
     whether it converged (else t and d are the iterate of least complementarity: on degenerate programs, such as real
     neurons' rows, the back-substitution loses the dual residual to rounding once the weights of the decided rows are
     extreme, and the iterates stall; the caller checks what it uses)."""
-    if A.ndim != 2 or not A.is_floating_point(): raise ValueError(f'A: a 2-D float tensor of rows (pairs x variables), got shape {tuple(A.shape)} and {A.dtype}')
-    if bool((A.abs().amax(1) == 0).any()) if A.numel() else False: raise ValueError('A has zero rows: leave them out (a zero row is never separable)')
-    m, P = A.shape
+    m, P = _check_rows(A)
     o = dict(dtype=A.dtype, device=A.device)
     if m == 0: return A.new_zeros(0), A.new_zeros(P), 0, True
     d, t, r, w = torch.zeros(P, **o), torch.full((m,), 0.5, **o), torch.full((m,), 0.5, **o), torch.ones(m, **o)
@@ -114,10 +118,8 @@ def simplex_pairs(A: Tensor, # (m, P) rows a_i, as for `separable_pairs`
     any row the wrong way by more than 1e-4 (a tenth of that threshold) is not taken (not converged, zeros)."""
     from scipy import sparse
     from scipy.optimize import linprog
-    if A.ndim != 2 or not A.is_floating_point(): raise ValueError(f'A: a 2-D float tensor of rows (pairs x variables), got shape {tuple(A.shape)} and {A.dtype}')
-    m, P = A.shape
+    m, P = _check_rows(A)
     if m == 0: return A.new_zeros(0), A.new_zeros(P), 0, True
-    if bool((A.abs().amax(1) == 0).any()): raise ValueError('A has zero rows: leave them out (a zero row is never separable)')
     c = A.abs().amax(0); live = c > 0
     As = A[:, live] / c[live]; As = As / As.abs().amax(1, keepdim=True)
     a = As.detach().to('cpu', torch.float64).numpy(); k = a.shape[1]
