@@ -9,6 +9,10 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 PYTHON ?= python3
 
+# One recipe at a time even under `make -j`: `test`'s steps share files (sync rewrites the notebooks the others read, docs
+# writes the _proc/ that tests/test_docs.py reads), and the protocol's steps run in order by design.
+.NOTPARALLEL:
+
 .PHONY: demo reproduce reproduce-convnet results report test sync nbtest pytest docs bench install clean wheelhouse devdata gpu-check
 
 install: $(STAMP)

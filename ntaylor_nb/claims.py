@@ -56,16 +56,16 @@ def check_runs(runs: pd.DataFrame, # ntaylor_nb.run.runs_table's table
                 per = '; '.join(f'{v:g}: ' + ', '.join(sorted(set(r.optimizer + ' (' + r.lr_label + ')'))) for v, r in g.groupby(col))
                 raise ValueError(f'{key[0]} on {key[1]}: runs of different {what} would be compared ({per}): {why}; put them under their own runs folder')
         if 'probe_size' in g:  # the runs that recorded exploration: the same probe points and units, or their measures cannot be compared
-            e = g[g.probe_size.fillna(0) > 0]
+            e = g[(g.probe_size.fillna(0) > 0) | (g.novelty.notna() if 'novelty' in g else False)]  # (a measure without its probe size: unknown, not none)
             for col, what in (('probe_size', 'probe sizes'), ('exploration_units', 'recorded units per ReLU module')):
-                v = e[col].astype(float).fillna(-1) if col in e else pd.Series(dtype=float)  # (-1: no units given, all of them)
+                v = e[col].astype(float).fillna(-1) if col in e else pd.Series(dtype=float)  # (-1: no units given, all of them; a probe size not recorded)
                 if v.nunique() > 1:
-                    per = '; '.join(('all' if x < 0 else f'{x:g}') + ': ' + ', '.join(sorted(set(r.optimizer + ' (' + r.lr_label + ')'))) for x, r in e.groupby(v))
+                    per = '; '.join((f'{x:g}' if x >= 0 else 'all' if col == 'exploration_units' else 'not recorded') + ': ' + ', '.join(sorted(set(r.optimizer + ' (' + r.lr_label + ')'))) for x, r in e.groupby(v))
                     raise ValueError(f'{key[0]} on {key[1]}: runs of different {what} would be compared ({per}): novelty counts the probe '
                                      'points and units, and every exploration measure depends on them; put them under their own runs folder')
         for (o, l), c in g[g.lr_label.str.startswith('tuned for ')].groupby(['optimizer', 'lr_label'], sort=False):  # a control ('tuned for X') trains at X's tuned rate, or it is none
             x = g[(g.optimizer == (X := l.removeprefix('tuned for '))) & (g.lr_label == 'tuned')].lr
-            if len(x) and not np.isclose(c.lr.iloc[0], x.iloc[0], rtol=1e-9):
+            if len(x) and not np.isclose(c.lr.iloc[0], x.iloc[0], rtol=1e-9, atol=0):
                 raise ValueError(f'{key[0]} on {key[1]}: {o} ({l}) trained at lr {c.lr.iloc[0]:g}, but {X} (tuned) at {x.iloc[0]:g}: '
                                  'its search was made again and chose otherwise, so it is no control at one rate; run both from one tuning cache')
     return runs
@@ -175,9 +175,13 @@ def growth_rows(df: pd.DataFrame, # one configuration's regret tables, with task
                 level: float = 0.95, # coverage of the intervals
                ) -> list[dict]:
     "The C1 rows of one configuration: per (kind, layer_number), the exponent's interval over seeds and the directional verdict."
-    r0 = df.iloc[0]; key, rows = (r0.task, r0.dataset), []
+    mixed = [c for c in GROUP if c in df and df[c].nunique() > 1]
+    if mixed: raise ValueError('growth_rows takes one configuration, but the tables mix ' + '; '.join(f'{c} {sorted(map(str, df[c].unique()))}' for c in mixed)
+                               + f': split them by ({", ".join(GROUP)}) first, as claims_table does; nothing is pooled across configurations')
+    r0 = df.iloc[0]; key, rows, seeds = (r0.task, r0.dataset), [], sorted(df.seed.unique().tolist())
     for (kind, num), d in df[df.kind.isin(['neuron', 'layer'])].groupby(['kind', 'layer_number'], sort=True):  # a network scope has no layer
         s = _c1_seeds(d, lo, band); iv, last = seed_interval(s.exponent, level), seed_interval(s.bound, level)
+        lacking = [x for x in seeds if x not in s.index]  # seeds whose table has no such scope
         noexp = list(s.index[s.exponent.isna()])
         below = list(s.index[s.bound < 0])
         verdict, why = c1_verdict(iv, len(s), len(below), band, noexp)
@@ -193,6 +197,7 @@ def growth_rows(df: pd.DataFrame, # one configuration's regret tables, with task
                      f'seed(s) {noexp}: fewer than 3 positive prefixes, no exponent' if noexp else '',
                      f"the solver's optimum_gap is up to {s.solver_share.max():.1%} of a fitted regret (certified solves)" if s.solver_share.max() > 0.01 else '',
                      f"{s.uncertified.sum()} of {s.fitted.sum()} fitted solves did not meet their stop rule (their optimum_gap only an estimate)" if s.uncertified.sum() else '',
+                     f'seed(s) {lacking}: no {kind} scope of layer {int(num)} in their regret table, left out' if lacking else '',
                      _output_note(key[0], num))
         kw = dict(kind=kind, layer_number=int(num), measure='regret exponent')
         over = '' if last['n'] == len(s) else ' (no seed with a bound)' if not last['n'] else f" over the {last['n']} of {len(s)} seeds with a bound"
@@ -216,7 +221,7 @@ def _against(key, base, others, col, level, claim, paper, measure=None):
     for g in others:
         o = _series(g, col); iv = seed_difference(b, o, level)
         verdict, why = judge(iv)
-        why = _join(why, f"seed(s) {iv['dropped']}: no value on one side (a failed or missing run, or a value left out), left out of the pairing" if iv.get('dropped') else '')
+        why = _join(why, f"seed(s) {iv['dropped']}: no value on one side (a failed or missing run, or a value left out), left out of the {'pairing' if iv['method'] == 'paired' else 'comparison'}" if iv.get('dropped') else '')
         cmp = f'{base.optimizer.iloc[0]} ({base.lr_label.iloc[0]}) vs {g.optimizer.iloc[0]} ({g.lr_label.iloc[0]})'
         rows.append(_row(key, claim, paper, cmp, iv, verdict,
                          f'{measure or col} difference {_fmt(iv)} ({iv["method"]}, {level:.0%} t interval); {base.optimizer.iloc[0]} {_fmt(seed_interval(b, level))}, '
@@ -237,23 +242,42 @@ def loss_rows(runs: pd.DataFrame, # one (task, dataset) of a checked runs table
               level: float = 0.95, # coverage of the intervals
              ) -> list[dict]:
     "C2: per adaptive configuration but the control, d = last_epoch_loss(SGD tuned) - last_epoch_loss(opt) per seed; holds if d's interval is above 0."
-    key = tuple(runs[['task', 'dataset']].iloc[0])
-    if 'last_epoch_loss' not in runs: return []
+    key, claim, paper = tuple(runs[['task', 'dataset']].iloc[0]), 'C2: adaptive optimizers reach a lower loss than SGD', 'fig 6, section 2.4'
+    missing = lambda compared, why: [_row(key, claim, paper, compared, seed_interval([]), NOT_MEASURED, '', why, measure='last_epoch_loss')]
+    if 'last_epoch_loss' not in runs: return missing('', 'the runs table has no last_epoch_loss column')
     base = _configs(runs, ['sgd'], 'tuned')
-    if not base: return [_row(key, 'C2: adaptive optimizers reach a lower loss than SGD', 'fig 6, section 2.4', 'sgd (tuned)',
-                              seed_interval([]), NOT_MEASURED, '', 'no SGD runs at the tuned rate')]
+    if not base: return missing('sgd (tuned)', 'no SGD runs at the tuned rate')
     own = [g for g in _configs(runs, ADAPTIVE) if _variant(g) != 'tf at torch rates']  # the control trains at another's rate: no claim
-    return _against(key, base[0], own, 'last_epoch_loss', level,
-                    'C2: adaptive optimizers reach a lower loss than SGD', 'fig 6, section 2.4')
+    if not own: return missing('sgd (tuned)', 'no adaptive optimizer ran at its own tuned rate')
+    return _against(key, base[0], own, 'last_epoch_loss', level, claim, paper)
 
 # %% ../nbs/15_claims.ipynb #88346c7e
 def _gap(t, layer):
-    "The gap of the layer scope at the largest prefix; NaN where not recorded, or where it has no more Taylor rows than variables (its optimum 0 by count), then also True."
+    """(gap, its upper end, fits): the gap of the layer scope at the largest prefix (average loss - Taylor optimum, a round), and how
+    large it can be: a solver stops above the optimum, so the gap is understated, by at most `optimum_gap` where the solve met its
+    stop rule, by an unknown amount (inf) where it did not or has no `optimum_gap` (its gap only a lower bound); NaN where not
+    recorded, or where it has no more Taylor rows than variables and fits exactly (its optimum 0 by count), then fits True."""
     d = t[(t.kind == 'layer') & (t.layer_number == layer)] if t is not None else ()
-    if len(d) == 0: return np.nan, False
+    if len(d) == 0: return np.nan, np.nan, False
     d = d[d.N == d.N.max()]
-    if bool(_under(d)[0].iloc[0]): return np.nan, True
-    return float((d.average_loss - d.taylor_optimum).iloc[0]), False
+    if bool(_under(d)[0].iloc[0]): return np.nan, np.nan, True
+    g, og = float((d.average_loss - d.taylor_optimum).iloc[0]), float(d.optimum_gap.clip(lower=0).iloc[0]) if 'optimum_gap' in d else np.nan
+    return g, g + og if bool(_certified(d).iloc[0]) and np.isfinite(og) else np.inf, False
+
+def _sure(r, base, other, level, layer):
+    """C3's comparison row r, its verdict kept only where the side it rests on, at its gaps' upper ends (`_gap`), decides it the same
+    way: "holds" (d = gap(SGD) - gap(opt) above 0) must survive opt's gaps raised to their upper ends, "does not hold" SGD's."""
+    if r['verdict'] not in (HOLDS, FAILS): return r
+    up_side = other if r['verdict'] == HOLDS else base
+    name, up = f'{up_side.optimizer.iloc[0]} ({up_side.lr_label.iloc[0]})', _series(up_side, 'gap_hi')[_series(up_side, 'gap').notna()]
+    if np.isinf(up).any():
+        why = (f'seed(s) {sorted(up.index[np.isinf(up)])}: {name}\'s layer-{layer} solve did not meet its stop rule (or has no optimum_gap), '
+               f'so its gap is only a lower bound and the verdict ({r["verdict"]}) cannot be told from the solver\'s stop')
+    else:
+        iv = seed_difference(*((_series(base, 'gap'), up) if up_side is other else (up, _series(other, 'gap'))), level)
+        if judge(iv)[0] == r['verdict']: return r
+        why = f'with {name}\'s gaps raised by their optimum_gap (the solver\'s stop) the difference is {_fmt(iv)}: not {r["verdict"]}'
+    return dict(r, verdict=INCONCLUSIVE, note=_join(why, r['note']))
 
 def gap_rows(runs: pd.DataFrame, # one (task, dataset) of a checked runs table, with a `path` column
              tables: callable, # path -> hindsight's table (or None)
@@ -263,24 +287,27 @@ def gap_rows(runs: pd.DataFrame, # one (task, dataset) of a checked runs table, 
     "C3: the gap (average loss - Taylor optimum, layer scope, largest N) per configuration that recorded it, and d = gap(SGD tuned) - gap(opt)."
     key = tuple(runs[['task', 'dataset']].iloc[0]); claim, paper = 'C3: the gap to the Taylor optimum is smaller for adaptive optimizers', 'fig 4(c)'
     gaps = [_gap(tables(p), layer) for p in runs.path]
-    runs = runs.assign(gap=[g for g, _ in gaps], fits=[u for _, u in gaps])
+    runs = runs.assign(gap=[g for g, _, _ in gaps], gap_hi=[h for _, h, _ in gaps], fits=[u for _, _, u in gaps])
+    open_ = lambda g: sorted(g.seed[np.isinf(g.gap_hi)])  # seeds whose gap is only a lower bound
     why_fits = f'layer {layer} fits its largest prefix exactly (no more Taylor rows than variables, optimum 0): no gap to measure'
     left = lambda g: f'{int(g.fits.sum())} run(s) left out: {why_fits}' if g.fits.any() else ''
     if runs.gap.isna().all(): return [_row(key, claim, paper, '', seed_interval([]), NOT_MEASURED, '',
                                            f'{int(runs.fits.sum())} run(s): {why_fits}' if runs.fits.any() else
                                            f'layer {layer} (figure 4(c)) was not recorded; no other layer is substituted', layer_number=layer)]
     rows = [_row(key, 'C3: gap (average loss - Taylor optimum)', paper, f'{g.optimizer.iloc[0]} ({g.lr_label.iloc[0]})', iv, SHOWN,
-                 f'gap {_fmt(iv)}', left(g), measure='gap', kind='layer', layer_number=layer)
+                 f'gap {_fmt(iv)}', _join(left(g), f'seed(s) {open_(g)}: the solve did not meet its stop rule, the gap only a lower bound' if open_(g) else ''),
+                 measure='gap', kind='layer', layer_number=layer)
             for g in _configs(runs, ('sgd',) + ADAPTIVE) if g.gap.notna().any() for iv in [seed_interval(_series(g, 'gap'), level)]]
     base = _configs(runs, ['sgd'], 'tuned')
-    recorded = [g for g in _configs(runs, ADAPTIVE) if g.gap.notna().any()]
+    recorded = [g for g in _configs(runs, ADAPTIVE) if g.gap.notna().any() and _variant(g) != 'tf at torch rates']  # (as C2: the control has no claim)
     negative = {f'{g.optimizer.iloc[0]} ({g.lr_label.iloc[0]})' for g in recorded if g.gap.mean() < 0}
     why = 'its gap is negative: the loss incurred is below the Taylor optimum (the negative regret of C1), not a small gap'
     fits = {f'{g.optimizer.iloc[0]} ({g.lr_label.iloc[0]})': left(g) for g in [*base, *recorded]}
-    if base: rows += [dict(r, kind='layer', layer_number=layer, note=_join(r['note'], why if r['compared'].split(' vs ')[1] in negative else '',
-                                                                          *(f'{c}: {fits[c]}' for c in r['compared'].split(' vs ') if fits.get(c))))
-                      for r in _against(key, base[0], recorded, 'gap', level, claim, paper)]
-    return rows
+    nothing = 'no SGD run at the tuned rate recorded the gap' if not base else 'no adaptive optimizer at its own rate recorded the gap' if not recorded else ''
+    if nothing: return rows + [_row(key, claim, paper, 'sgd (tuned)', seed_interval([]), NOT_MEASURED, '', nothing, measure='gap', kind='layer', layer_number=layer)]
+    note = lambda r: _join(r['note'], why if r['compared'].split(' vs ')[1] in negative else '', *(f'{c}: {fits[c]}' for c in r['compared'].split(' vs ') if fits.get(c)))
+    return rows + [dict(s, note=note(s), kind='layer', layer_number=layer)
+                   for g in recorded for r in _against(key, base[0], [g], 'gap', level, claim, paper) for s in [_sure(r, base[0], g, level, layer)]]
 
 # %% ../nbs/15_claims.ipynb #f44f697c
 def accuracy_rows(runs: pd.DataFrame, # one (task, dataset) of a checked runs table
@@ -289,17 +316,17 @@ def accuracy_rows(runs: pd.DataFrame, # one (task, dataset) of a checked runs ta
                   min_epochs: float = 1.0, # configurations with a shorter run are shown, not judged
                  ) -> list[dict]:
     "C4: per configuration, the last epoch's training accuracy against `threshold` (holds if the interval's bottom >= it)."
-    key = tuple(runs[['task', 'dataset']].iloc[0]); rows = []
-    if 'last_epoch_accuracy' not in runs: return rows
+    key, rows, claim = tuple(runs[['task', 'dataset']].iloc[0]), [], f'C4: reaches >= {threshold:.0%} training accuracy'
+    if 'last_epoch_accuracy' not in runs: return [_row(key, claim, 'fig 6, section 2.4', '', seed_interval([]), NOT_MEASURED, '',
+                                                        'the runs table has no last_epoch_accuracy column', measure='last_epoch_accuracy')]
     for g in _configs(runs, runs.optimizer.unique()):
         iv = seed_interval(_series(g, 'last_epoch_accuracy'), level)
-        if iv['n'] == 0: continue
-        verdict, why = judge(iv, threshold, inclusive=True)
+        verdict, why = judge(iv, threshold, inclusive=True) if iv['n'] else (NOT_MEASURED, 'no run of this configuration has a last-epoch accuracy')
         ep = float(g.epochs_trained.min()) if 'epochs_trained' in g else None
-        if ep is not None and ep < min_epochs:
+        if iv['n'] and ep is not None and ep < min_epochs:
             verdict, why = SHOWN, (f'the runs trained {ep:.2g} epochs (fewer than {min_epochs:g}): the paper\'s accuracy is that of '
                                    'trained networks, so runs this short cannot judge it')
-        rows.append(_row(key, f'C4: reaches >= {threshold:.0%} training accuracy', 'fig 6, section 2.4', f'{g.optimizer.iloc[0]} ({g.lr_label.iloc[0]})',
+        rows.append(_row(key, claim, 'fig 6, section 2.4', f'{g.optimizer.iloc[0]} ({g.lr_label.iloc[0]})',
                          iv, verdict, f'accuracy {_fmt(iv, ".4f")} ({level:.0%} t interval)', why, measure='last_epoch_accuracy'))
     return rows
 
@@ -361,10 +388,10 @@ def volume_rows(runs: pd.DataFrame, # one (task, dataset) of a checked runs tabl
     measures = lru_cache(maxsize=None)(measures) if measures is not None else None  # each run's file read once, for both its uses
     runs = runs.assign(**{f'top{top}_log_volume': [_top(measures, p, top) for p in runs.path]}) if 'path' in runs else runs
     for g in _configs(runs, runs.optimizer.unique()):
+        n = int(g.snapshots.max()) if 'snapshots' in g and g.snapshots.notna().any() else None
         for m in ('log_volume', f'top{top}_log_volume', 'sv_above_floor'):
-            iv = seed_interval(_series(g, m), level, within=(0, k) if m == 'sv_above_floor' else None)  # a count of the k
+            iv = seed_interval(_series(g, m), level, within=(0, k if n is None else min(k, n - 1)) if m == 'sv_above_floor' else None)  # a count of the k (N snapshots: at most N - 1)
             if iv['n'] == 0: continue
-            n = int(g.snapshots.max()) if 'snapshots' in g and g.snapshots.notna().any() else None
             few = (f'{n} snapshots: at most {n - 1} of the {k} singular values can be above the floor, so every unit\'s log-volume has '
                    f'at least {k - n + 1} floor terms (snapshot more often than {k} times)') if n is not None and n <= k else ''
             rows.append(_row(key, 'C5: log-volume', 'fig 5, section 3.3', f'{g.optimizer.iloc[0]} ({g.lr_label.iloc[0]})', iv, SHOWN,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 # %% auto #0
 __all__ = ['log_prefixes', 'growth_exponent', 'bootstrap_exponent', 'interpolating', 'interpolating_by_N', 'regret_exponents']
@@ -44,19 +45,21 @@ def bootstrap_exponent(N: np.ndarray, # prefix lengths
                        level: float = 0.95, # confidence level
                        seed: int = 0, # seeds the resampling
                       ) -> tuple[float, float, float]:
-    """Growth exponent of the mean regret over runs, with a percentile bootstrap interval over the runs: (estimate, low, high); the
-    interval NaN for a single run (nothing to resample). Rows that share one training (a layer's neurons) give their spread, not
-    an interval over trainings."""
+    """Growth exponent of the mean regret over runs, with an interval over the runs: (estimate, low, high), the estimate plus or
+    minus t(level, runs - 1) times the bootstrap standard error (times sqrt(runs / (runs - 1))). NaN for a single run (nothing to
+    resample) and where more than (1 - level) / 2 of the resamples have no exponent (fewer than two positive prefixes). Rows that
+    share one training (a layer's neurons) give their spread, not an interval over trainings."""
     R = np.atleast_2d(np.asarray(regrets, float))
-    est = growth_exponent(N, R.mean(0), lo, hi)
-    if len(R) < 2: return est, np.nan, np.nan
+    est, n = growth_exponent(N, R.mean(0), lo, hi), len(R)
+    if n < 2: return est, np.nan, np.nan
     rng = np.random.default_rng(seed)
     boots = []
     for _ in range(n_boot):
-        try: boots.append(growth_exponent(N, R[rng.integers(0, len(R), len(R))].mean(0), lo, hi))
-        except ValueError: pass
-    a = (1 - level) / 2
-    return est, float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a))
+        try: boots.append(growth_exponent(N, R[rng.integers(0, n, n)].mean(0), lo, hi))
+        except ValueError: pass  # no exponent: the resample's mean regret is positive at fewer than two prefixes
+    if n_boot - len(boots) > (1 - level) / 2 * n_boot: return est, np.nan, np.nan
+    h = float(stats.t.ppf(0.5 + level / 2, n - 1) * np.std(boots, ddof=1) * np.sqrt(n / (n - 1)))
+    return est, est - h, est + h
 
 # %% ../nbs/03_growth.ipynb #6c116b0d
 def interpolating(df: pd.DataFrame, # a hindsight table

@@ -264,7 +264,7 @@ def _analyze(run: Run, prefixes: int, progress: bool, device: str, brackets: boo
     finally: shutil.rmtree(staged.stage, ignore_errors=True)
     return s
 
-ANALYSIS_VERSION = 3  # 3: no interval for a single scope's exponent (it had a zero-width one); 2: exponents leave out a prefix where any scope fits it; summary keys by the paper's layer numbers (1: module indices)
+ANALYSIS_VERSION = 4  # 4: the exponents' intervals t-scaled bootstrap standard errors (percentiles under-covered with few scopes); 3: no interval for a single scope's exponent (it had a zero-width one); 2: exponents leave out a prefix where any scope fits it; summary keys by the paper's layer numbers (1: module indices)
 # The solves behind the tables: an analysis saved by another version is computed again, not upgraded (its numbers came from
 # other solvers). 4: brackets whose interior point program stalls take the simplex's separable set (`ntaylor_nb.separable.simplex_pairs`),
 # and give up where it leaves rows undecided;

@@ -302,7 +302,9 @@ def test_pooling_refused():
     with pytest.raises(ValueError, match=r'runs of different minibatch sizes would be compared \(16: rmsprop \(tuned\); 64: adam \(tuned\), adam_tf .*sgd \(tuned\)\)'):
         claims_table(runs.assign(rounds=100, batch_size=np.where(runs.optimizer == 'rmsprop', 16, 64)), measures=None)
     other = runs.assign(dataset='mnist', rounds=5000, batch_size=64)  # another dataset may have its own length
-    assert len(claims_table(pd.concat([runs.assign(rounds=100, batch_size=64), other]), regret_table=lambda p: None, measures=None))
+    both = claims_table(pd.concat([runs.assign(rounds=100, batch_size=64), other]), regret_table=lambda p: None, measures=None)
+    c5 = both[both.claim.str.startswith('C5: RMSProp')]  # the same runs under two datasets: the same verdicts, each on its own
+    assert len(c5) and c5[c5.dataset == 'digits'].verdict.tolist() == c5[c5.dataset == 'mnist'].verdict.tolist()
 
 
 def test_datasets_never_averaged():
@@ -507,13 +509,22 @@ def test_c3_under_determined_layer_is_not_a_gap():
 def test_exploration_runs_of_different_probes_refused():
     "Novelty counts the probe points and units: runs that recorded exploration with different probes are not compared; runs without are left out of the check."
     runs = exploration_runs().assign(probe_size=1000, exploration_units=None)
-    assert len(claims_table(runs, regret_table=lambda p: None, measures=None))
+    assert (claims_table(runs, regret_table=lambda p: None, measures=None).claim == 'C5: RMSProp explores more than SGD').any()
     with pytest.raises(ValueError, match=r'runs of different probe sizes would be compared \(200: rmsprop \(tuned\); 1000: adam .*\): novelty counts'):
         claims_table(runs.assign(probe_size=np.where(runs.optimizer == 'rmsprop', 200, 1000)), measures=None)
     with pytest.raises(ValueError, match=r'runs of different recorded units per ReLU module would be compared \(all: adam.*; 500: sgd '):
         claims_table(runs.assign(exploration_units=np.where(runs.optimizer == 'sgd', 500, None)), measures=None)
-    none = runs.assign(probe_size=np.where(runs.optimizer == 'rmsprop', 0, 1000))  # rmsprop recorded no exploration: nothing of it is compared
-    assert len(claims_table(none, regret_table=lambda p: None, measures=None))
+    # rmsprop recorded no exploration (probe size 0, no measures): left out of the check, and nothing of it is compared
+    rms = runs.optimizer == 'rmsprop'
+    none = runs.assign(probe_size=np.where(rms, 0, 1000), novelty=runs.novelty.where(~rms), switches=runs.switches.where(~rms))
+    t = claims_table(none, regret_table=lambda p: None, measures=None)
+    c5 = t[t.claim.str.startswith('C5: RMSProp explores') & t.compared.str.startswith('rmsprop (tuned)')]
+    assert len(c5) and (c5.verdict == INCONCLUSIVE).all() and c5.note.str.contains('0 seeds').all()
+    # but a run with exploration measures and no probe size (0, or not recorded) is not left out of the check
+    with pytest.raises(ValueError, match=r'probe sizes would be compared \(0: rmsprop \(tuned\); 1000: adam'):
+        claims_table(runs.assign(probe_size=np.where(rms, 0, 1000)), measures=None)
+    with pytest.raises(ValueError, match=r'probe sizes would be compared \(not recorded: rmsprop \(tuned\); 1000: adam'):
+        claims_table(runs.assign(probe_size=np.where(rms, np.nan, 1000)), measures=None)
 
 
 def test_a_coverage_outside_0_1_is_refused():
