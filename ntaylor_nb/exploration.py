@@ -72,7 +72,10 @@ def _probe_pass(self: ExplorationRecorder):
     "The inputs of the chosen ReLUs on the probe (eval mode, no grad, RNG state restored): {name: tensor}."
     mods, got = dict(self.model.named_modules()), {}
     def hook(name):
-        def f(m, i): got[name] = i[0]
+        def f(m, i):
+            if name in got: raise ValueError(f'ReLU module {name!r} is applied more than once in a forward pass: its recorded configuration would be its '
+                                             'last use only; give each use its own nn.ReLU (as ntaylor_nb.taylor.activation_configuration asks)')
+            got[name] = i[0]
         return f
     hs = [mods[l].register_forward_pre_hook(hook(l)) for l in self.layers]
     was_training = self.model.training
@@ -177,6 +180,7 @@ def _packed_units(A):
     A = np.asarray(A)
     if A.ndim != 3: raise ValueError(f'expected an (N, D, M) array of activation configurations, got shape {A.shape}')
     N, D, M = A.shape
+    if N == 0: raise ValueError('no snapshots: the measures need at least one (switches two)')
     return np.packbits(A.astype(bool).transpose(0, 2, 1).reshape(N, -1), axis=1), D, M
 
 # %% ../nbs/09_exploration.ipynb #d25bac80
@@ -186,13 +190,20 @@ def exploration_measures(A: np.ndarray | ExplorationRecording, # (N, D, M) confi
                          which: tuple = ('novelty', 'switches', 'log_volume'), # measures to compute
                          block_bytes: int = 2 ** 28, # memory for one block of units in float32
                         ) -> dict[str, np.ndarray]:
-    "The three measures of figure 5 in one pass over blocks of units, unsorted: novelty (N,), switches (D,), log_volume and sv_above_floor (M,)."
+    """The three measures of figure 5, unsorted: novelty (N,), switches (D,), log_volume and sv_above_floor (M,). The snapshots are
+    unpacked whole (N D M bytes), then the float32 products go a block of units at a time (`block_bytes`)."""
+    bad = [w for w in which if w not in ('novelty', 'switches', 'log_volume')]
+    if bad or not len(which): raise ValueError(f"which={tuple(which)!r}: one or more of 'novelty', 'switches', 'log_volume'")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1: raise ValueError(f'k={k!r}: a whole number of singular values, at least 1')
+    if not (isinstance(floor, (int, float, np.floating)) and 0 < floor < np.inf): raise ValueError(f'floor={floor!r}: a positive number (singular values below it count as it)')
     P, D, M = _packed_units(A)
     N = len(P)
+    if N < 1: raise ValueError('no snapshots: the measures need at least one (switches two)')
     if 'switches' in which and N < 2: raise ValueError(f'switches need at least 2 snapshots, got {N}')
-    if 'log_volume' in which and N <= k:  # the time-centred N x D matrices have rank at most N - 1
-        warnings.warn(f'{N} snapshots: at most {N - 1} of the k={k} singular values can be above the floor ({floor:g}), so every '
-                      f'log-volume has at least {k - N + 1} floor terms; take more than {k} snapshots (RunConfig.snapshots)', stacklevel=2)
+    if 'log_volume' in which and min(N - 1, D) < k:  # the time-centred N x D matrices have rank at most min(N - 1, D)
+        r, why = min(N - 1, D), f'{N} snapshots' if N - 1 <= D else f'{D} probe points'
+        warnings.warn(f'{why}: at most {r} of the k={k} singular values can be above the floor ({floor:g}), so every log-volume has at '
+                      f'least {k - r} floor terms; take more than {k} ' + ('snapshots (RunConfig.snapshots)' if N - 1 <= D else 'probe points (RunConfig.probe_size)'), stacklevel=2)
     U = _unpack_units(P, D, M)  # (N, M, D) 0/1 uint8
     Un = U.numpy()
     gram, sw = np.zeros((N, N)), np.zeros(D, np.int64)
@@ -208,6 +219,7 @@ def exploration_measures(A: np.ndarray | ExplorationRecording, # (N, D, M) confi
             gram += K.sum(0)  # sum over units of K_m: the Gram matrix of the flattened snapshots
         if 'log_volume' in which:
             ev = np.linalg.eigvalsh(H @ K @ H)[:, ::-1][:, :k]
+            ev[ev <= np.finfo(float).eps * N * K.sum(2).max(1, keepdims=True)] = 0  # below the rounding of H K H (|K|'s largest row sum bounds its norm): zero
             sv = np.sqrt(np.clip(ev, 0, None))
             if sv.shape[1] < k: sv = np.concatenate([sv, np.zeros((len(sv), k - sv.shape[1]))], 1)
             lv[m0:m0 + mb] = np.log(np.maximum(sv, floor)).sum(1)
@@ -268,14 +280,19 @@ def plot_figure5(recordings: dict, # label -> ExplorationRecording, (N, D, M) ar
     "The paper's figure 5: (a) novelty per snapshot, (b) sorted switches per datapoint, (c) sorted log-volume per unit."
     import matplotlib.pyplot as plt, seaborn as sns
     fig, axs = plt.subplots(1, 3, figsize=(15, 4))
+    sizes = {}
     for i, (label, rec) in enumerate(recordings.items()):
         c, ms = sns.color_palette()[i % 10], rec if isinstance(rec, dict) else exploration_measures(rec, k, floor)
+        sizes[label] = (len(ms['novelty']), len(ms['switches']), len(ms['log_volume']))
         axs[0].plot(np.arange(len(ms['novelty'])), ms['novelty'], color=c, label=label)
         axs[1].plot(np.sort(ms['switches'])[::-1], color=c, label=label)
         axs[2].plot(np.sort(ms['log_volume'])[::-1], color=c, label=label)
     axs[0].set(xlabel='snapshot', ylabel=r'$\min_{k<n} \|A_n - A_k\|^2$', title='(a) novelty')
     axs[1].set(xlabel='datapoint (sorted)', ylabel='switches / possible', title='(b) activation-state switches')
     axs[2].set(xlabel='unit (sorted)', ylabel='log-product of singular values', title='(c) log-volume')
+    if len(set(sizes.values())) > 1:  # novelty counts D M entries, switches are over N - 1 intervals, log-volume depends on N and D
+        warnings.warn('figure 5 draws runs of different sizes together, whose measures are not comparable: '
+                      + '; '.join(f'{l}: {n} snapshots, {d} probe points, {m} units' for l, (n, d, m) in sizes.items()), stacklevel=2)
     for ax in axs: ax.legend()
     if title: fig.suptitle(title)
     fig.tight_layout()

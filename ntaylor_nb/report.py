@@ -6,11 +6,13 @@
 from __future__ import annotations
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .claims import VARIANTS
 from .intervals import seed_difference
 from .run import LAYOUT, Run
+from .tune import _tied
 
 # %% auto #0
 __all__ = ['plot_figure6', 'lr_table', 'plot_lr_searches', 'implementation_effect', 'markdown_table', 'failed_points']
@@ -42,19 +44,20 @@ def plot_figure6(runs: pd.DataFrame, # ntaylor_nb.run.runs_table's table
 # %% ../nbs/15_report.ipynb #b9d85c78
 def _trials(runs, trials=lambda path: Run(path).lr_trials()):
     "Every run's trial table (lr_tuning.csv) with its task and dataset, one after another; None where no run has one."
-    fr = [t.assign(task=r.task, dataset=r.dataset) for r in runs.itertuples() for t in [trials(r.path)] if t is not None and len(t)]
+    fr = [t.assign(task=r.task, dataset=r.dataset, run_rounds=getattr(r, 'rounds', np.nan)) for r in runs.itertuples() for t in [trials(r.path)] if t is not None and len(t)]
     return pd.concat(fr) if fr else None
 
 def lr_table(runs: pd.DataFrame, # a runs table with task, dataset and path columns
              trials: callable = lambda path: Run(path).lr_trials(), # path -> the run's trial table (lr_tuning.csv), or None
             ) -> pd.DataFrame:
-    "Per (task, dataset, optimizer): the rates tried, the chosen rate, the at-edge flag, the trial horizon and seeds."
-    cols = ['task', 'dataset', 'optimizer', 'rates_tried', 'chosen', 'at_edge', 'rounds', 'trial_seeds']
+    "Per (task, dataset, optimizer): the rates tried, the chosen rate, the at-edge and tied flags, the trial horizon beside the runs', and the trial seeds."
+    cols = ['task', 'dataset', 'optimizer', 'rates_tried', 'chosen', 'at_edge', 'tied', 'rounds', 'run_rounds', 'trial_seeds']
     if (t := _trials(runs, trials)) is None: return pd.DataFrame(columns=cols)
     t = t.drop_duplicates()
     fmt = lambda v: ', '.join(f'{x:g}' for x in sorted(set(v)))
     return pd.DataFrame([dict(task=k[0], dataset=k[1], optimizer=k[2], rates_tried=fmt(g.lr), chosen=fmt(g.lr[g.chosen.astype(bool)]),
-                              at_edge=bool(g.at_edge.astype(bool).any()), rounds=fmt(g.rounds), trial_seeds=fmt(g.seed))
+                              at_edge=bool(g.at_edge.astype(bool).any()), rounds=fmt(g.rounds), run_rounds=fmt(g.run_rounds.dropna()), trial_seeds=fmt(g.seed),
+                              tied=bool(g.tied.astype(bool).any()) if 'tied' in g else any(_tied(h) for _, h in g.groupby('rounds')))  # (saved before the flag)
                          for k, g in t.groupby(['task', 'dataset', 'optimizer'], sort=False)], columns=cols)
 
 # %% ../nbs/15_report.ipynb #06eda5de

@@ -49,7 +49,16 @@ class LRSearch(NamedTuple):
     "A learning-rate search: the chosen rate, whether it is still an end of the rates tried (the cap stopped the search), and every trial."
     lr: float  # the rate with the lowest mean final loss over the seeds
     at_edge: bool  # the best rate is the smallest or largest tried: the optimum may lie beyond (the extension hit its cap)
-    trials: 'pd.DataFrame'  # one row per rate and seed: lr, seed, final_loss, diverged, mean_loss, extended (beyond the first grid), chosen, at_edge
+    trials: 'pd.DataFrame'  # one row per rate and seed: lr, seed, final_loss, diverged, mean_loss, extended (beyond the first grid), chosen, at_edge, tied
+    tied: bool = False  # a rate next to the chosen one is not told apart from it (`_tied`): the trials cannot rank them
+
+def _tied(trials) -> bool:
+    """Is a rate tried next to the chosen one not told apart from it by the trials: its lowest seed's loss at most the chosen
+    rate's highest (their ranges over seeds overlap)? A neighbour with a diverged seed is told apart (infinitely bad)."""
+    by = trials.groupby('lr').final_loss
+    lo, hi, rates = by.min(), by.max(), list(by.min().index)
+    i = rates.index(trials.lr[trials.chosen.astype(bool)].iloc[0])
+    return any(np.isfinite(hi[r]) and lo[r] <= hi[rates[i]] for r in rates[max(0, i - 1):i] + rates[i + 1:i + 2])
 
 # %% ../nbs/12_tune.ipynb #c9db66c3
 def search_lr(trial: Callable[[float, int], float], # (lr, seed) -> the trial's final loss (NaN or inf: diverged)
@@ -60,6 +69,9 @@ def search_lr(trial: Callable[[float, int], float], # (lr, seed) -> the trial's 
              ) -> LRSearch:
     "The rate with the lowest mean final loss, the grid extended while the best is at an end (until interior, diverged above, or the cap)."
     import pandas as pd
+    if isinstance(max_extend, bool) or not isinstance(max_extend, (int, np.integer)) or max_extend < 0:
+        raise ValueError(f'max_extend={max_extend!r}: a whole number of rates at least 0 (0: the first grid only)')
+    if len(set(seeds)) != len(seeds): raise ValueError(f'seeds={tuple(seeds)!r}: each seed once (a repeated one would count its trial twice)')
     losses = {}
     def score(lr):
         if lr not in losses: losses[lr] = [float(trial(lr, s)) for s in seeds]
@@ -77,7 +89,8 @@ def search_lr(trial: Callable[[float, int], float], # (lr, seed) -> the trial's 
     at_edge = d != 0
     rows = [dict(lr=lr, seed=s, final_loss=v, diverged=not math.isfinite(v), mean_loss=score(lr), extended=lr not in grid,
                  chosen=lr == best, at_edge=at_edge) for lr in rates for s, v in zip(seeds, losses[lr])]
-    return LRSearch(best, at_edge, pd.DataFrame(rows))
+    t = pd.DataFrame(rows); tied = _tied(t)
+    return LRSearch(best, at_edge, t.assign(tied=tied), tied)
 
 # %% ../nbs/12_tune.ipynb #a068d67a
 def rounds_per_epoch(cfg: RunConfig, # the run's configuration
@@ -121,7 +134,8 @@ def _cached_search(cache, key) -> LRSearch | None:
     f = _search_file(cache, key)
     if not f.is_file(): return None
     t = pd.read_csv(f)
-    return LRSearch(float(t.lr[t.chosen].iloc[0]), bool(t.at_edge.iloc[0]), t)
+    if 'tied' not in t: t = t.assign(tied=_tied(t))  # (saved before the flag: made from the trials)
+    return LRSearch(float(t.lr[t.chosen].iloc[0]), bool(t.at_edge.iloc[0]), t, bool(t.tied.iloc[0]))
 
 def _save_search(cache, key, s: LRSearch):
     f = _search_file(cache, key); f.parent.mkdir(parents=True, exist_ok=True)
@@ -143,6 +157,11 @@ def tune_lr(cfg: RunConfig, # the run to tune (its lr and seed are ignored)
     from tqdm.auto import tqdm
     if not 0 < fraction <= 1: raise ValueError(f'fraction={fraction!r} must lie in (0, 1]')
     if len(set(seeds)) < 2: raise ValueError(f'seeds={tuple(seeds)!r}: a search needs at least two distinct seeds (one trial per rate would decide by one draw)')
+    if cfg.seed in set(seeds): raise ValueError(f'the run\'s seed {cfg.seed} is one of the trial seeds {tuple(seeds)}: that run would be a trial that '
+                                                'won the search; give the runs (or the trials) other seeds')
+    if lrs is not None and not len(lrs): raise ValueError(f'lrs={lrs!r}: at least one rate, or None (LR_GRID[{cfg.optimizer!r}])')
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1):
+        raise ValueError(f'epochs={epochs!r}: a whole number of epochs, at least 1, or None (the run\'s own)')
     base = replace(cfg, epochs=epochs or cfg.epochs, scopes=None, probe_size=0, snapshots=None).validate()  # trials need only their losses
     rounds = _total_rounds(base)
     if fraction < 1: base = replace(base, rounds=(rounds := max(1, math.ceil(fraction * rounds))))

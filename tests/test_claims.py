@@ -327,7 +327,7 @@ def test_lr_table_deduplicates():
     runs = pd.concat([runs_table({('sgd', 'tuned'): dict(x=[0, 0, 0])}), runs_table({('sgd', 'tuned'): dict(x=[0, 0, 0])}, dataset='mnist')])
     t = lr_table(runs, trials=lambda p: tr)
     assert len(t) == 2 and t.dataset.tolist() == ['digits', 'mnist']
-    assert t.iloc[0][['rates_tried', 'chosen', 'at_edge', 'rounds', 'trial_seeds']].tolist() == ['0.1, 0.3, 1', '0.3', False, '100', '0, 1']
+    assert t.iloc[0][['rates_tried', 'chosen', 'at_edge', 'tied', 'rounds', 'trial_seeds']].tolist() == ['0.1, 0.3, 1', '0.3', False, False, '100', '0, 1']
 
 
 def test_paired_difference_uses_the_seeds_both_sides_have():
