@@ -221,7 +221,7 @@ def _against(key, base, others, col, level, claim, paper, measure=None):
     for g in others:
         o = _series(g, col); iv = seed_difference(b, o, level)
         verdict, why = judge(iv)
-        why = _join(why, f"seed(s) {iv['dropped']}: no value on one side (a failed or missing run, or a value left out), left out of the {'pairing' if iv['method'] == 'paired' else 'comparison'}" if iv.get('dropped') else '')
+        why = _join(why, f"seed(s) {iv['dropped']}: no value on one side (a failed or missing run, or a value left out), left out of the pairing" if iv.get('dropped') else '')
         cmp = f'{base.optimizer.iloc[0]} ({base.lr_label.iloc[0]}) vs {g.optimizer.iloc[0]} ({g.lr_label.iloc[0]})'
         rows.append(_row(key, claim, paper, cmp, iv, verdict,
                          f'{measure or col} difference {_fmt(iv)} ({iv["method"]}, {level:.0%} t interval); {base.optimizer.iloc[0]} {_fmt(seed_interval(b, level))}, '

@@ -219,7 +219,7 @@ def exploration_measures(A: np.ndarray | ExplorationRecording, # (N, D, M) confi
             gram += K.sum(0)  # sum over units of K_m: the Gram matrix of the flattened snapshots
         if 'log_volume' in which:
             ev = np.linalg.eigvalsh(H @ K @ H)[:, ::-1][:, :k]
-            ev[ev <= np.finfo(float).eps * N * K.sum(2).max(1, keepdims=True)] = 0  # below the rounding of H K H (|K|'s largest row sum bounds its norm): zero
+            ev[ev <= 10 * np.sqrt(N) * np.finfo(float).eps * K.sum(2).max(1, keepdims=True)] = 0  # below H K H's rounding (K's largest row sum bounds its norm): zero
             sv = np.sqrt(np.clip(ev, 0, None))
             if sv.shape[1] < k: sv = np.concatenate([sv, np.zeros((len(sv), k - sv.shape[1]))], 1)
             lv[m0:m0 + mb] = np.log(np.maximum(sv, floor)).sum(1)

@@ -49,6 +49,7 @@ def bootstrap_exponent(N: np.ndarray, # prefix lengths
     minus t(level, runs - 1) times the bootstrap standard error (times sqrt(runs / (runs - 1))). NaN for a single run (nothing to
     resample) and where more than (1 - level) / 2 of the resamples have no exponent (fewer than two positive prefixes). Rows that
     share one training (a layer's neurons) give their spread, not an interval over trainings."""
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 2: raise ValueError(f'n_boot={n_boot!r}: a whole number of resamples, at least 2')
     R = np.atleast_2d(np.asarray(regrets, float))
     est, n = growth_exponent(N, R.mean(0), lo, hi), len(R)
     if n < 2: return est, np.nan, np.nan

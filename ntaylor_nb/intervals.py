@@ -39,16 +39,16 @@ def seed_difference(a: pd.Series, # one value per seed, indexed by seed
                     level: float = 0.95, # coverage of the two-sided interval
                    ) -> dict:
     """Interval on mean(a) - mean(b): the per-seed differences (paired) on the seeds where both have a value, if at least two
-    do and at least as many as a pairing leaves out; else Welch's over all values. `dropped`: the seeds of either side left out
-    (a value missing on one side or both; in Welch's, a value missing on its own side)."""
+    do and at least as many as a pairing leaves out; else Welch's over all values. `dropped`: the seeds with a value on one side
+    only that a pairing leaves out (none in Welch's, which takes every value)."""
     _check_level(level)
-    seeds = set(a.index) | set(b.index)
     a, b = a.dropna(), b.dropna()
+    seeds = set(a.index) | set(b.index)  # the seeds with a value on either side (one with none is no data for either method)
     both = sorted(set(a.index) & set(b.index))
     if len(both) >= max(2, len(seeds) - len(both)):  # the same seed: the same initialisation and data order on both sides
         return dict(seed_interval((a[both] - b[both]).to_numpy(), level), method='paired', dropped=sorted(seeds - set(both)))
     na, nb, m = len(a), len(b), float(a.mean() - b.mean()) if len(a) and len(b) else np.nan
-    w = dict(method='welch', dropped=sorted(seeds - set(a.index) - set(b.index)), n=min(na, nb))
+    w = dict(method='welch', dropped=[], n=min(na, nb))
     if min(na, nb) < 2: return dict(estimate=m, ci_low=np.nan, ci_high=np.nan, **w)
     va, vb = a.var(ddof=1) / na, b.var(ddof=1) / nb
     if va + vb == 0: return dict(estimate=m, ci_low=m, ci_high=m, **w)

@@ -57,7 +57,7 @@ def lr_table(runs: pd.DataFrame, # a runs table with task, dataset and path colu
     fmt = lambda v: ', '.join(f'{x:g}' for x in sorted(set(v)))
     return pd.DataFrame([dict(task=k[0], dataset=k[1], optimizer=k[2], rates_tried=fmt(g.lr), chosen=fmt(g.lr[g.chosen.astype(bool)]),
                               at_edge=bool(g.at_edge.astype(bool).any()), rounds=fmt(g.rounds), run_rounds=fmt(g.run_rounds.dropna()), trial_seeds=fmt(g.seed),
-                              tied=bool(g.tied.astype(bool).any()) if 'tied' in g else any(_tied(h) for _, h in g.groupby('rounds')))  # (saved before the flag)
+                              tied=any(_tied(h) for _, h in g.groupby('rounds')))  # from the trials (a table saved before the flag has none)
                          for k, g in t.groupby(['task', 'dataset', 'optimizer'], sort=False)], columns=cols)
 
 # %% ../nbs/15_report.ipynb #06eda5de

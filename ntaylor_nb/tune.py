@@ -55,7 +55,7 @@ class LRSearch(NamedTuple):
 def _tied(trials) -> bool:
     """Is a rate tried next to the chosen one not told apart from it by the trials: its lowest seed's loss at most the chosen
     rate's highest (their ranges over seeds overlap)? A neighbour with a diverged seed is told apart (infinitely bad)."""
-    by = trials.groupby('lr').final_loss
+    by = trials.assign(final_loss=trials.final_loss.fillna(np.inf)).groupby('lr').final_loss  # (NaN: diverged, as inf)
     lo, hi, rates = by.min(), by.max(), list(by.min().index)
     i = rates.index(trials.lr[trials.chosen.astype(bool)].iloc[0])
     return any(np.isfinite(hi[r]) and lo[r] <= hi[rates[i]] for r in rates[max(0, i - 1):i] + rates[i + 1:i + 2])
