@@ -165,6 +165,13 @@ def test_layer_summary(tmp_path):
     assert list(df.module) == ['2', '5'] and list(df.units) == [8, 5]
     np.testing.assert_allclose(df.switches[0], brute_switches(A[:, :, :8]).mean())
     np.testing.assert_allclose(df.log_volume_mean[1], np.mean(brute_log_volume(A[:, :, 8:])), rtol=1e-9)
+    for i, cols in enumerate((slice(0, 8), slice(8, 13))):  # every column, each module against the brute-force loops
+        a = A[:, :, cols]
+        np.testing.assert_allclose(df.novelty_per_unit[i], np.nanmean(brute_novelty(a)) / a.shape[2], rtol=1e-12)
+        np.testing.assert_allclose(df.switches[i], brute_switches(a).mean(), rtol=1e-12)
+        np.testing.assert_allclose(df.log_volume_median[i], np.median(brute_log_volume(a)), rtol=1e-9)
+        sv = [np.linalg.svd(a[:, :, m] - a[:, :, m].mean(0), compute_uv=False) for m in range(a.shape[2])]
+        np.testing.assert_allclose(df.sv_above_floor_mean[i], np.mean([(x > 1e-3).sum() for x in sv]), rtol=1e-12)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
