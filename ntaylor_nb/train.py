@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import ntaylor_nb
-from .data import DATASETS, load_dataset, probe_indices
+from .data import DATASETS, data_identity, load_dataset, probe_indices
 from .exploration import ExplorationRecorder
 from .models import autoencoder, convnet
 from .optimizers import AdamTF, RMSpropTF
@@ -222,7 +222,7 @@ def _prepare(cfg: RunConfig, run: Run) -> _Training:
     snap = snapshot_rounds(cfg.snapshots, total, per_epoch)  # before anything is written into the folder
     model = build_model(cfg, tuple(X.shape[1:]), int(Y.max()) + 1).to(dev)
     opt = OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.lr)
-    state = _start_or_resume(run, cfg, model, opt, dev, rounds=total, rounds_per_epoch=per_epoch, batch_size=B)
+    state = _start_or_resume(run, cfg, model, opt, dev, rounds=total, rounds_per_epoch=per_epoch, batch_size=B, data=data_identity(cfg.dataset, cfg.data_root))
     start = state['round'] if state else 0
     try:
         reg, exp = _recorders(cfg, run, model, opt, X, B, total, state)
@@ -307,12 +307,15 @@ def check_run_folder(cfg: RunConfig, # the configuration about to train into `fo
                     ) -> None:
     """Refuse (ValueError, nothing written) a folder that holds a finished or interrupted run of another configuration: training
     would return the old run as if it were this one, or resume it with the new settings (a checkpoint restores the old
-    optimizer's rate). Fields that do not change the numbers (`_SAME_RUN_ANYWHERE`) may differ."""
+    optimizer's rate). Fields that do not change the numbers (`_SAME_RUN_ANYWHERE`) may differ; the data under `data_root` must
+    be the same copy (`ntaylor_nb.data.data_identity`, kept in params.json since 2026-11-29; older runs are not checked)."""
     try: run = Run(folder)
     except FileNotFoundError: return  # no run there yet
     if not (run.complete or run.file('checkpoint').exists()): return  # nothing kept: a fresh start writes its own params.json
     old, new = run.params['config'], json.loads(json.dumps(asdict(cfg), default=str))
     diff = {k: (old[k], v) for k, v in new.items() if k in old and k not in _SAME_RUN_ANYWHERE and old[k] != v}  # (a field newer than the run: not compared)
+    if 'data' in run.params and (now := data_identity(cfg.dataset, cfg.data_root)) != run.params['data']:  # another copy of the data under data_root
+        diff['data'] = (run.params['data'], now)
     if diff:
         state = 'a finished' if run.complete else 'an interrupted'
         raise ValueError(f'{run.path} holds {state} run of another configuration ('
