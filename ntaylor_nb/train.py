@@ -65,25 +65,26 @@ class RunConfig:
         "Check every field; raise a ValueError that says what is wrong and what is allowed."
         def need(ok, msg):
             if not ok: raise ValueError(msg)
+        whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # (True is an int to Python, not a number of epochs)
         need(self.task in TASKS, f'task={self.task!r}; allowed: {", ".join(TASKS)}')
         need(self.dataset in DATASETS, f'dataset={self.dataset!r}; allowed: {", ".join(DATASETS)}')
         need(not (self.task == 'convnet' and self.dataset in ('digits', 'mnist')), f"the convnet takes images whose side divides by 8 (three 2x2 "
              f"poolings), so not dataset={self.dataset!r}: use dataset='digits32' (offline) or 'cifar10'")
         need(self.optimizer in OPTIMIZERS, f'optimizer={self.optimizer!r}; allowed: {", ".join(OPTIMIZERS)}')
-        need(isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr), f'lr={self.lr!r} must be a positive number')
-        need(isinstance(self.epochs, int) and self.epochs >= 1, f'epochs={self.epochs!r} must be a positive integer')
-        need(self.rounds is None or (isinstance(self.rounds, int) and self.rounds >= 1), f'rounds={self.rounds!r} must be None or a positive integer')
-        need(self.batch_size is None or (isinstance(self.batch_size, int) and self.batch_size >= 1), f'batch_size={self.batch_size!r} must be a positive integer')
-        need(isinstance(self.seed, int) and self.seed >= 0, f'seed={self.seed!r} must be an integer >= 0 (it seeds numpy generators too)')
+        need(isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool) and self.lr > 0 and math.isfinite(self.lr), f'lr={self.lr!r} must be a positive number')
+        need(whole(self.epochs) and self.epochs >= 1, f'epochs={self.epochs!r} must be a positive integer')
+        need(self.rounds is None or (whole(self.rounds) and self.rounds >= 1), f'rounds={self.rounds!r} must be None or a positive integer')
+        need(self.batch_size is None or (whole(self.batch_size) and self.batch_size >= 1), f'batch_size={self.batch_size!r} must be a positive integer')
+        need(whole(self.seed) and self.seed >= 0, f'seed={self.seed!r} must be an integer >= 0 (it seeds numpy generators too)')
         resolve_device(self.device)  # the device's own clear errors
         need(self.scopes is None or isinstance(self.scopes, list) or self.scopes in ('auto', *PRESETS),
              f'scopes={self.scopes!r}; allowed: None, "auto", a list of scopes, or one of {", ".join(PRESETS)}')
         for k in ('neurons_per_layer', 'regret_every', 'regret_chunk', 'checkpoint_every'):
-            need(isinstance(getattr(self, k), int) and getattr(self, k) >= 1, f'{k}={getattr(self, k)!r} must be a positive integer')
-        need(isinstance(self.probe_size, int) and self.probe_size >= 0, f'probe_size={self.probe_size!r} must be an integer >= 0')
-        need(self.exploration_units is None or (isinstance(self.exploration_units, int) and self.exploration_units >= 1),
+            need(whole(getattr(self, k)) and getattr(self, k) >= 1, f'{k}={getattr(self, k)!r} must be a positive integer')
+        need(whole(self.probe_size) and self.probe_size >= 0, f'probe_size={self.probe_size!r} must be an integer >= 0')
+        need(self.exploration_units is None or (whole(self.exploration_units) and self.exploration_units >= 1),
              f'exploration_units={self.exploration_units!r} must be None (every unit) or a positive integer')
-        need(self.snapshots is None or (isinstance(self.snapshots, int) and self.snapshots >= 2),
+        need(self.snapshots is None or (whole(self.snapshots) and self.snapshots >= 2),
              f'snapshots={self.snapshots!r} must be None (once per epoch) or an integer >= 2')
         return self
 
