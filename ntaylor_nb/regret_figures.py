@@ -24,7 +24,7 @@ def _layer_name(df):
     return name
 
 # %% ../nbs/08_regret_figures.ipynb #3c3e66d7
-UNDER_LABEL = 'x: fits the prefix exactly (rows <= variables, optimum 0)'
+UNDER_LABEL = 'x: a scope fits the prefix exactly (rows <= variables, optimum 0)'
 
 def _mark_under(ax, N, y, under, color):
     "Cross out the prefixes with no more Taylor rows than variables (`under`, by N): their optimum interpolates, their regret is the cumulative loss by construction."
@@ -62,25 +62,31 @@ def plot_figure3(df: pd.DataFrame, # hindsight's table for one run
     nd, name = df[df.kind == 'neuron'], _layer_name(df)
     layers = list(dict.fromkeys(nd.layer))
     detail = detail_layers or layers[:2]
+    key = lambda v: str(int(v)) if isinstance(v, (int, float, np.integer, np.floating)) and np.isfinite(v) and float(v).is_integer() else str(v)
+    of = lambda l: nd[nd.layer.map(key) == key(l)]  # (a layer given as text or number, 2 or 2.0: a table read back has numbers)
+    if missing := [l for l in detail if not len(of(l))]:
+        raise ValueError(f'detail_layers {missing}: no neuron scopes there; the table has neurons of layers {[key(l) for l in layers]}')
     fig, axs = plt.subplots(1, 1 + len(detail), figsize=(5 * (1 + len(detail)), 4), squeeze=False)
     axs = axs[0]
     for i, l in enumerate(layers):
-        g, c = nd[nd.layer == l], sns.color_palette()[i % 10]
+        g, c = of(l), sns.color_palette()[i % 10]
         for _, h in g.groupby('scope'): axs[0].plot(h.N, h.regret_sqrtN, '--', color=c, lw=0.5, alpha=0.5)
         m = g.groupby('N').regret_sqrtN.agg(['mean', 'std'])
         axs[0].plot(m.index, m['mean'], color=c, label=name(l))
-        _mark_under(axs[0], m.index, m['mean'], interpolating_by_N(g).loc[m.index], c)
+        _mark_under(axs[0], m.index, m['mean'], interpolating_by_N(g, every=False).loc[m.index], c)  # the mean there holds a regret made by construction
         _mark_uncertified(axs[0], m.index, m['mean'], _uncertified_by_N(g).loc[m.index], c)
         axs[0].fill_between(m.index, m['mean'] - m['std'], m['mean'] + m['std'], color=c, alpha=0.2)
     axs[0].set(xscale='log', xlabel='N (rounds)', ylabel=r'Regret$(N)/\sqrt{N}$', title='(a) neuron regret by layer'); axs[0].legend()
     for ax, l in zip(axs[1:], detail):
-        g = nd[nd.layer == l].groupby('N')
+        g = of(l).groupby('N')
         m = g.agg(regret=('regret_sqrtN', 'mean'), sd=('regret_sqrtN', 'std'), avg=('average_loss', 'mean'), opt=('taylor_optimum', 'mean'))
         ax.plot(m.index, m.regret, color='C0', label=r'regret / $\sqrt{N}$')
         ax.fill_between(m.index, m.regret - m.sd, m.regret + m.sd, color='C0', alpha=0.2)
-        _mark_uncertified(ax, m.index, m.regret, _uncertified_by_N(nd[nd.layer == l]).loc[m.index], 'C0')
+        unc = _uncertified_by_N(of(l)).loc[m.index]
+        _mark_uncertified(ax, m.index, m.regret, unc, 'C0')
         ax2 = ax.twinx(); ax2.grid(False)
         ax2.plot(m.index, m.avg, color='C1', label='average loss'); ax2.plot(m.index, m.opt, color='C2', label='Taylor optimum')
+        _mark_uncertified(ax2, m.index, m.opt, unc, 'C2')  # (the value that may lie above the infimum)
         ax.set(xscale='log', xlabel='N (rounds)', ylabel=r'Regret$(N)/\sqrt{N}$', title=f'neurons of {name(l)}')
         ax2.set_ylabel('loss per round')
         h1, l1 = ax.get_legend_handles_labels(); h2, l2 = ax2.get_legend_handles_labels(); ax.legend(h1 + h2, l1 + l2, fontsize=8)

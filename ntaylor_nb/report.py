@@ -109,7 +109,7 @@ def implementation_effect(runs: pd.DataFrame, # a runs table (ntaylor_nb.run.run
 def markdown_table(df: pd.DataFrame, # any table
                   ) -> str:
     "A GitHub-flavoured markdown table of `df` (no extra dependency)."
-    cell = lambda v: str(v).replace('|', '\\|').replace('\n', ' ')
+    cell = lambda v: '' if v is pd.NA or (isinstance(v, float) and v != v) else str(v).replace('|', '\\|').replace('\r\n', ' ').replace('\n', ' ').replace('\r', ' ')  # (a missing value: an empty cell)
     lines = ['| ' + ' | '.join(map(cell, df.columns)) + ' |', '|' + '---|' * len(df.columns)]
     return '\n'.join(lines + ['| ' + ' | '.join(cell(v) for v in row) + ' |' for row in df.itertuples(index=False)]) + '\n'
 
