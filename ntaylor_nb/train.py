@@ -200,6 +200,9 @@ def _recorders(cfg, run, model, opt, X, B, total, state):
     reg = (RegretRecorder(model, cfg.loss, scopes, run.file('regret'), X[:B], math.ceil(total / cfg.regret_every), cfg.neurons_per_layer,
                           cfg.seed, every(cfg.regret_every), chunk_size=cfg.regret_chunk, disk_budget=cfg.disk_budget, optimizer=opt, meta=meta,
                           resume_chunks=state['regret_chunks'] if state else None) if scopes else None)
+    if cfg.probe_size > len(X) and state is None:
+        import warnings
+        warnings.warn(f'probe_size={cfg.probe_size} is more than the {len(X)} training points of {cfg.dataset}: the probe set is all of them', stacklevel=4)
     probe = X[torch.as_tensor(probe_indices(len(X), cfg.probe_size, cfg.seed), device=X.device)] if cfg.probe_size else None
     exp = (ExplorationRecorder(model, probe, run.file('exploration'), units_per_layer=cfg.exploration_units, seed=cfg.seed, chunk_size=8,
                                meta=meta, resume_chunks=state['exploration_chunks'] if state else None) if probe is not None else None)
