@@ -295,9 +295,9 @@ def gap_rows(runs: pd.DataFrame, # one (task, dataset) of a checked runs table, 
                                            f'{int(runs.fits.sum())} run(s): {why_fits}' if runs.fits.any() else
                                            f'layer {layer} (figure 4(c)) was not recorded; no other layer is substituted', layer_number=layer)]
     rows = [_row(key, 'C3: gap (average loss - Taylor optimum)', paper, f'{g.optimizer.iloc[0]} ({g.lr_label.iloc[0]})', iv, SHOWN,
-                 f'gap {_fmt(iv)}', _join(left(g), f'seed(s) {open_(g)}: the solve did not meet its stop rule, the gap only a lower bound' if open_(g) else ''),
+                 f'gap {_fmt(iv)}', _join(left(g), f'seed(s) {o}: the solve did not meet its stop rule, the gap only a lower bound' if o else ''),
                  measure='gap', kind='layer', layer_number=layer)
-            for g in _configs(runs, ('sgd',) + ADAPTIVE) if g.gap.notna().any() for iv in [seed_interval(_series(g, 'gap'), level)]]
+            for g in _configs(runs, ('sgd',) + ADAPTIVE) if g.gap.notna().any() for iv, o in [(seed_interval(_series(g, 'gap'), level), open_(g))]]
     base = _configs(runs, ['sgd'], 'tuned')
     recorded = [g for g in _configs(runs, ADAPTIVE) if g.gap.notna().any() and _variant(g) != 'tf at torch rates']  # (as C2: the control has no claim)
     negative = {f'{g.optimizer.iloc[0]} ({g.lr_label.iloc[0]})' for g in recorded if g.gap.mean() < 0}

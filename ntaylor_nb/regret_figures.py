@@ -59,13 +59,14 @@ def plot_figure3(df: pd.DataFrame, # hindsight's table for one run
                 ):
     "Per-neuron normalised regret per layer (a), and regret with average loss and Taylor optimum for chosen layers (b, c)."
     import matplotlib.pyplot as plt, seaborn as sns
+    key = lambda v: str(int(v)) if isinstance(v, (int, float, np.integer, np.floating)) and np.isfinite(v) and float(v).is_integer() else str(v)
+    df = df.assign(layer=df.layer.map(key))  # layers as text, once (a table read back from CSV has numbers, 2 or 2.0)
     nd, name = df[df.kind == 'neuron'], _layer_name(df)
     layers = list(dict.fromkeys(nd.layer))
-    detail = detail_layers or layers[:2]
-    key = lambda v: str(int(v)) if isinstance(v, (int, float, np.integer, np.floating)) and np.isfinite(v) and float(v).is_integer() else str(v)
-    of = lambda l: nd[nd.layer.map(key) == key(l)]  # (a layer given as text or number, 2 or 2.0: a table read back has numbers)
+    detail = [key(l) for l in detail_layers] if detail_layers else layers[:2]
+    of = lambda l: nd[nd.layer == l]
     if missing := [l for l in detail if not len(of(l))]:
-        raise ValueError(f'detail_layers {missing}: no neuron scopes there; the table has neurons of layers {[key(l) for l in layers]}')
+        raise ValueError(f'detail_layers {missing}: no neuron scopes there; the table has neurons of layers {layers}')
     fig, axs = plt.subplots(1, 1 + len(detail), figsize=(5 * (1 + len(detail)), 4), squeeze=False)
     axs = axs[0]
     for i, l in enumerate(layers):

@@ -162,7 +162,7 @@ def snapshot_rounds(snapshots: int | None, # RunConfig.snapshots: how many, even
 
 # %% ../nbs/12_train.ipynb #566ece0d
 def _start_or_resume(run, cfg, model, opt, dev, **facts):
-    "The checkpoint, loaded into `model` and `opt`; for a fresh run None, after writing params.json (config, device, `facts`)."
+    "The checkpoint, loaded into `model` and `opt`; for a fresh run None, after writing params.json (config, device, `facts`, the data's identity)."
     ck = run.file('checkpoint')
     if ck.exists():
         if (was := torch.device(run.params['device'])).type != dev.type:
@@ -173,7 +173,8 @@ def _start_or_resume(run, cfg, model, opt, dev, **facts):
         model.load_state_dict(state['model']); opt.load_state_dict(state['optimizer'])
         return state
     _discard_start(run)  # what an attempt of this package stopped before its first checkpoint left: nothing of it can be resumed
-    run.write_json('params', dict(config=asdict(cfg), device=str(dev), **facts, version=ntaylor_nb.__version__, torch=torch.__version__))
+    run.write_json('params', dict(config=asdict(cfg), device=str(dev), **facts, data=data_identity(cfg.dataset, cfg.data_root),  # (the copy of the data: `check_run_folder`)
+                                  version=ntaylor_nb.__version__, torch=torch.__version__))
     return None
 
 _STARTED = ('params', 'metrics', 'epochs', 'regret', 'exploration')  # what a fresh start writes into a run's folder before its first checkpoint
@@ -226,7 +227,7 @@ def _prepare(cfg: RunConfig, run: Run) -> _Training:
     snap = snapshot_rounds(cfg.snapshots, total, per_epoch)  # before anything is written into the folder
     model = build_model(cfg, tuple(X.shape[1:]), int(Y.max()) + 1).to(dev)
     opt = OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.lr)
-    state = _start_or_resume(run, cfg, model, opt, dev, rounds=total, rounds_per_epoch=per_epoch, batch_size=B, data=data_identity(cfg.dataset, cfg.data_root))
+    state = _start_or_resume(run, cfg, model, opt, dev, rounds=total, rounds_per_epoch=per_epoch, batch_size=B)
     start = state['round'] if state else 0
     try:
         reg, exp = _recorders(cfg, run, model, opt, X, B, total, state)

@@ -56,7 +56,8 @@ def _tied(trials) -> bool:
     """Is a rate tried next to the chosen one not told apart from it by the trials: its lowest seed's loss at most the chosen
     rate's highest (their ranges over seeds overlap)? A neighbour with a diverged seed is told apart (infinitely bad)."""
     by = trials.assign(final_loss=trials.final_loss.fillna(np.inf)).groupby('lr').final_loss  # (NaN: diverged, as inf)
-    lo, hi, rates = by.min(), by.max(), list(by.min().index)
+    lo, hi = by.min(), by.max()
+    rates = list(lo.index)
     i = rates.index(trials.lr[trials.chosen.astype(bool)].iloc[0])
     return any(np.isfinite(hi[r]) and lo[r] <= hi[rates[i]] for r in rates[max(0, i - 1):i] + rates[i + 1:i + 2])
 
@@ -134,7 +135,7 @@ def _cached_search(cache, key) -> LRSearch | None:
     f = _search_file(cache, key)
     if not f.is_file(): return None
     t = pd.read_csv(f)
-    if 'tied' not in t: t = t.assign(tied=_tied(t))  # (saved before the flag: made from the trials)
+    t = t.assign(tied=_tied(t))  # (made from the trials: a search saved before the flag has none)
     return LRSearch(float(t.lr[t.chosen].iloc[0]), bool(t.at_edge.iloc[0]), t, bool(t.tied.iloc[0]))
 
 def _save_search(cache, key, s: LRSearch):
